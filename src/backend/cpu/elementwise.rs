@@ -1,0 +1,77 @@
+//! Elementwise kernels: unary maps and broadcasting binary maps.
+
+use crate::error::Result;
+use crate::tensor::layout::{broadcast_shapes, Layout};
+use crate::tensor::{Float, StorageElement, Tensor};
+use rayon::prelude::*;
+
+/// Below this many elements, threading costs more than it saves.
+const PAR_MIN: usize = 1 << 14;
+
+/// `f` applied to every element, output row-major.
+pub fn unary<T: Float + StorageElement>(x: &Tensor, f: impl Fn(T) -> T + Sync + Send) -> Result<Tensor> {
+    let data = x.host_data::<T>()?;
+    let out: Vec<T> = if data.len() >= PAR_MIN {
+        data.par_iter().map(|&v| f(v)).collect()
+    } else {
+        data.iter().map(|&v| f(v)).collect()
+    };
+    Tensor::from_vec(out, x.shape())
+}
+
+/// `f(a, b)` with NumPy broadcasting. Works on strided views directly: each
+/// output row is computed from the row starts of both broadcast layouts.
+pub fn binary<T: Float + StorageElement>(
+    op: &'static str,
+    a: &Tensor,
+    b: &Tensor,
+    f: impl Fn(T, T) -> T + Sync + Send,
+) -> Result<Tensor> {
+    let shape = broadcast_shapes(op, a.shape(), b.shape())?;
+    let la = a.layout().broadcast_to(op, &shape)?;
+    let lb = b.layout().broadcast_to(op, &shape)?;
+    let (sa, sb) = (a.storage(), b.storage());
+    let (da, db) = (
+        T::slice(&sa).ok_or_else(|| crate::error::Error::dtype(op, "dtype mismatch"))?,
+        T::slice(&sb).ok_or_else(|| crate::error::Error::dtype(op, "dtype mismatch"))?,
+    );
+    let n: usize = shape.iter().product();
+    let mut out = vec![T::default(); n];
+    if n == 0 {
+        return Tensor::from_vec(out, &shape);
+    }
+    if la.is_contiguous() && lb.is_contiguous() {
+        let (xa, xb) = (&da[la.offset..la.offset + n], &db[lb.offset..lb.offset + n]);
+        if n >= PAR_MIN {
+            out.par_iter_mut().zip(xa.par_iter().zip(xb.par_iter())).for_each(|(o, (&x, &y))| *o = f(x, y));
+        } else {
+            out.iter_mut().zip(xa.iter().zip(xb.iter())).for_each(|(o, (&x, &y))| *o = f(x, y));
+        }
+        return Tensor::from_vec(out, &shape);
+    }
+    let (starts_a, row_len, stride_a) = la.row_starts();
+    let (starts_b, _, stride_b) = lb.row_starts();
+    let body = |(row, (&oa, &ob)): (&mut [T], (&usize, &usize))| {
+        for (j, o) in row.iter_mut().enumerate() {
+            *o = f(da[oa + j * stride_a], db[ob + j * stride_b]);
+        }
+    };
+    if n >= PAR_MIN {
+        out.par_chunks_mut(row_len).zip(starts_a.par_iter().zip(starts_b.par_iter())).for_each(body);
+    } else {
+        out.chunks_mut(row_len).zip(starts_a.iter().zip(starts_b.iter())).for_each(body);
+    }
+    Tensor::from_vec(out, &shape)
+}
+
+/// Storage offsets of every element of a layout, in row-major order.
+pub fn element_offsets(layout: &Layout) -> Vec<usize> {
+    let (starts, row_len, stride) = layout.row_starts();
+    let mut out = Vec::with_capacity(starts.len() * row_len);
+    for s in starts {
+        for j in 0..row_len {
+            out.push(s + j * stride);
+        }
+    }
+    out
+}

@@ -1,0 +1,131 @@
+//! Batched matrix multiply through the `gemm` crate.
+//!
+//! `gemm` takes a row stride and a column stride for each operand, so
+//! transposed and broadcast views are multiplied in place, without copies.
+
+use super::elementwise::element_offsets;
+use super::{SendConstPtr, SendPtr};
+use crate::error::{Error, Result};
+use crate::tensor::layout::{broadcast_shapes, Layout};
+use crate::tensor::{Float, StorageElement, Tensor};
+use rayon::prelude::*;
+
+/// One GEMM: `dst[m×n] = lhs[m×k] · rhs[k×n]`, each operand given by pointer and
+/// (row stride, column stride) in elements. `dst` is overwritten.
+///
+/// # Safety
+/// The pointers must cover the addressed elements; `dst` must not alias the inputs.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_strided<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: isize,
+    dst_cs: isize,
+    lhs: *const T,
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: *const T,
+    rhs_rs: isize,
+    rhs_cs: isize,
+    threads: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for i in 0..m {
+            for j in 0..n {
+                *dst.offset(i as isize * dst_rs + j as isize * dst_cs) = T::zero();
+            }
+        }
+        return;
+    }
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // gemm computes dst := alpha·dst + beta·lhs·rhs; read_dst=false ignores alpha·dst.
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        dst_cs,
+        dst_rs,
+        false,
+        lhs,
+        lhs_cs,
+        lhs_rs,
+        rhs,
+        rhs_cs,
+        rhs_rs,
+        T::zero(),
+        T::one(),
+        false,
+        false,
+        false,
+        par,
+    );
+}
+
+/// `a @ b` for `a: [..., m, k]`, `b: [..., k, n]` with broadcast batch axes.
+pub fn matmul<T: Float + StorageElement>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    const OP: &str = "matmul";
+    if a.rank() < 2 || b.rank() < 2 {
+        return Err(Error::shape(OP, format!("needs rank >= 2 operands, got {:?} and {:?}", a.shape(), b.shape())));
+    }
+    let (ra, rb) = (a.rank(), b.rank());
+    let (m, k) = (a.shape()[ra - 2], a.shape()[ra - 1]);
+    let (k2, n) = (b.shape()[rb - 2], b.shape()[rb - 1]);
+    if k != k2 {
+        return Err(Error::shape(OP, format!("inner sizes differ: {:?} @ {:?}", a.shape(), b.shape())));
+    }
+    let batch = broadcast_shapes(OP, &a.shape()[..ra - 2], &b.shape()[..rb - 2])?;
+    let mut shape_a = batch.clone();
+    shape_a.extend([m, k]);
+    let mut shape_b = batch.clone();
+    shape_b.extend([k, n]);
+    let la = a.layout().broadcast_to(OP, &shape_a)?;
+    let lb = b.layout().broadcast_to(OP, &shape_b)?;
+    // Offsets of each batch's matrix: enumerate the batch axes only.
+    let batch_offsets = |l: &Layout| -> Vec<usize> {
+        let nb = l.rank() - 2;
+        element_offsets(&Layout { shape: l.shape[..nb].to_vec(), strides: l.strides[..nb].to_vec(), offset: l.offset })
+    };
+    let (offs_a, offs_b) = (batch_offsets(&la), batch_offsets(&lb));
+    let (sa, sb) = (a.storage(), b.storage());
+    let da = T::slice(&sa).ok_or_else(|| Error::dtype(OP, "operands must share a dtype"))?;
+    let db = T::slice(&sb).ok_or_else(|| Error::dtype(OP, "operands must share a dtype"))?;
+    let nbatch = offs_a.len();
+    let mut out = vec![T::zero(); nbatch * m * n];
+    let (pa, pb, po) = (SendConstPtr(da.as_ptr()), SendConstPtr(db.as_ptr()), SendPtr(out.as_mut_ptr()));
+    let nl = la.rank();
+    let (a_rs, a_cs) = (la.strides[nl - 2] as isize, la.strides[nl - 1] as isize);
+    let (b_rs, b_cs) = (lb.strides[nl - 2] as isize, lb.strides[nl - 1] as isize);
+    let run = |i: usize, threads: usize| unsafe {
+        let (pa, pb, po) = (pa, pb, po);
+        gemm_strided(
+            m,
+            n,
+            k,
+            po.0.add(i * m * n),
+            n as isize,
+            1,
+            pa.0.add(offs_a[i]),
+            a_rs,
+            a_cs,
+            pb.0.add(offs_b[i]),
+            b_rs,
+            b_cs,
+            threads,
+        );
+    };
+    let threads = rayon::current_num_threads();
+    if nbatch >= threads && m * n * k < 1 << 21 {
+        (0..nbatch).into_par_iter().for_each(|i| run(i, 1));
+    } else {
+        (0..nbatch).for_each(|i| run(i, threads));
+    }
+    let mut out_shape = batch;
+    out_shape.extend([m, n]);
+    Tensor::from_vec(out, &out_shape)
+}

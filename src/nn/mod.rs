@@ -1,0 +1,1 @@
+//! Neural-network modules (arrive with the end-to-end training issue).

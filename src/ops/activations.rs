@@ -1,0 +1,93 @@
+//! Pointwise nonlinearities and their derivatives.
+
+use crate::autograd::record;
+use crate::backend::cpu::elementwise::{binary, unary};
+use crate::error::Result;
+use crate::float_dispatch;
+use crate::tensor::{Float, Tensor};
+#[allow(unused_imports)]
+use num_traits::{Float as _, One, Zero};
+
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4; // √(2/π)
+const GELU_TANH_C: f64 = 0.044715;
+const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7; // 1/√(2π)
+
+/// GELU(x) = x·Φ(x), Φ the standard normal CDF.
+fn gelu_erf<T: Float>(x: T) -> T {
+    x * T::of_f64(0.5) * (T::one() + (x * T::of_f64(std::f64::consts::FRAC_1_SQRT_2)).erf())
+}
+
+/// d/dx x·Φ(x) = Φ(x) + x·φ(x).
+fn gelu_erf_grad<T: Float>(x: T) -> T {
+    let cdf = T::of_f64(0.5) * (T::one() + (x * T::of_f64(std::f64::consts::FRAC_1_SQRT_2)).erf());
+    let pdf = T::of_f64(FRAC_1_SQRT_2PI) * (-(x * x) * T::of_f64(0.5)).exp();
+    cdf + x * pdf
+}
+
+/// The tanh approximation: 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))).
+fn gelu_tanh<T: Float>(x: T) -> T {
+    let u = T::of_f64(SQRT_2_OVER_PI) * (x + T::of_f64(GELU_TANH_C) * x * x * x);
+    T::of_f64(0.5) * x * (T::one() + u.tanh())
+}
+
+fn gelu_tanh_grad<T: Float>(x: T) -> T {
+    let u = T::of_f64(SQRT_2_OVER_PI) * (x + T::of_f64(GELU_TANH_C) * x * x * x);
+    let t = u.tanh();
+    let du = T::of_f64(SQRT_2_OVER_PI) * (T::one() + T::of_f64(3.0 * GELU_TANH_C) * x * x);
+    T::of_f64(0.5) * (T::one() + t) + T::of_f64(0.5) * x * (T::one() - t * t) * du
+}
+
+impl Tensor {
+    /// max(x, 0). Backward keeps only the output (positive ⇔ gradient passes).
+    pub fn relu(&self) -> Result<Tensor> {
+        let out = float_dispatch!("relu", self.dtype(), T => unary::<T>(self, |v: T| if v > T::zero() { v } else { T::zero() })?);
+        let y = out.clone();
+        Ok(record("relu", &[self], out, move |g, _| {
+            let gi = float_dispatch!("relu", g.dtype(), T => binary::<T>("relu", g, &y, |g: T, y: T| if y > T::zero() { g } else { T::zero() })?);
+            Ok(vec![Some(gi)])
+        }))
+    }
+
+    /// GELU with the exact erf form (as `torch.nn.GELU()`).
+    pub fn gelu_erf(&self) -> Result<Tensor> {
+        let out = float_dispatch!("gelu_erf", self.dtype(), T => unary::<T>(self, gelu_erf::<T>)?);
+        let x = self.detach();
+        Ok(record("gelu_erf", &[self], out, move |g, _| {
+            let gi = float_dispatch!("gelu_erf", g.dtype(), T => binary::<T>("gelu_erf", g, &x, |g: T, x: T| g * gelu_erf_grad(x))?);
+            Ok(vec![Some(gi)])
+        }))
+    }
+
+    /// GELU with the tanh approximation (as `torch.nn.GELU(approximate="tanh")`).
+    pub fn gelu_tanh(&self) -> Result<Tensor> {
+        let out = float_dispatch!("gelu_tanh", self.dtype(), T => unary::<T>(self, gelu_tanh::<T>)?);
+        let x = self.detach();
+        Ok(record("gelu_tanh", &[self], out, move |g, _| {
+            let gi = float_dispatch!("gelu_tanh", g.dtype(), T => binary::<T>("gelu_tanh", g, &x, |g: T, x: T| g * gelu_tanh_grad(x))?);
+            Ok(vec![Some(gi)])
+        }))
+    }
+
+    /// 1 / (1 + e⁻ˣ); σ' = σ(1 − σ), computed from the saved output.
+    pub fn sigmoid(&self) -> Result<Tensor> {
+        let out = float_dispatch!("sigmoid", self.dtype(), T => unary::<T>(self, |v: T| {
+            // Branch so that exp never overflows.
+            if v >= T::zero() { T::one() / (T::one() + (-v).exp()) } else { let e = v.exp(); e / (T::one() + e) }
+        })?);
+        let y = out.clone();
+        Ok(record("sigmoid", &[self], out, move |g, _| {
+            let gi = float_dispatch!("sigmoid", g.dtype(), T => binary::<T>("sigmoid", g, &y, |g: T, s: T| g * s * (T::one() - s))?);
+            Ok(vec![Some(gi)])
+        }))
+    }
+
+    /// tanh; tanh' = 1 − tanh², computed from the saved output.
+    pub fn tanh(&self) -> Result<Tensor> {
+        let out = float_dispatch!("tanh", self.dtype(), T => unary::<T>(self, |v: T| v.tanh())?);
+        let y = out.clone();
+        Ok(record("tanh", &[self], out, move |g, _| {
+            let gi = float_dispatch!("tanh", g.dtype(), T => binary::<T>("tanh", g, &y, |g: T, t: T| g * (T::one() - t * t))?);
+            Ok(vec![Some(gi)])
+        }))
+    }
+}

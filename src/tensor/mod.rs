@@ -1,0 +1,361 @@
+//! `Tensor`: an n-dimensional array with a dtype, a device and (optionally) a
+//! place in the autograd graph.
+//!
+//! Cloning a tensor is cheap (an `Arc`). Views share storage; ops return new
+//! tensors. The only mutation is [`Tensor::set_data`], which swaps a
+//! parameter's storage for the optimiser (old views keep the old values, so a
+//! graph recorded before the step stays correct).
+
+pub mod dtype;
+pub mod layout;
+pub mod safetensors_io;
+pub mod storage;
+
+pub use dtype::{DType, Element, Float};
+pub use layout::Layout;
+pub use storage::{Storage, StorageElement};
+
+use crate::autograd::{GradInfo, GradSlot};
+use crate::backend::Device;
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::{Arc, RwLock};
+
+#[derive(Clone)]
+pub struct Tensor(Arc<TensorImpl>);
+
+struct TensorImpl {
+    storage: RwLock<Arc<Storage>>,
+    layout: Layout,
+    device: Device,
+    grad: GradInfo,
+}
+
+/// Elements of a tensor in row-major order: borrowed when the tensor is
+/// contiguous, gathered into a new vector when it is a strided view.
+pub struct HostData<T: 'static> {
+    storage: Arc<Storage>,
+    owned: Option<Vec<T>>,
+    start: usize,
+    len: usize,
+}
+
+impl<T: StorageElement> Deref for HostData<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match &self.owned {
+            Some(v) => v,
+            // The dtype was checked when HostData was built.
+            None => &T::slice(&self.storage).expect("dtype checked")[self.start..self.start + self.len],
+        }
+    }
+}
+
+impl Tensor {
+    // ---------------------------------------------------------------- construction
+
+    pub(crate) fn from_parts(storage: Storage, layout: Layout) -> Tensor {
+        Tensor(Arc::new(TensorImpl {
+            storage: RwLock::new(Arc::new(storage)),
+            layout,
+            device: Device::Cpu,
+            grad: GradInfo::None,
+        }))
+    }
+
+    /// A view with a new layout over the same storage (no autograd node; callers record one).
+    pub(crate) fn view_with_layout(&self, layout: Layout) -> Tensor {
+        Tensor(Arc::new(TensorImpl {
+            storage: RwLock::new(self.storage()),
+            layout,
+            device: self.0.device,
+            grad: GradInfo::None,
+        }))
+    }
+
+    pub(crate) fn with_grad_info(self, grad: GradInfo) -> Tensor {
+        Tensor(Arc::new(TensorImpl {
+            storage: RwLock::new(self.storage()),
+            layout: self.0.layout.clone(),
+            device: self.0.device,
+            grad,
+        }))
+    }
+
+    /// A tensor from row-major data.
+    pub fn from_vec<T: StorageElement>(data: Vec<T>, shape: &[usize]) -> Result<Tensor> {
+        let n = layout::numel(shape);
+        if data.len() != n {
+            return Err(Error::shape(
+                "from_vec",
+                format!("{} elements cannot fill shape {shape:?} ({n} elements)", data.len()),
+            ));
+        }
+        Ok(Tensor::from_parts(T::wrap(data), Layout::contiguous(shape)))
+    }
+
+    /// A tensor from f64 values, stored as `dtype`.
+    pub fn from_f64s(data: &[f64], shape: &[usize], dtype: DType) -> Result<Tensor> {
+        fn conv<T: StorageElement>(d: &[f64]) -> Storage {
+            T::wrap(d.iter().map(|&v| T::of_f64(v)).collect())
+        }
+        let n = layout::numel(shape);
+        if data.len() != n {
+            return Err(Error::shape("from_f64s", format!("{} values for shape {shape:?}", data.len())));
+        }
+        let storage = match dtype {
+            DType::F32 => conv::<f32>(data),
+            DType::F64 => conv::<f64>(data),
+            DType::BF16 => conv::<half::bf16>(data),
+            DType::F16 => conv::<half::f16>(data),
+            DType::U8 => conv::<u8>(data),
+            DType::I64 => conv::<i64>(data),
+        };
+        Ok(Tensor::from_parts(storage, Layout::contiguous(shape)))
+    }
+
+    pub fn zeros(shape: &[usize], dtype: DType) -> Result<Tensor> {
+        Ok(Tensor::from_parts(Storage::zeros(dtype, layout::numel(shape)), Layout::contiguous(shape)))
+    }
+
+    pub fn full(shape: &[usize], value: f64, dtype: DType) -> Result<Tensor> {
+        Tensor::from_f64s(&vec![value; layout::numel(shape)], shape, dtype)
+    }
+
+    pub fn ones(shape: &[usize], dtype: DType) -> Result<Tensor> {
+        Tensor::full(shape, 1.0, dtype)
+    }
+
+    pub fn scalar(value: f64, dtype: DType) -> Result<Tensor> {
+        Tensor::full(&[], value, dtype)
+    }
+
+    pub fn zeros_like(&self) -> Result<Tensor> {
+        Tensor::zeros(self.shape(), self.dtype())
+    }
+
+    pub fn ones_like(&self) -> Result<Tensor> {
+        Tensor::ones(self.shape(), self.dtype())
+    }
+
+    /// Standard normal samples times `std`.
+    pub fn randn(shape: &[usize], std: f64, dtype: DType, rng: &mut Rng) -> Result<Tensor> {
+        let v: Vec<f64> = (0..layout::numel(shape)).map(|_| rng.normal() * std).collect();
+        Tensor::from_f64s(&v, shape, dtype)
+    }
+
+    /// Uniform samples in [lo, hi).
+    pub fn uniform(shape: &[usize], lo: f64, hi: f64, dtype: DType, rng: &mut Rng) -> Result<Tensor> {
+        let v: Vec<f64> = (0..layout::numel(shape)).map(|_| rng.uniform_range(lo, hi)).collect();
+        Tensor::from_f64s(&v, shape, dtype)
+    }
+
+    /// 0, 1, ..., n-1.
+    pub fn arange(n: usize, dtype: DType) -> Result<Tensor> {
+        let v: Vec<f64> = (0..n).map(|i| i as f64).collect();
+        Tensor::from_f64s(&v, &[n], dtype)
+    }
+
+    // ---------------------------------------------------------------- metadata
+
+    pub fn shape(&self) -> &[usize] {
+        &self.0.layout.shape
+    }
+
+    pub fn strides(&self) -> &[usize] {
+        &self.0.layout.strides
+    }
+
+    pub fn rank(&self) -> usize {
+        self.0.layout.rank()
+    }
+
+    pub fn numel(&self) -> usize {
+        self.0.layout.numel()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.storage().dtype()
+    }
+
+    pub fn device(&self) -> Device {
+        self.0.device
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.0.layout
+    }
+
+    pub fn is_contiguous(&self) -> bool {
+        self.0.layout.is_contiguous()
+    }
+
+    /// Size of one axis (negative counts from the end).
+    pub fn dim(&self, axis: isize) -> Result<usize> {
+        Ok(self.shape()[layout::resolve_axis("dim", axis, self.rank())?])
+    }
+
+    pub(crate) fn storage(&self) -> Arc<Storage> {
+        self.0.storage.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    // ---------------------------------------------------------------- data access
+
+    /// Row-major elements, borrowed if possible. Fails if `T` is not the tensor's dtype.
+    pub fn host_data<T: StorageElement>(&self) -> Result<HostData<T>> {
+        let storage = self.storage();
+        let Some(slice) = T::slice(&storage) else {
+            return Err(Error::dtype("host_data", format!("tensor is {}, asked for {}", storage.dtype(), T::DTYPE)));
+        };
+        let l = &self.0.layout;
+        if l.is_contiguous() {
+            let (start, len) = (l.offset, l.numel());
+            return Ok(HostData { storage, owned: None, start, len });
+        }
+        let owned = layout::gather_strided(slice, l);
+        let len = owned.len();
+        Ok(HostData { storage, owned: Some(owned), start: 0, len })
+    }
+
+    /// Copies the elements out as `Vec<T>` (T must be the tensor's dtype).
+    pub fn to_vec<T: StorageElement>(&self) -> Result<Vec<T>> {
+        Ok(self.host_data::<T>()?.to_vec())
+    }
+
+    /// Copies the elements out as f64, whatever the dtype.
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        fn conv<T: StorageElement>(t: &Tensor) -> Vec<f64> {
+            t.host_data::<T>().map(|d| d.iter().map(|x| x.as_f64()).collect()).unwrap_or_default()
+        }
+        match self.dtype() {
+            DType::F32 => conv::<f32>(self),
+            DType::F64 => conv::<f64>(self),
+            DType::BF16 => conv::<half::bf16>(self),
+            DType::F16 => conv::<half::f16>(self),
+            DType::U8 => conv::<u8>(self),
+            DType::I64 => conv::<i64>(self),
+        }
+    }
+
+    /// The value of a one-element tensor.
+    pub fn item(&self) -> Result<f64> {
+        if self.numel() != 1 {
+            return Err(Error::shape("item", format!("tensor of shape {:?} is not a single value", self.shape())));
+        }
+        Ok(self.to_f64_vec()[0])
+    }
+
+    // ---------------------------------------------------------------- autograd
+
+    pub(crate) fn grad_info(&self) -> &GradInfo {
+        &self.0.grad
+    }
+
+    /// A trainable leaf sharing this tensor's data: ops on it are recorded and
+    /// `backward` accumulates into its `grad()`. Only float tensors can be trained.
+    pub fn requires_grad(&self) -> Result<Tensor> {
+        if !self.dtype().is_compute_float() {
+            return Err(Error::dtype("requires_grad", format!("only f32/f64 tensors can be trained, got {}", self.dtype())));
+        }
+        Ok(self.detach().with_grad_info(GradInfo::Leaf(Arc::new(GradSlot::default()))))
+    }
+
+    /// True for parameters and for outputs of recorded ops.
+    pub fn is_tracked(&self) -> bool {
+        self.0.grad.is_tracked()
+    }
+
+    /// The same data, cut from the graph: gradients do not flow through it.
+    pub fn detach(&self) -> Tensor {
+        self.view_with_layout(self.0.layout.clone())
+    }
+
+    /// The accumulated gradient of a leaf (`None` before any backward, or for non-leaves).
+    pub fn grad(&self) -> Option<Tensor> {
+        match &self.0.grad {
+            GradInfo::Leaf(slot) => slot.get(),
+            _ => None,
+        }
+    }
+
+    pub fn zero_grad(&self) {
+        if let GradInfo::Leaf(slot) = &self.0.grad {
+            slot.set(None);
+        }
+    }
+
+    /// Back-propagates from this scalar. See [`crate::autograd::backward`].
+    pub fn backward(&self) -> Result<()> {
+        crate::autograd::backward(self)
+    }
+
+    /// Replaces this parameter's values (same shape and dtype), keeping its identity
+    /// and gradient slot. Used by optimisers and checkpoint loading.
+    pub fn set_data(&self, value: &Tensor) -> Result<()> {
+        if value.shape() != self.shape() || value.dtype() != self.dtype() {
+            return Err(Error::shape(
+                "set_data",
+                format!(
+                    "new value {:?} {} does not match {:?} {}",
+                    value.shape(),
+                    value.dtype(),
+                    self.shape(),
+                    self.dtype()
+                ),
+            ));
+        }
+        if !(self.is_contiguous() && self.0.layout.offset == 0 && self.storage().len() == self.numel()) {
+            return Err(Error::invalid("set_data", "only a tensor that owns its whole storage (not a view) can be assigned"));
+        }
+        let new_storage = value.contiguous_storage();
+        *self.0.storage.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new_storage);
+        Ok(())
+    }
+
+    /// A fresh row-major copy of the elements as storage.
+    pub(crate) fn contiguous_storage(&self) -> Storage {
+        fn conv<T: StorageElement>(t: &Tensor) -> Storage {
+            T::wrap(t.host_data::<T>().expect("dtype matches").to_vec())
+        }
+        match self.dtype() {
+            DType::F32 => conv::<f32>(self),
+            DType::F64 => conv::<f64>(self),
+            DType::BF16 => conv::<half::bf16>(self),
+            DType::F16 => conv::<half::f16>(self),
+            DType::U8 => conv::<u8>(self),
+            DType::I64 => conv::<i64>(self),
+        }
+    }
+
+    // ---------------------------------------------------------------- devices
+
+    /// Moves the tensor to a device. Only the CPU exists in this build.
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        match device {
+            Device::Cpu => Ok(self.clone()),
+            Device::Cuda(_) => Err(Error::Device {
+                op: "to_device",
+                msg: "this build has no CUDA backend (build with --features cuda once it lands)".into(),
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let vals = self.to_f64_vec();
+        let shown: Vec<String> = vals.iter().take(8).map(|v| format!("{v:.4}")).collect();
+        write!(
+            f,
+            "Tensor(shape={:?}, dtype={}, device={:?}, tracked={}, [{}{}])",
+            self.shape(),
+            self.dtype(),
+            self.device(),
+            self.is_tracked(),
+            shown.join(", "),
+            if vals.len() > 8 { ", ..." } else { "" }
+        )
+    }
+}

@@ -1,0 +1,7 @@
+//! Softmax family, layer norm, L2 normalisation, dropout, attention, losses.
+
+use crate::common::*;
+
+pub fn cases() -> Vec<Case> {
+    vec![]
+}
