@@ -7,6 +7,7 @@
 //! - [`ops`]: every differentiable op, forward and backward side by side;
 //! - [`nn`], [`optim`]: modules and optimisers built on the ops.
 
+pub mod atomic_file;
 pub mod autograd;
 pub mod backend;
 pub mod error;

@@ -76,6 +76,28 @@ pub struct Node {
     backward: Mutex<Option<BackwardFn>>,
 }
 
+impl Drop for Node {
+    /// Drops the chain of ancestors iteratively: a long graph dropped
+    /// recursively (node → input node → ...) would overflow the stack.
+    fn drop(&mut self) {
+        let mut stack: Vec<Arc<Node>> = Vec::new();
+        let take_nodes = |inputs: &mut Vec<(GradInfo, Vec<usize>)>, stack: &mut Vec<Arc<Node>>| {
+            for (info, _) in inputs.drain(..) {
+                if let GradInfo::Node(n) = info {
+                    stack.push(n);
+                }
+            }
+        };
+        take_nodes(&mut self.inputs, &mut stack);
+        while let Some(n) = stack.pop() {
+            // Only the last owner dismantles a node; shared ancestors stay alive.
+            if let Some(mut node) = Arc::into_inner(n) {
+                take_nodes(&mut node.inputs, &mut stack);
+            }
+        }
+    }
+}
+
 thread_local! {
     static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
 }
