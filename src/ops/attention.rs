@@ -1,1 +1,68 @@
-//! (being written)
+//! Scaled dot-product attention: O = softmax(Q·Kᵀ·scale + mask)·V.
+//!
+//! One recorded op. Forward keeps the attention probabilities P for backward:
+//!   dV = Pᵀ·dO,  dP = dO·Vᵀ,  dS = P ⊙ (dP − rowsum(dP ⊙ P)),
+//!   dQ = dS·K·scale,  dK = dSᵀ·Q·scale.
+//! (The fused GPU kernel recomputes P from the saved log-sum-exp instead of
+//! storing it; on the CPU, clarity wins.) A row whose every key is masked gets
+//! P = 0: its output and gradients are zero rather than NaN.
+
+use crate::autograd::{no_grad, record};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+
+/// `q: [..., L, D]`, `k: [..., S, D]`, `v: [..., S, Dv]` with equal leading axes
+/// (e.g. [batch, heads]). `mask` broadcasts to `[..., L, S]`: nonzero = may attend.
+/// `scale` defaults to 1/√D.
+pub fn scaled_dot_product_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: Option<f64>,
+) -> Result<Tensor> {
+    const OP: &str = "scaled_dot_product_attention";
+    let r = q.rank();
+    if r < 2 || k.rank() != r || v.rank() != r {
+        return Err(Error::shape(OP, format!("q, k, v must have the same rank >= 2, got {:?}, {:?}, {:?}", q.shape(), k.shape(), v.shape())));
+    }
+    let lead = &q.shape()[..r - 2];
+    let (l, d) = (q.shape()[r - 2], q.shape()[r - 1]);
+    let (s, dk) = (k.shape()[r - 2], k.shape()[r - 1]);
+    if &k.shape()[..r - 2] != lead || &v.shape()[..r - 2] != lead || dk != d || v.shape()[r - 2] != s {
+        return Err(Error::shape(OP, format!("q {:?}, k {:?}, v {:?} do not fit [.., L, D], [.., S, D], [.., S, Dv]", q.shape(), k.shape(), v.shape())));
+    }
+    if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
+        return Err(Error::dtype(OP, "q, k and v must share a dtype"));
+    }
+    let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
+    let mut score_shape = lead.to_vec();
+    score_shape.extend([l, s]);
+    let additive_mask = match mask {
+        None => None,
+        Some(m) => {
+            let allowed = m.to_dtype(DType::F64)?.broadcast_to(&score_shape).map_err(|_| {
+                Error::shape(OP, format!("mask {:?} does not broadcast to the score shape {score_shape:?}", m.shape()))
+            })?;
+            Some(allowed.map_f64(|a| if a != 0.0 { 0.0 } else { f64::NEG_INFINITY })?.to_dtype(q.dtype())?)
+        }
+    };
+    let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
+    let (out, p) = no_grad(|| -> Result<(Tensor, Tensor)> {
+        let mut scores = qd.matmul(&kd.t()?)?.mul_scalar(scale)?;
+        if let Some(m) = &additive_mask {
+            scores = scores.add(m)?;
+        }
+        let p = scores.softmax(-1)?;
+        Ok((p.matmul(&vd)?, p))
+    })?;
+    Ok(record(OP, &[q, k, v], out, move |g, needs| {
+        let dp = g.matmul(&vd.t()?)?;
+        let ds = p.mul(&dp.sub(&dp.mul(&p)?.sum(&[-1], true)?)?)?;
+        Ok(vec![
+            if needs[0] { Some(ds.matmul(&kd)?.mul_scalar(scale)?) } else { None },
+            if needs[1] { Some(ds.t()?.matmul(&qd)?.mul_scalar(scale)?) } else { None },
+            if needs[2] { Some(p.t()?.matmul(g)?) } else { None },
+        ])
+    }))
+}

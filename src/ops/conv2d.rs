@@ -1,1 +1,96 @@
-//! (being written)
+//! conv2d: NCHW input, [O, C, kh, kw] weight (PyTorch's layout), optional bias.
+//!
+//! Forward, per image n (see `backend/cpu/conv.rs` for im2col):
+//!   Y[n] = W · cols(X[n]) + b            W: [O, K], cols: [K, P], K = C·kh·kw, P = OH·OW
+//! Backward follows from that one matrix product:
+//!   dW = Σ_n dY[n] · cols(X[n])ᵀ          (each weight meets every output pixel)
+//!   dX[n] = col2im(Wᵀ · dY[n])            (each input pixel fed several columns;
+//!                                          col2im adds their gradients back)
+//!   db = Σ_{n, pixels} dY
+//! Backward recomputes cols from X instead of saving them (K·P per image is
+//! kh·kw times the input), and skips dX when the input needs no gradient —
+//! the first layer, whose input is data.
+
+use crate::autograd::record;
+use crate::backend::cpu::conv::{conv2d_backward_input, conv2d_backward_weight, conv2d_forward, ConvGeometry};
+use crate::error::{Error, Result};
+use crate::float_dispatch;
+use crate::tensor::Tensor;
+
+fn geometry(x: &Tensor, w: &Tensor, stride: (usize, usize), padding: (usize, usize)) -> Result<ConvGeometry> {
+    const OP: &str = "conv2d";
+    if x.rank() != 4 {
+        return Err(Error::shape(OP, format!("input must be [N, C, H, W], got {:?}", x.shape())));
+    }
+    if w.rank() != 4 {
+        return Err(Error::shape(OP, format!("weight must be [O, C, kh, kw], got {:?}", w.shape())));
+    }
+    let (n, c, h, wd) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+    let (o, wc, kh, kw) = (w.shape()[0], w.shape()[1], w.shape()[2], w.shape()[3]);
+    if wc != c {
+        return Err(Error::shape(OP, format!("input has {c} channels, weight {:?} expects {wc}", w.shape())));
+    }
+    if stride.0 == 0 || stride.1 == 0 {
+        return Err(Error::invalid(OP, format!("stride must be >= 1, got {stride:?}")));
+    }
+    if kh == 0 || kw == 0 || kh > h + 2 * padding.0 || kw > wd + 2 * padding.1 {
+        return Err(Error::shape(
+            OP,
+            format!("kernel {kh}x{kw} does not fit the padded input {}x{}", h + 2 * padding.0, wd + 2 * padding.1),
+        ));
+    }
+    let oh = (h + 2 * padding.0 - kh) / stride.0 + 1;
+    let ow = (wd + 2 * padding.1 - kw) / stride.1 + 1;
+    Ok(ConvGeometry { n, c, h, w: wd, o, kh, kw, sh: stride.0, sw: stride.1, ph: padding.0, pw: padding.1, oh, ow })
+}
+
+/// 2-D cross-correlation (what deep learning calls convolution).
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: (usize, usize),
+    padding: (usize, usize),
+) -> Result<Tensor> {
+    const OP: &str = "conv2d";
+    let g = geometry(x, weight, stride, padding)?;
+    if weight.dtype() != x.dtype() {
+        return Err(Error::dtype(OP, format!("input is {}, weight is {}", x.dtype(), weight.dtype())));
+    }
+    if let Some(b) = bias {
+        if b.shape() != [g.o] || b.dtype() != x.dtype() {
+            return Err(Error::shape(OP, format!("bias must be {} [{}], got {} {:?}", x.dtype(), g.o, b.dtype(), b.shape())));
+        }
+    }
+    let out = float_dispatch!(OP, x.dtype(), T => {
+        let (xd, wd) = (x.host_data::<T>()?, weight.host_data::<T>()?);
+        let bd = bias.map(|b| b.host_data::<T>()).transpose()?;
+        Tensor::from_vec(conv2d_forward::<T>(&xd, &wd, bd.as_deref(), &g), &[g.n, g.o, g.oh, g.ow])?
+    });
+    let (xs, ws) = (x.detach(), weight.detach());
+    let mut inputs = vec![x, weight];
+    inputs.extend(bias);
+    Ok(record(OP, &inputs, out, move |dy, needs| {
+        let (dx, dw) = float_dispatch!(OP, dy.dtype(), T => {
+            let dyd = dy.host_data::<T>()?;
+            let dx = if needs[0] {
+                let wd = ws.host_data::<T>()?;
+                Some(Tensor::from_vec(conv2d_backward_input::<T>(&dyd, &wd, &g), xs.shape())?)
+            } else {
+                None
+            };
+            let dw = if needs[1] {
+                let xd = xs.host_data::<T>()?;
+                Some(Tensor::from_vec(conv2d_backward_weight::<T>(&xd, &dyd, &g), ws.shape())?)
+            } else {
+                None
+            };
+            (dx, dw)
+        });
+        let mut grads = vec![dx, dw];
+        if needs.len() == 3 {
+            grads.push(if needs[2] { Some(dy.sum(&[0, 2, 3], false)?) } else { None });
+        }
+        Ok(grads)
+    }))
+}

@@ -1,1 +1,179 @@
-//! (being written)
+//! Pooling: max_pool2d, adaptive (and global) average pooling, and the
+//! temporal mean that turns per-frame features into one clip feature.
+//!
+//! Max pooling's gradient goes only to the element that won each window
+//! (its index is saved in forward); average pooling spreads each output's
+//! gradient evenly over its window.
+
+use crate::autograd::record;
+use crate::error::{Error, Result};
+use crate::float_dispatch;
+use crate::tensor::{Element, Float, StorageElement, Tensor};
+#[allow(unused_imports)]
+use num_traits::{Float as _, One, Zero};
+use rayon::prelude::*;
+
+fn check_nchw(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize, usize)> {
+    if x.rank() != 4 {
+        return Err(Error::shape(op, format!("input must be [N, C, H, W], got {:?}", x.shape())));
+    }
+    Ok((x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]))
+}
+
+/// Max over each window; padding counts as −∞ (never wins).
+fn max_pool_forward<T: Float>(
+    x: &[T],
+    planes: usize,
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+    (kh, kw): (usize, usize),
+    (sh, sw): (usize, usize),
+    (ph, pw): (usize, usize),
+) -> (Vec<T>, Vec<usize>) {
+    let mut y = vec![T::zero(); planes * oh * ow];
+    let mut arg = vec![0usize; planes * oh * ow];
+    y.par_chunks_mut(oh * ow).zip(arg.par_chunks_mut(oh * ow)).enumerate().for_each(|(pl, (yp, ap))| {
+        let xp = &x[pl * h * w..(pl + 1) * h * w];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                // Padding guarantees every window holds at least one real pixel.
+                let (mut best, mut best_i) = (None::<T>, 0);
+                for i in 0..kh {
+                    let iy = (oy * sh + i) as isize - ph as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    for j in 0..kw {
+                        let ix = (ox * sw + j) as isize - pw as isize;
+                        if ix < 0 || ix >= w as isize {
+                            continue;
+                        }
+                        let idx = iy as usize * w + ix as usize;
+                        if best.is_none_or(|b| xp[idx] > b) {
+                            best = Some(xp[idx]);
+                            best_i = idx;
+                        }
+                    }
+                }
+                yp[oy * ow + ox] = best.unwrap_or(T::neg_infinity());
+                ap[oy * ow + ox] = best_i;
+            }
+        }
+    });
+    (y, arg)
+}
+
+/// Max pooling over `kernel` windows every `stride` pixels, input padded by `padding`.
+pub fn max_pool2d(x: &Tensor, kernel: (usize, usize), stride: (usize, usize), padding: (usize, usize)) -> Result<Tensor> {
+    const OP: &str = "max_pool2d";
+    let (n, c, h, w) = check_nchw(OP, x)?;
+    if kernel.0 == 0 || kernel.1 == 0 || stride.0 == 0 || stride.1 == 0 {
+        return Err(Error::invalid(OP, format!("kernel {kernel:?} and stride {stride:?} must be >= 1")));
+    }
+    if padding.0 * 2 > kernel.0 || padding.1 * 2 > kernel.1 {
+        return Err(Error::invalid(OP, format!("padding {padding:?} must be at most half the kernel {kernel:?}")));
+    }
+    if kernel.0 > h + 2 * padding.0 || kernel.1 > w + 2 * padding.1 {
+        return Err(Error::shape(OP, format!("kernel {kernel:?} larger than the padded input {h}x{w} + {padding:?}")));
+    }
+    let oh = (h + 2 * padding.0 - kernel.0) / stride.0 + 1;
+    let ow = (w + 2 * padding.1 - kernel.1) / stride.1 + 1;
+    let planes = n * c;
+    let (out, arg) = float_dispatch!(OP, x.dtype(), T => {
+        let xd = x.host_data::<T>()?;
+        let (y, arg) = max_pool_forward::<T>(&xd, planes, (h, w), (oh, ow), kernel, stride, padding);
+        (Tensor::from_vec(y, &[n, c, oh, ow])?, arg)
+    });
+    let in_shape = x.shape().to_vec();
+    Ok(record(OP, &[x], out, move |g, _| {
+        let gi = float_dispatch!(OP, g.dtype(), T => {
+            let gd = g.host_data::<T>()?;
+            let mut dx = vec![T::zero(); planes * h * w];
+            dx.par_chunks_mut(h * w).enumerate().for_each(|(pl, dp)| {
+                for k in 0..oh * ow {
+                    dp[arg[pl * oh * ow + k]] += gd[pl * oh * ow + k];
+                }
+            });
+            Tensor::from_vec(dx, &in_shape)?
+        });
+        Ok(vec![Some(gi)])
+    }))
+}
+
+/// PyTorch's adaptive bins: output i covers [floor(i·in/out), ceil((i+1)·in/out)).
+fn bins(input: usize, output: usize) -> Vec<(usize, usize)> {
+    (0..output).map(|i| (i * input / output, ((i + 1) * input).div_ceil(output))).collect()
+}
+
+fn adaptive_avg<T: Float + StorageElement>(
+    x: &[T],
+    planes: usize,
+    (h, w): (usize, usize),
+    rows: &[(usize, usize)],
+    cols: &[(usize, usize)],
+) -> Vec<T> {
+    let (oh, ow) = (rows.len(), cols.len());
+    let mut y = vec![T::zero(); planes * oh * ow];
+    y.par_chunks_mut(oh * ow).enumerate().for_each(|(pl, yp)| {
+        let xp = &x[pl * h * w..(pl + 1) * h * w];
+        for (oy, &(y0, y1)) in rows.iter().enumerate() {
+            for (ox, &(x0, x1)) in cols.iter().enumerate() {
+                let mut s = 0.0;
+                for iy in y0..y1 {
+                    s += xp[iy * w + x0..iy * w + x1].iter().map(|v| v.as_f64()).sum::<f64>();
+                }
+                yp[oy * ow + ox] = T::of_f64(s / ((y1 - y0) * (x1 - x0)) as f64);
+            }
+        }
+    });
+    y
+}
+
+/// Average pooling to a fixed output size, whatever the input size.
+pub fn adaptive_avg_pool2d(x: &Tensor, out_hw: (usize, usize)) -> Result<Tensor> {
+    const OP: &str = "adaptive_avg_pool2d";
+    let (n, c, h, w) = check_nchw(OP, x)?;
+    let (oh, ow) = out_hw;
+    if oh == 0 || ow == 0 || h == 0 || w == 0 {
+        return Err(Error::shape(OP, format!("cannot pool {h}x{w} to {oh}x{ow}")));
+    }
+    let (rows, cols) = (bins(h, oh), bins(w, ow));
+    let planes = n * c;
+    let out = float_dispatch!(OP, x.dtype(), T => {
+        let xd = x.host_data::<T>()?;
+        Tensor::from_vec(adaptive_avg::<T>(&xd, planes, (h, w), &rows, &cols), &[n, c, oh, ow])?
+    });
+    let in_shape = x.shape().to_vec();
+    Ok(record(OP, &[x], out, move |g, _| {
+        let gi = float_dispatch!(OP, g.dtype(), T => {
+            let gd = g.host_data::<T>()?;
+            let mut dx = vec![T::zero(); planes * h * w];
+            dx.par_chunks_mut(h * w).enumerate().for_each(|(pl, dp)| {
+                for (oy, &(y0, y1)) in rows.iter().enumerate() {
+                    for (ox, &(x0, x1)) in cols.iter().enumerate() {
+                        let share = gd[(pl * oh + oy) * ow + ox] / T::of_f64(((y1 - y0) * (x1 - x0)) as f64);
+                        for iy in y0..y1 {
+                            dp[iy * w + x0..iy * w + x1].iter_mut().for_each(|v| *v += share);
+                        }
+                    }
+                }
+            });
+            Tensor::from_vec(dx, &in_shape)?
+        });
+        Ok(vec![Some(gi)])
+    }))
+}
+
+/// Mean over all pixels: [N, C, H, W] → [N, C] (composite).
+pub fn global_avg_pool2d(x: &Tensor) -> Result<Tensor> {
+    let (n, c, _, _) = check_nchw("global_avg_pool2d", x)?;
+    adaptive_avg_pool2d(x, (1, 1))?.reshape(&[n, c])
+}
+
+/// Mean over the frame axis: per-frame features [B, T, ...] → clip features [B, ...] (composite).
+pub fn temporal_mean(x: &Tensor) -> Result<Tensor> {
+    if x.rank() < 2 || x.shape()[1] == 0 {
+        return Err(Error::shape("temporal_mean", format!("input must be [B, T, ...] with T >= 1, got {:?}", x.shape())));
+    }
+    x.mean(&[1], false)
+}

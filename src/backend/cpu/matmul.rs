@@ -10,8 +10,9 @@ use crate::tensor::layout::{broadcast_shapes, Layout};
 use crate::tensor::{Float, StorageElement, Tensor};
 use rayon::prelude::*;
 
-/// One GEMM: `dst[m×n] = lhs[m×k] · rhs[k×n]`, each operand given by pointer and
-/// (row stride, column stride) in elements. `dst` is overwritten.
+/// One GEMM: `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`, each operand given by pointer and
+/// (row stride, column stride) in elements. `dst` is overwritten, or added to
+/// when `accumulate` is set.
 ///
 /// # Safety
 /// The pointers must cover the addressed elements; `dst` must not alias the inputs.
@@ -29,9 +30,10 @@ pub unsafe fn gemm_strided<T: Float>(
     rhs: *const T,
     rhs_rs: isize,
     rhs_cs: isize,
+    accumulate: bool,
     threads: usize,
 ) {
-    if m == 0 || n == 0 {
+    if m == 0 || n == 0 || (k == 0 && accumulate) {
         return;
     }
     if k == 0 {
@@ -51,14 +53,14 @@ pub unsafe fn gemm_strided<T: Float>(
         dst,
         dst_cs,
         dst_rs,
-        false,
+        accumulate,
         lhs,
         lhs_cs,
         lhs_rs,
         rhs,
         rhs_cs,
         rhs_rs,
-        T::zero(),
+        if accumulate { T::one() } else { T::zero() },
         T::one(),
         false,
         false,
@@ -116,6 +118,7 @@ pub fn matmul<T: Float + StorageElement>(a: &Tensor, b: &Tensor) -> Result<Tenso
             pb.0.add(offs_b[i]),
             b_rs,
             b_cs,
+            false,
             threads,
         );
     };
