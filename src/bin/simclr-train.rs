@@ -23,7 +23,7 @@ use std::time::Instant;
 
 const SIZE: usize = 32;
 const BATCH: usize = 64;
-const STEPS: usize = 150;
+const STEPS: usize = 300;
 const TEMPERATURE: f64 = 0.5;
 
 /// One synthetic image: 1–3 soft discs of random colour on a grey background.
@@ -201,7 +201,7 @@ fn run_demo() -> Result<()> {
     // A fixed evaluation set the encoder never trains on.
     let mut eval_rng = Rng::new(7);
     let (mut v1, mut v2, mut clean, mut counts) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..400 {
+    for _ in 0..600 {
         let (img, count) = draw_image(&mut eval_rng);
         v1.push(augment(&img, &mut eval_rng));
         v2.push(augment(&img, &mut eval_rng));
@@ -223,7 +223,8 @@ fn run_demo() -> Result<()> {
         // Both views in one batch: rows 0..B are view 1, rows B..2B their partners.
         let x = Tensor::cat(&[&batch_tensor(&a)?, &batch_tensor(&b)?], 0)?;
         opt.zero_grad();
-        let z = model.project(&model.encode(&x, true)?)?;
+        let h = model.encode(&x, true)?;
+        let z = model.project(&h)?;
         let loss = nt_xent(&z, TEMPERATURE)?;
         let value = loss.item()?;
         if !value.is_finite() {
@@ -238,7 +239,7 @@ fn run_demo() -> Result<()> {
     }
     let (ret1, probe1) = evaluate(&mut model, &eval)?;
     println!("\n  {:<28} {:>16} {:>22}", "encoder", "view retrieval", "disc-count probe");
-    println!("  {:<28} {:>15.1}% {:>21.1}%", "chance", 100.0 / 400.0, 100.0 / 3.0);
+    println!("  {:<28} {:>15.1}% {:>21.1}%", "chance", 100.0 / 600.0, 100.0 / 3.0);
     println!("  {:<28} {:>15.1}% {:>21.1}%", "random init", 100.0 * ret0, 100.0 * probe0);
     println!("  {:<28} {:>15.1}% {:>21.1}%", format!("SimCLR-trained ({STEPS} steps)"), 100.0 * ret1, 100.0 * probe1);
     println!("\n  done in {:.1} s", start.elapsed().as_secs_f64());

@@ -65,9 +65,11 @@ fn softmax_row<T: Float>(row: &[T], out: &mut [T]) {
 
 fn log_softmax_row<T: Float>(row: &[T], out: &mut [T]) {
     let m = row.iter().copied().fold(T::neg_infinity(), T::max);
-    let lse = m + row.iter().map(|&v| (v - m).exp()).fold(T::zero(), |a, b| a + b).ln();
+    // (v − m) − log Σ exp(v − m): subtracting the small log-sum last keeps
+    // precision that v − (m + log Σ) would round away for large m.
+    let log_sum = row.iter().map(|&v| (v - m).exp()).fold(T::zero(), |a, b| a + b).ln();
     for (o, &v) in out.iter_mut().zip(row) {
-        *o = v - lse;
+        *o = (v - m) - log_sum;
     }
 }
 
