@@ -15,6 +15,7 @@ pub use dtype::{DType, Element, Float};
 pub use layout::Layout;
 pub use storage::{Storage, StorageElement};
 
+use crate::any_dispatch;
 use crate::autograd::{GradInfo, GradSlot};
 use crate::backend::Device;
 use crate::error::{Error, Result};
@@ -98,21 +99,11 @@ impl Tensor {
 
     /// A tensor from f64 values, stored as `dtype`.
     pub fn from_f64s(data: &[f64], shape: &[usize], dtype: DType) -> Result<Tensor> {
-        fn conv<T: StorageElement>(d: &[f64]) -> Storage {
-            T::wrap(d.iter().map(|&v| T::of_f64(v)).collect())
-        }
         let n = layout::numel(shape);
         if data.len() != n {
             return Err(Error::shape("from_f64s", format!("{} values for shape {shape:?}", data.len())));
         }
-        let storage = match dtype {
-            DType::F32 => conv::<f32>(data),
-            DType::F64 => conv::<f64>(data),
-            DType::BF16 => conv::<half::bf16>(data),
-            DType::F16 => conv::<half::f16>(data),
-            DType::U8 => conv::<u8>(data),
-            DType::I64 => conv::<i64>(data),
-        };
+        let storage = any_dispatch!(dtype, T => T::wrap(data.iter().map(|&v| T::of_f64(v)).collect()));
         Ok(Tensor::from_parts(storage, Layout::contiguous(shape)))
     }
 
@@ -226,17 +217,7 @@ impl Tensor {
 
     /// Copies the elements out as f64, whatever the dtype.
     pub fn to_f64_vec(&self) -> Vec<f64> {
-        fn conv<T: StorageElement>(t: &Tensor) -> Vec<f64> {
-            t.host_data::<T>().map(|d| d.iter().map(|x| x.as_f64()).collect()).unwrap_or_default()
-        }
-        match self.dtype() {
-            DType::F32 => conv::<f32>(self),
-            DType::F64 => conv::<f64>(self),
-            DType::BF16 => conv::<half::bf16>(self),
-            DType::F16 => conv::<half::f16>(self),
-            DType::U8 => conv::<u8>(self),
-            DType::I64 => conv::<i64>(self),
-        }
+        any_dispatch!(self.dtype(), T => self.host_data::<T>().map(|d| d.iter().map(|x| x.as_f64()).collect()).unwrap_or_default())
     }
 
     /// The value of a one-element tensor.
@@ -316,17 +297,8 @@ impl Tensor {
 
     /// A fresh row-major copy of the elements as storage.
     pub(crate) fn contiguous_storage(&self) -> Storage {
-        fn conv<T: StorageElement>(t: &Tensor) -> Storage {
-            T::wrap(t.host_data::<T>().expect("dtype matches").to_vec())
-        }
-        match self.dtype() {
-            DType::F32 => conv::<f32>(self),
-            DType::F64 => conv::<f64>(self),
-            DType::BF16 => conv::<half::bf16>(self),
-            DType::F16 => conv::<half::f16>(self),
-            DType::U8 => conv::<u8>(self),
-            DType::I64 => conv::<i64>(self),
-        }
+        // host_data cannot fail here: T is the tensor's own dtype.
+        any_dispatch!(self.dtype(), T => T::wrap(self.host_data::<T>().map(|d| d.to_vec()).unwrap_or_default()))
     }
 
     // ---------------------------------------------------------------- devices

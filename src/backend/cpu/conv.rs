@@ -1,15 +1,19 @@
 //! 2-D convolution on the CPU by im2col + GEMM.
 //!
-//! im2col unrolls every receptive field of one image into a column, so the
-//! convolution becomes one matrix product `W[O, C·kh·kw] · cols[C·kh·kw, OH·OW]`
-//! that the tuned GEMM does at near-peak speed. The cost is the cols buffer
-//! (kh·kw times the input); it is built per image and thrown away, and
-//! recomputed in backward rather than kept alive between passes.
+//! im2col unrolls every receptive field into a column, so the convolution
+//! becomes one matrix product `W[O, K] · cols[K, G·P]` (K = C·kh·kw, P = OH·OW)
+//! that the tuned GEMM runs near peak. Images are processed in groups of G
+//! whose columns sit side by side: deep layers have tiny feature maps (P = 4 at
+//! ResNet's last stage on 64×64 frames), and one GEMM over many images is far
+//! faster than many skinny ones. G is capped so the cols buffer stays near
+//! `COLS_BUDGET` elements; backward recomputes cols instead of keeping them.
 
 use super::matmul::gemm_strided;
-use super::SendConstPtr;
 use crate::tensor::Float;
 use rayon::prelude::*;
+
+/// Elements of im2col buffer per group (16 Mi f32 = 64 MiB).
+const COLS_BUDGET: usize = 1 << 24;
 
 #[derive(Clone, Copy, Debug)]
 pub struct ConvGeometry {
@@ -33,22 +37,29 @@ impl ConvGeometry {
     pub fn k(&self) -> usize {
         self.c * self.kh * self.kw
     }
-    /// Columns of the cols matrix: one per output pixel.
+    /// Output pixels per image (columns of one image's cols block).
     pub fn p(&self) -> usize {
         self.oh * self.ow
     }
+    fn image(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    /// Images per GEMM.
+    fn group(&self) -> usize {
+        (COLS_BUDGET / (self.k() * self.p()).max(1)).clamp(1, self.n.max(1))
+    }
 }
 
+/// Writes image `x`'s columns into `cols` (row stride `ld`, this image's block starting at column 0):
 /// cols[(c·kh + i)·kw + j, oy·OW + ox] = x[c, oy·sh + i − ph, ox·sw + j − pw] (0 outside).
-fn im2col<T: Float>(x: &[T], g: &ConvGeometry, cols: &mut [T]) {
-    let p = g.p();
+fn im2col<T: Float>(x: &[T], g: &ConvGeometry, cols: &mut [T], ld: usize) {
     for c in 0..g.c {
         for i in 0..g.kh {
             for j in 0..g.kw {
-                let row = &mut cols[((c * g.kh + i) * g.kw + j) * p..][..p];
+                let row = (c * g.kh + i) * g.kw + j;
                 for oy in 0..g.oh {
                     let iy = (oy * g.sh + i) as isize - g.ph as isize;
-                    let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
+                    let dst = &mut cols[row * ld + oy * g.ow..][..g.ow];
                     if iy < 0 || iy >= g.h as isize {
                         dst.fill(T::zero());
                         continue;
@@ -65,19 +76,18 @@ fn im2col<T: Float>(x: &[T], g: &ConvGeometry, cols: &mut [T]) {
 }
 
 /// The adjoint of im2col: adds every column entry back to the input pixel it came from.
-fn col2im<T: Float>(cols: &[T], g: &ConvGeometry, dx: &mut [T]) {
-    let p = g.p();
+fn col2im<T: Float>(cols: &[T], ld: usize, g: &ConvGeometry, dx: &mut [T]) {
     for c in 0..g.c {
         for i in 0..g.kh {
             for j in 0..g.kw {
-                let row = &cols[((c * g.kh + i) * g.kw + j) * p..][..p];
+                let row = (c * g.kh + i) * g.kw + j;
                 for oy in 0..g.oh {
                     let iy = (oy * g.sh + i) as isize - g.ph as isize;
                     if iy < 0 || iy >= g.h as isize {
                         continue;
                     }
                     let dst = &mut dx[(c * g.h + iy as usize) * g.w..][..g.w];
-                    for (ox, &v) in row[oy * g.ow..(oy + 1) * g.ow].iter().enumerate() {
+                    for (ox, &v) in cols[row * ld + oy * g.ow..][..g.ow].iter().enumerate() {
                         let ix = (ox * g.sw + j) as isize - g.pw as isize;
                         if ix >= 0 && ix < g.w as isize {
                             dst[ix as usize] += v;
@@ -89,96 +99,130 @@ fn col2im<T: Float>(cols: &[T], g: &ConvGeometry, dx: &mut [T]) {
     }
 }
 
-/// Whether to spread images over threads (single-threaded GEMMs) or to give
-/// each image's GEMM all threads.
-fn per_image_parallel(n: usize) -> bool {
-    n >= rayon::current_num_threads()
+/// cols for images `first..first + count`, side by side: [K, count·P].
+fn group_cols<T: Float>(x: &[T], g: &ConvGeometry, first: usize, count: usize) -> Vec<T> {
+    let (k, p, ld) = (g.k(), g.p(), count * g.p());
+    let mut cols = vec![T::zero(); k * ld];
+    // Each image owns a column block; build them in parallel through a raw pointer.
+    let ptr = super::SendPtr(cols.as_mut_ptr());
+    (0..count).into_par_iter().for_each(|b| {
+        let ptr = ptr;
+        // SAFETY: image b writes only columns b·P..(b+1)·P of each row, disjoint across b;
+        // the slice handed to im2col starts at its block and im2col stays within ld-strided rows.
+        let block = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(b * p), k * ld - b * p) };
+        im2col(&x[(first + b) * g.image()..][..g.image()], g, block, ld);
+    });
+    cols
 }
 
-/// y[n] = W · im2col(x[n]) (+ bias). `x`: [N, C, H, W], `w`: [O, C·kh·kw], row-major.
+fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// y = conv(x, w) + bias. `x`: [N, C, H, W], `w`: [O, K], both row-major; returns [N, O, OH, OW].
 pub fn conv2d_forward<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry) -> Vec<T> {
-    let (k, p) = (g.k(), g.p());
-    let mut y = vec![T::zero(); g.n * g.o * p];
-    let par = per_image_parallel(g.n);
-    let threads = if par { 1 } else { rayon::current_num_threads() };
-    let one_image = |(n, yn): (usize, &mut [T])| {
-        let mut cols = vec![T::zero(); k * p];
-        im2col(&x[n * g.c * g.h * g.w..][..g.c * g.h * g.w], g, &mut cols);
-        // SAFETY: yn is [O, P], w is [O, K], cols is [K, P]; all row-major and in bounds.
+    forward_grouped(x, w, bias, g, g.group())
+}
+
+fn forward_grouped<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry, step: usize) -> Vec<T> {
+    let (k, p, o) = (g.k(), g.p(), g.o);
+    let mut y = vec![T::zero(); g.n * o * p];
+    for first in (0..g.n).step_by(step) {
+        let count = step.min(g.n - first);
+        let cols = group_cols(x, g, first, count);
+        let mut yg = vec![T::zero(); o * count * p]; // [O, count·P]
+        // SAFETY: yg is [O, count·P], w is [O, K], cols is [K, count·P]; row-major, in bounds.
         unsafe {
-            gemm_strided(g.o, p, k, yn.as_mut_ptr(), p as isize, 1, w.as_ptr(), k as isize, 1, cols.as_ptr(), p as isize, 1, false, threads);
+            gemm_strided(o, count * p, k, yg.as_mut_ptr(), (count * p) as isize, 1, w.as_ptr(), k as isize, 1, cols.as_ptr(), (count * p) as isize, 1, false, threads());
         }
-        if let Some(b) = bias {
-            for (o, plane) in yn.chunks_mut(p).enumerate() {
-                plane.iter_mut().for_each(|v| *v += b[o]);
+        // [O, count, P] → [count, O, P], adding the bias on the way.
+        y[first * o * p..(first + count) * o * p].par_chunks_mut(o * p).enumerate().for_each(|(b, yn)| {
+            for oc in 0..o {
+                let add = bias.map_or(T::zero(), |bs| bs[oc]);
+                let src = &yg[(oc * count + b) * p..][..p];
+                yn[oc * p..(oc + 1) * p].iter_mut().zip(src).for_each(|(d, &s)| *d = s + add);
             }
-        }
-    };
-    if par {
-        y.par_chunks_mut(g.o * p).enumerate().for_each(one_image);
-    } else {
-        y.chunks_mut(g.o * p).enumerate().for_each(one_image);
+        });
     }
     y
 }
 
+/// dY for a group laid out as the GEMMs want it: [O, count·P].
+fn group_dy<T: Float>(dy: &[T], g: &ConvGeometry, first: usize, count: usize) -> Vec<T> {
+    let (o, p) = (g.o, g.p());
+    let mut out = vec![T::zero(); o * count * p];
+    out.par_chunks_mut(count * p).enumerate().for_each(|(oc, row)| {
+        for b in 0..count {
+            row[b * p..(b + 1) * p].copy_from_slice(&dy[((first + b) * o + oc) * p..][..p]);
+        }
+    });
+    out
+}
+
 /// dX[n] = col2im(Wᵀ · dY[n]).
 pub fn conv2d_backward_input<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
-    let (k, p) = (g.k(), g.p());
-    let image = g.c * g.h * g.w;
-    let mut dx = vec![T::zero(); g.n * image];
-    let par = per_image_parallel(g.n);
-    let threads = if par { 1 } else { rayon::current_num_threads() };
-    let one_image = |(n, dxn): (usize, &mut [T])| {
-        let mut dcols = vec![T::zero(); k * p];
+    backward_input_grouped(dy, w, g, g.group())
+}
+
+fn backward_input_grouped<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry, step: usize) -> Vec<T> {
+    let (k, p, o) = (g.k(), g.p(), g.o);
+    let mut dx = vec![T::zero(); g.n * g.image()];
+    for first in (0..g.n).step_by(step) {
+        let count = step.min(g.n - first);
+        let dyg = group_dy(dy, g, first, count);
+        let ld = count * p;
+        let mut dcols = vec![T::zero(); k * ld];
         // Wᵀ as a strided view of W: row stride 1, column stride K.
         unsafe {
-            gemm_strided(k, p, g.o, dcols.as_mut_ptr(), p as isize, 1, w.as_ptr(), 1, k as isize, dy[n * g.o * p..].as_ptr(), p as isize, 1, false, threads);
+            gemm_strided(k, ld, o, dcols.as_mut_ptr(), ld as isize, 1, w.as_ptr(), 1, k as isize, dyg.as_ptr(), ld as isize, 1, false, threads());
         }
-        col2im(&dcols, g, dxn);
-    };
-    if par {
-        dx.par_chunks_mut(image).enumerate().for_each(one_image);
-    } else {
-        dx.chunks_mut(image).enumerate().for_each(one_image);
+        dx[first * g.image()..(first + count) * g.image()].par_chunks_mut(g.image()).enumerate().for_each(|(b, dxn)| {
+            col2im(&dcols[b * p..], ld, g, dxn);
+        });
     }
     dx
 }
 
-/// dW = Σ_n dY[n] · im2col(x[n])ᵀ, as [O, C·kh·kw].
+/// dW = Σ_n dY[n] · cols(x[n])ᵀ, as [O, K].
 pub fn conv2d_backward_weight<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry) -> Vec<T> {
-    let (k, p) = (g.k(), g.p());
-    let image = g.c * g.h * g.w;
-    let (xp, dyp) = (SendConstPtr(x.as_ptr()), SendConstPtr(dy.as_ptr()));
-    let accumulate_image = |acc: &mut Vec<T>, n: usize, threads: usize| {
-        let (xp, dyp) = (xp, dyp);
-        let mut cols = vec![T::zero(); k * p];
-        // SAFETY: image n of x and of dy lie within the slices the pointers came from.
-        let xn = unsafe { std::slice::from_raw_parts(xp.0.add(n * image), image) };
-        im2col(xn, g, &mut cols);
-        // colsᵀ as a strided view: row stride 1, column stride P.
+    backward_weight_grouped(x, dy, g, g.group())
+}
+
+fn backward_weight_grouped<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry, step: usize) -> Vec<T> {
+    let (k, p, o) = (g.k(), g.p(), g.o);
+    let mut dw = vec![T::zero(); o * k];
+    for first in (0..g.n).step_by(step) {
+        let count = step.min(g.n - first);
+        let cols = group_cols(x, g, first, count);
+        let dyg = group_dy(dy, g, first, count);
+        let ld = count * p;
+        // colsᵀ as a strided view: row stride 1, column stride ld. Accumulates over groups.
         unsafe {
-            gemm_strided(g.o, k, p, acc.as_mut_ptr(), k as isize, 1, dyp.0.add(n * g.o * p), p as isize, 1, cols.as_ptr(), 1, p as isize, true, threads);
+            gemm_strided(o, k, ld, dw.as_mut_ptr(), k as isize, 1, dyg.as_ptr(), ld as isize, 1, cols.as_ptr(), 1, ld as isize, true, threads());
         }
-    };
-    if per_image_parallel(g.n) {
-        // One accumulator per rayon work item, summed at the end.
-        (0..g.n)
-            .into_par_iter()
-            .fold(|| vec![T::zero(); g.o * k], |mut acc, n| {
-                accumulate_image(&mut acc, n, 1);
-                acc
-            })
-            .reduce(|| vec![T::zero(); g.o * k], |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += *y);
-                a
-            })
-    } else {
-        let mut acc = vec![T::zero(); g.o * k];
-        let threads = rayon::current_num_threads();
-        for n in 0..g.n {
-            accumulate_image(&mut acc, n, threads);
+    }
+    dw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Groups are an implementation detail: one image per GEMM, two, or all
+    /// at once must give the same numbers.
+    #[test]
+    fn grouping_does_not_change_results() {
+        let g = ConvGeometry { n: 5, c: 2, h: 6, w: 5, o: 3, kh: 3, kw: 2, sh: 2, sw: 1, ph: 1, pw: 1, oh: 3, ow: 6 };
+        let mut rng = crate::rng::Rng::new(3);
+        let mut rand = |n: usize| (0..n).map(|_| rng.normal()).collect::<Vec<f64>>();
+        let (x, w, dy) = (rand(g.n * g.image()), rand(g.o * g.k()), rand(g.n * g.o * g.p()));
+        let bias = rand(g.o);
+        let reference = (forward_grouped(&x, &w, Some(&bias), &g, 5), backward_input_grouped(&dy, &w, &g, 5), backward_weight_grouped(&x, &dy, &g, 5));
+        for step in [1, 2] {
+            let got = (forward_grouped(&x, &w, Some(&bias), &g, step), backward_input_grouped(&dy, &w, &g, step), backward_weight_grouped(&x, &dy, &g, step));
+            for (a, b) in [(&got.0, &reference.0), (&got.1, &reference.1), (&got.2, &reference.2)] {
+                assert!(a.iter().zip(b.iter()).all(|(p, q)| (p - q).abs() < 1e-12), "group size {step}");
+            }
         }
-        acc
     }
 }
