@@ -2,11 +2,13 @@
 //!
 //! im2col unrolls every receptive field into a column, so the convolution
 //! becomes one matrix product `W[O, K] · cols[K, G·P]` (K = C·kh·kw, P = OH·OW)
-//! that the tuned GEMM runs near peak. Images are processed in groups of G
-//! whose columns sit side by side: deep layers have tiny feature maps (P = 4 at
-//! ResNet's last stage on 64×64 frames), and one GEMM over many images is far
-//! faster than many skinny ones. G is capped so the cols buffer stays near
-//! `COLS_BUDGET` elements; backward recomputes cols instead of keeping them.
+//! that the tuned GEMM runs near peak. Two schedules, picked by feature-map size:
+//! - large maps (P ≥ `MIN_GEMM_COLS`): one image per GEMM, images spread over
+//!   threads, each output written in place;
+//! - small maps (deep layers: P = 4 at ResNet's last stage on 64×64 frames):
+//!   G images side by side in one wide GEMM, since many skinny GEMMs waste the
+//!   machine. G is capped so the cols buffer stays within `COLS_BUDGET`.
+//! Backward recomputes cols instead of keeping them.
 
 use super::matmul::gemm_strided;
 use crate::tensor::Float;
@@ -14,6 +16,8 @@ use rayon::prelude::*;
 
 /// Elements of im2col buffer per group (16 Mi f32 = 64 MiB).
 const COLS_BUDGET: usize = 1 << 24;
+/// Columns a GEMM needs to be efficient; smaller feature maps are grouped.
+const MIN_GEMM_COLS: usize = 256;
 
 #[derive(Clone, Copy, Debug)]
 pub struct ConvGeometry {
@@ -44,9 +48,11 @@ impl ConvGeometry {
     fn image(&self) -> usize {
         self.c * self.h * self.w
     }
-    /// Images per GEMM.
+    /// Images per GEMM (1 = the per-image schedule).
     fn group(&self) -> usize {
-        (COLS_BUDGET / (self.k() * self.p()).max(1)).clamp(1, self.n.max(1))
+        let wanted = MIN_GEMM_COLS.div_ceil(self.p().max(1));
+        let affordable = COLS_BUDGET / (self.k() * self.p()).max(1);
+        wanted.min(affordable).clamp(1, self.n.max(1))
     }
 }
 
@@ -121,7 +127,91 @@ fn threads() -> usize {
 
 /// y = conv(x, w) + bias. `x`: [N, C, H, W], `w`: [O, K], both row-major; returns [N, O, OH, OW].
 pub fn conv2d_forward<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry) -> Vec<T> {
-    forward_grouped(x, w, bias, g, g.group())
+    match g.group() {
+        1 => forward_per_image(x, w, bias, g),
+        step => forward_grouped(x, w, bias, g, step),
+    }
+}
+
+/// Spread images over threads (single-threaded GEMMs) when there are enough of
+/// them; otherwise give each image's GEMM every thread.
+fn image_threads(n: usize) -> (bool, usize) {
+    if n >= threads() {
+        (true, 1)
+    } else {
+        (false, threads())
+    }
+}
+
+fn forward_per_image<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry) -> Vec<T> {
+    let (k, p, o) = (g.k(), g.p(), g.o);
+    let mut y = vec![T::zero(); g.n * o * p];
+    let (parallel, gemm_threads) = image_threads(g.n);
+    let one_image = |(n, yn): (usize, &mut [T])| {
+        let mut cols = vec![T::zero(); k * p];
+        im2col(&x[n * g.image()..][..g.image()], g, &mut cols, p);
+        // SAFETY: yn is [O, P], w is [O, K], cols is [K, P]; row-major, in bounds.
+        unsafe {
+            gemm_strided(o, p, k, yn.as_mut_ptr(), p as isize, 1, w.as_ptr(), k as isize, 1, cols.as_ptr(), p as isize, 1, false, gemm_threads);
+        }
+        if let Some(b) = bias {
+            yn.chunks_mut(p).zip(b).for_each(|(plane, &bv)| plane.iter_mut().for_each(|v| *v += bv));
+        }
+    };
+    if parallel {
+        y.par_chunks_mut(o * p).enumerate().for_each(one_image);
+    } else {
+        y.chunks_mut(o * p).enumerate().for_each(one_image);
+    }
+    y
+}
+
+fn backward_input_per_image<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
+    let (k, p, o) = (g.k(), g.p(), g.o);
+    let mut dx = vec![T::zero(); g.n * g.image()];
+    let (parallel, gemm_threads) = image_threads(g.n);
+    let one_image = |(n, dxn): (usize, &mut [T])| {
+        let mut dcols = vec![T::zero(); k * p];
+        unsafe {
+            gemm_strided(k, p, o, dcols.as_mut_ptr(), p as isize, 1, w.as_ptr(), 1, k as isize, dy[n * o * p..].as_ptr(), p as isize, 1, false, gemm_threads);
+        }
+        col2im(&dcols, p, g, dxn);
+    };
+    if parallel {
+        dx.par_chunks_mut(g.image()).enumerate().for_each(one_image);
+    } else {
+        dx.chunks_mut(g.image()).enumerate().for_each(one_image);
+    }
+    dx
+}
+
+fn backward_weight_per_image<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry) -> Vec<T> {
+    let (k, p, o) = (g.k(), g.p(), g.o);
+    let accumulate = |acc: &mut Vec<T>, n: usize, gemm_threads: usize| {
+        let mut cols = vec![T::zero(); k * p];
+        im2col(&x[n * g.image()..][..g.image()], g, &mut cols, p);
+        unsafe {
+            gemm_strided(o, k, p, acc.as_mut_ptr(), k as isize, 1, dy[n * o * p..].as_ptr(), p as isize, 1, cols.as_ptr(), 1, p as isize, true, gemm_threads);
+        }
+    };
+    let (parallel, gemm_threads) = image_threads(g.n);
+    if parallel {
+        // One accumulator per rayon work item, summed at the end.
+        (0..g.n)
+            .into_par_iter()
+            .fold(|| vec![T::zero(); o * k], |mut acc, n| {
+                accumulate(&mut acc, n, 1);
+                acc
+            })
+            .reduce(|| vec![T::zero(); o * k], |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += *y);
+                a
+            })
+    } else {
+        let mut acc = vec![T::zero(); o * k];
+        (0..g.n).for_each(|n| accumulate(&mut acc, n, gemm_threads));
+        acc
+    }
 }
 
 fn forward_grouped<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry, step: usize) -> Vec<T> {
@@ -161,7 +251,10 @@ fn group_dy<T: Float>(dy: &[T], g: &ConvGeometry, first: usize, count: usize) ->
 
 /// dX[n] = col2im(Wᵀ · dY[n]).
 pub fn conv2d_backward_input<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
-    backward_input_grouped(dy, w, g, g.group())
+    match g.group() {
+        1 => backward_input_per_image(dy, w, g),
+        step => backward_input_grouped(dy, w, g, step),
+    }
 }
 
 fn backward_input_grouped<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry, step: usize) -> Vec<T> {
@@ -185,7 +278,10 @@ fn backward_input_grouped<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry, step: u
 
 /// dW = Σ_n dY[n] · cols(x[n])ᵀ, as [O, K].
 pub fn conv2d_backward_weight<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry) -> Vec<T> {
-    backward_weight_grouped(x, dy, g, g.group())
+    match g.group() {
+        1 => backward_weight_per_image(x, dy, g),
+        step => backward_weight_grouped(x, dy, g, step),
+    }
 }
 
 fn backward_weight_grouped<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry, step: usize) -> Vec<T> {
@@ -218,10 +314,14 @@ mod tests {
         let (x, w, dy) = (rand(g.n * g.image()), rand(g.o * g.k()), rand(g.n * g.o * g.p()));
         let bias = rand(g.o);
         let reference = (forward_grouped(&x, &w, Some(&bias), &g, 5), backward_input_grouped(&dy, &w, &g, 5), backward_weight_grouped(&x, &dy, &g, 5));
-        for step in [1, 2] {
-            let got = (forward_grouped(&x, &w, Some(&bias), &g, step), backward_input_grouped(&dy, &w, &g, step), backward_weight_grouped(&x, &dy, &g, step));
+        let candidates = [
+            ("per image", (forward_per_image(&x, &w, Some(&bias), &g), backward_input_per_image(&dy, &w, &g), backward_weight_per_image(&x, &dy, &g))),
+            ("groups of 1", (forward_grouped(&x, &w, Some(&bias), &g, 1), backward_input_grouped(&dy, &w, &g, 1), backward_weight_grouped(&x, &dy, &g, 1))),
+            ("groups of 2", (forward_grouped(&x, &w, Some(&bias), &g, 2), backward_input_grouped(&dy, &w, &g, 2), backward_weight_grouped(&x, &dy, &g, 2))),
+        ];
+        for (name, got) in &candidates {
             for (a, b) in [(&got.0, &reference.0), (&got.1, &reference.1), (&got.2, &reference.2)] {
-                assert!(a.iter().zip(b.iter()).all(|(p, q)| (p - q).abs() < 1e-12), "group size {step}");
+                assert!(a.iter().zip(b.iter()).all(|(p, q)| (p - q).abs() < 1e-12), "{name}");
             }
         }
     }
