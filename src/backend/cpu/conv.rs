@@ -17,7 +17,7 @@ use rayon::prelude::*;
 /// Elements of im2col buffer per group (16 Mi f32 = 64 MiB).
 const COLS_BUDGET: usize = 1 << 24;
 /// Columns a GEMM needs to be efficient; smaller feature maps are grouped.
-const MIN_GEMM_COLS: usize = 256;
+const MIN_GEMM_COLS: usize = 64;
 
 #[derive(Clone, Copy, Debug)]
 pub struct ConvGeometry {
