@@ -16,8 +16,11 @@ use rayon::prelude::*;
 
 /// Elements of im2col buffer per group (16 Mi f32 = 64 MiB).
 const COLS_BUDGET: usize = 1 << 24;
-/// Columns a GEMM needs to be efficient; smaller feature maps are grouped.
+/// Feature maps with fewer output pixels than this are grouped (measured in
+/// benches/cpu_kernels.rs: per-image GEMMs win down to 8×8 maps).
 const MIN_GEMM_COLS: usize = 64;
+/// Columns to aim for in a grouped GEMM.
+const GROUPED_GEMM_COLS: usize = 256;
 
 #[derive(Clone, Copy, Debug)]
 pub struct ConvGeometry {
@@ -50,7 +53,10 @@ impl ConvGeometry {
     }
     /// Images per GEMM (1 = the per-image schedule).
     fn group(&self) -> usize {
-        let wanted = MIN_GEMM_COLS.div_ceil(self.p().max(1));
+        if self.p() >= MIN_GEMM_COLS {
+            return 1;
+        }
+        let wanted = GROUPED_GEMM_COLS.div_ceil(self.p().max(1));
         let affordable = COLS_BUDGET / (self.k() * self.p()).max(1);
         wanted.min(affordable).clamp(1, self.n.max(1))
     }
