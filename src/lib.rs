@@ -10,6 +10,7 @@
 pub mod atomic_file;
 pub mod autograd;
 pub mod backend;
+pub mod data;
 pub mod error;
 pub mod nn;
 pub mod ops;

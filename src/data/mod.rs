@@ -1,0 +1,7 @@
+//! Data: the synthetic physics dataset, the on-disk shard format, and (to come)
+//! clip-consistent augmentation and the loader.
+
+pub mod bouncing;
+pub mod render;
+pub mod shards;
+pub mod synthetic;

@@ -1,0 +1,312 @@
+//! Processed datasets on disk: memory-mapped clip shards.
+//!
+//! ```text
+//! DIR/manifest.json    format, version, clip geometry, shard list with xxh3 checksums
+//! DIR/shard-00000.bin  `clips` clips of T×H×W×3 u8, back to back, no header
+//! DIR/labels.jsonl     one JSON object per clip, in clip order
+//! ```
+//! Writing is resumable and atomic: each shard (and its labels, kept beside it
+//! until the end) is written to a temporary name and renamed, so a killed
+//! writer leaves only complete shards; a rerun skips them. The manifest is
+//! written last, so a reader never accepts a half-written dataset.
+
+use crate::atomic_file::write_atomic;
+use crate::error::{Error, Result};
+use memmap2::Mmap;
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+pub const FORMAT: &str = "simclr-shards";
+pub const VERSION: u32 = 1;
+pub const MANIFEST: &str = "manifest.json";
+pub const LABELS: &str = "labels.jsonl";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ShardInfo {
+    pub file: String,
+    pub clips: usize,
+    pub bytes: u64,
+    /// xxh3-64 of the file's bytes, 16 hex digits.
+    pub xxh3: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    pub frames: usize,
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+    pub dtype: String,
+    pub clips: usize,
+    pub shards: Vec<ShardInfo>,
+    /// Where the clips came from (generator and its parameters, or source videos).
+    pub source: serde_json::Value,
+    pub labels: String,
+}
+
+impl Manifest {
+    pub fn clip_bytes(&self) -> usize {
+        self.frames * self.height * self.width * self.channels
+    }
+}
+
+/// Geometry of a dataset to write.
+#[derive(Clone, Copy, Debug)]
+pub struct ShardSpec {
+    pub clips: usize,
+    pub frames: usize,
+    pub height: usize,
+    pub width: usize,
+    pub clips_per_shard: usize,
+}
+
+impl ShardSpec {
+    pub fn clip_bytes(&self) -> usize {
+        self.frames * self.height * self.width * 3
+    }
+    pub fn shard_count(&self) -> usize {
+        self.clips.div_ceil(self.clips_per_shard.max(1))
+    }
+    /// The clip indices stored in shard `s`.
+    pub fn shard_range(&self, s: usize) -> std::ops::Range<usize> {
+        let start = s * self.clips_per_shard;
+        start..(start + self.clips_per_shard).min(self.clips)
+    }
+}
+
+pub fn shard_file_name(s: usize) -> String {
+    format!("shard-{s:05}.bin")
+}
+
+fn shard_labels_name(s: usize) -> String {
+    format!("shard-{s:05}.labels.jsonl")
+}
+
+pub fn checksum(bytes: &[u8]) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
+}
+
+/// What the caller produces for one shard: the clips' bytes back to back, and one label per clip.
+pub struct ShardContent {
+    pub bytes: Vec<u8>,
+    pub labels: Vec<serde_json::Value>,
+}
+
+/// Writes (or finishes writing) a dataset. `make_shard(s, clip_range)` produces
+/// shard `s`; shards already complete on disk are kept, not regenerated.
+/// `on_shard(clips_done)` reports progress.
+pub fn write_dataset(
+    dir: &Path,
+    spec: ShardSpec,
+    source: serde_json::Value,
+    make_shard: impl Fn(usize, std::ops::Range<usize>) -> Result<ShardContent>,
+    mut on_shard: impl FnMut(usize),
+) -> Result<Manifest> {
+    if spec.clips == 0 || spec.frames == 0 || spec.height == 0 || spec.width == 0 || spec.clips_per_shard == 0 {
+        return Err(Error::invalid("write_dataset", format!("every size must be at least 1, got {spec:?}")));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+    // A finished dataset with other geometry must not be silently mixed with new shards.
+    let manifest_path = dir.join(MANIFEST);
+    if manifest_path.exists() {
+        let old = read_manifest(dir)?;
+        if old.clips != spec.clips || old.frames != spec.frames || old.height != spec.height || old.width != spec.width {
+            return Err(Error::format(
+                &manifest_path,
+                format!(
+                    "{} already holds a dataset of {} clips of {}x{}x{}; choose another --out or delete it",
+                    dir.display(),
+                    old.clips,
+                    old.frames,
+                    old.height,
+                    old.width
+                ),
+            ));
+        }
+    }
+    let mut shards = Vec::with_capacity(spec.shard_count());
+    let mut all_labels: Vec<String> = Vec::with_capacity(spec.clips);
+    let mut done = 0;
+    for s in 0..spec.shard_count() {
+        let range = spec.shard_range(s);
+        let expected = (range.len() * spec.clip_bytes()) as u64;
+        let (bin, lab) = (dir.join(shard_file_name(s)), dir.join(shard_labels_name(s)));
+        let complete = std::fs::metadata(&bin).map(|m| m.len() == expected).unwrap_or(false)
+            && std::fs::read_to_string(&lab).map(|t| t.lines().count() == range.len()).unwrap_or(false);
+        let (sum, labels) = if complete {
+            let bytes = std::fs::read(&bin).map_err(|e| Error::io("read", &bin, e))?;
+            let text = std::fs::read_to_string(&lab).map_err(|e| Error::io("read", &lab, e))?;
+            (checksum(&bytes), text.lines().map(str::to_string).collect::<Vec<_>>())
+        } else {
+            let content = make_shard(s, range.clone())?;
+            if content.bytes.len() as u64 != expected || content.labels.len() != range.len() {
+                return Err(Error::invalid(
+                    "write_dataset",
+                    format!("shard {s}: got {} bytes and {} labels, expected {expected} and {}", content.bytes.len(), content.labels.len(), range.len()),
+                ));
+            }
+            let lines: Vec<String> = content.labels.iter().map(|l| l.to_string()).collect();
+            // Labels first: a shard counts as complete only once its .bin exists too.
+            write_atomic(&lab, (lines.join("\n") + "\n").as_bytes())?;
+            write_atomic(&bin, &content.bytes)?;
+            (checksum(&content.bytes), lines)
+        };
+        shards.push(ShardInfo { file: shard_file_name(s), clips: range.len(), bytes: expected, xxh3: sum });
+        all_labels.extend(labels);
+        done += range.len();
+        on_shard(done);
+    }
+    write_atomic(&dir.join(LABELS), (all_labels.join("\n") + "\n").as_bytes())?;
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        version: VERSION,
+        frames: spec.frames,
+        height: spec.height,
+        width: spec.width,
+        channels: 3,
+        dtype: "u8".into(),
+        clips: spec.clips,
+        shards,
+        source,
+        labels: LABELS.into(),
+    };
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::invalid("write_dataset", e.to_string()))?;
+    write_atomic(&manifest_path, text.as_bytes())?;
+    for s in 0..spec.shard_count() {
+        let _ = std::fs::remove_file(dir.join(shard_labels_name(s))); // merged into labels.jsonl
+    }
+    Ok(manifest)
+}
+
+fn missing_dataset(dir: &Path) -> Error {
+    Error::format(
+        dir,
+        "no processed dataset here (manifest.json missing). Generate one with \
+         `simclr-data bouncing --out DIR`, or preprocess CLEVRER videos into DIR",
+    )
+}
+
+pub fn read_manifest(dir: &Path) -> Result<Manifest> {
+    if !dir.is_dir() {
+        return Err(missing_dataset(dir));
+    }
+    let path = dir.join(MANIFEST);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            missing_dataset(dir)
+        } else {
+            Error::io("read", &path, e)
+        }
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
+    if value.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
+        return Err(Error::format(&path, format!("not a {FORMAT} manifest")));
+    }
+    let version = value.get("version").and_then(|v| v.as_u64());
+    if version != Some(VERSION as u64) {
+        return Err(Error::format(
+            &path,
+            format!("manifest version {version:?} is not supported (this build reads version {VERSION}); regenerate the dataset with this version of simclr-data"),
+        ));
+    }
+    let m: Manifest = serde_json::from_value(value).map_err(|e| Error::format(&path, format!("bad manifest: {e}")))?;
+    if m.channels != 3 || m.dtype != "u8" {
+        return Err(Error::format(&path, format!("expected 3-channel u8 clips, got {} channels of {}", m.channels, m.dtype)));
+    }
+    if m.shards.iter().map(|s| s.clips).sum::<usize>() != m.clips {
+        return Err(Error::format(&path, "shard clip counts do not add up to `clips`"));
+    }
+    Ok(m)
+}
+
+/// A processed dataset opened for reading: shards memory-mapped, labels parsed.
+pub struct ShardDataset {
+    dir: PathBuf,
+    manifest: Manifest,
+    maps: Vec<Mmap>,
+    /// (shard, byte offset) of every clip.
+    locations: Vec<(usize, usize)>,
+    labels: Vec<serde_json::Value>,
+}
+
+impl ShardDataset {
+    /// Opens `dir`, checking every shard's size against the manifest and the label count.
+    pub fn open(dir: &Path) -> Result<ShardDataset> {
+        let manifest = read_manifest(dir)?;
+        let clip_bytes = manifest.clip_bytes();
+        let mut maps = Vec::with_capacity(manifest.shards.len());
+        let mut locations = Vec::with_capacity(manifest.clips);
+        for (s, info) in manifest.shards.iter().enumerate() {
+            let path = dir.join(&info.file);
+            let file = File::open(&path).map_err(|e| Error::io("open shard", &path, e))?;
+            let len = file.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+            let expected = (info.clips * clip_bytes) as u64;
+            if len != expected || info.bytes != expected {
+                return Err(Error::format(
+                    &path,
+                    format!("shard is {len} bytes, the manifest expects {expected} ({} clips); the dataset is damaged — regenerate it", info.clips),
+                ));
+            }
+            // SAFETY: the file is opened read-only; a concurrent writer would be a
+            // user error we cannot rule out, as with any memory-mapped reader.
+            let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io("memory-map", &path, e))?;
+            locations.extend((0..info.clips).map(|c| (s, c * clip_bytes)));
+            maps.push(map);
+        }
+        let labels_path = dir.join(&manifest.labels);
+        let text = std::fs::read_to_string(&labels_path).map_err(|e| Error::io("read labels", &labels_path, e))?;
+        let labels: Vec<serde_json::Value> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::format(&labels_path, format!("line {}: {e}", i + 1))))
+            .collect::<Result<_>>()?;
+        if labels.len() != manifest.clips {
+            return Err(Error::format(
+                &labels_path,
+                format!("{} label lines for {} clips; the dataset is damaged — regenerate it", labels.len(), manifest.clips),
+            ));
+        }
+        Ok(ShardDataset { dir: dir.to_path_buf(), manifest, maps, locations, labels })
+    }
+
+    /// Recomputes every shard's xxh3 and compares it with the manifest.
+    pub fn verify_checksums(&self) -> Result<()> {
+        for (info, map) in self.manifest.shards.iter().zip(&self.maps) {
+            let got = checksum(map);
+            if got != info.xxh3 {
+                return Err(Error::format(
+                    self.dir.join(&info.file),
+                    format!("checksum mismatch (manifest {}, file {got}): the shard is corrupt — regenerate the dataset", info.xxh3),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn len(&self) -> usize {
+        self.manifest.clips
+    }
+    pub fn is_empty(&self) -> bool {
+        self.manifest.clips == 0
+    }
+
+    /// Clip `i` as T×H×W×3 bytes.
+    pub fn clip(&self, i: usize) -> Result<&[u8]> {
+        let &(s, off) = self.locations.get(i).ok_or_else(|| Error::index("clip", format!("clip {i} of {}", self.len())))?;
+        Ok(&self.maps[s][off..off + self.manifest.clip_bytes()])
+    }
+
+    pub fn label(&self, i: usize) -> Result<&serde_json::Value> {
+        self.labels.get(i).ok_or_else(|| Error::index("label", format!("clip {i} of {}", self.len())))
+    }
+}
