@@ -2,6 +2,7 @@
 //! clip-consistent augmentation and the loader.
 
 pub mod bouncing;
+pub mod contact_sheet;
 pub mod render;
 pub mod shards;
 pub mod synthetic;

@@ -1,0 +1,194 @@
+//! `simclr-data`: make and inspect processed datasets.
+//!
+//!   simclr-data bouncing --out DIR [--clips N --frames T --size S --balls 1-3 --seed S]
+//!   simclr-data inspect DIR [--png PATH] [--no-verify]
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use simclr::data::contact_sheet::write_contact_sheet;
+use simclr::data::shards::{write_dataset, ShardContent, ShardDataset, ShardSpec};
+use simclr::data::synthetic::{generate_clip, BouncingConfig};
+use simclr::{Error, Result};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "simclr-data", about = "Generate and inspect processed clip datasets")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate the synthetic bouncing-ball dataset (1–3 balls; label = ball count).
+    Bouncing {
+        /// Output directory (created; an interrupted run resumes where it stopped).
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of clips.
+        #[arg(long, default_value_t = 1000)]
+        clips: usize,
+        /// Frames per clip.
+        #[arg(long, default_value_t = 20)]
+        frames: usize,
+        /// Frame width and height in pixels (1000 clips × 20 frames at 128 px ≈ 1 GB).
+        #[arg(long, default_value_t = 128)]
+        size: usize,
+        /// Ball count range, e.g. 1-3 or 2.
+        #[arg(long, default_value = "1-3")]
+        balls: String,
+        /// Random seed: the same seed gives byte-identical data.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Clips per shard file.
+        #[arg(long, default_value_t = 64)]
+        clips_per_shard: usize,
+    },
+    /// Summarise a dataset, verify its checksums and write a PNG contact sheet.
+    Inspect {
+        dir: PathBuf,
+        /// Where to write the contact sheet (default DIR/contact_sheet.png).
+        #[arg(long)]
+        png: Option<PathBuf>,
+        /// Clips on the contact sheet.
+        #[arg(long, default_value_t = 6)]
+        sheet_clips: usize,
+        /// Skip checksum verification (faster on big datasets).
+        #[arg(long)]
+        no_verify: bool,
+    },
+}
+
+fn parse_balls(s: &str) -> Result<(usize, usize)> {
+    let bad = || Error::invalid("--balls", format!("expected a count like 2 or a range like 1-3 (1 to 6 balls), got `{s}`"));
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?),
+        None => {
+            let n = s.trim().parse().map_err(|_| bad())?;
+            (n, n)
+        }
+    };
+    if lo == 0 || lo > hi || hi > simclr::data::render::PALETTE.len() {
+        return Err(bad());
+    }
+    Ok((lo, hi))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bouncing(out: PathBuf, clips: usize, frames: usize, size: usize, balls: &str, seed: u64, clips_per_shard: usize) -> Result<()> {
+    let (min_balls, max_balls) = parse_balls(balls)?;
+    if clips == 0 || frames == 0 || clips_per_shard == 0 {
+        return Err(Error::invalid("simclr-data bouncing", "--clips, --frames and --clips-per-shard must be at least 1"));
+    }
+    if !(8..=1024).contains(&size) {
+        return Err(Error::invalid("--size", format!("frame size must be 8 to 1024 pixels, got {size}")));
+    }
+    let cfg = BouncingConfig { frames, size, min_balls, max_balls, ..Default::default() };
+    let spec = ShardSpec { clips, frames, height: size, width: size, clips_per_shard };
+    let source = serde_json::json!({
+        "generator": "bouncing", "seed": seed, "balls": [min_balls, max_balls], "frame_dt": cfg.frame_dt,
+    });
+    let bar = ProgressBar::new(clips as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} clips  {per_sec}  eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    let start = Instant::now();
+    let manifest = write_dataset(
+        &out,
+        spec,
+        source,
+        |_, range| {
+            let clips: Vec<(Vec<u8>, serde_json::Value)> = range
+                .into_par_iter()
+                .map(|i| {
+                    let (bytes, labels) = generate_clip(seed, i, &cfg);
+                    (bytes, serde_json::to_value(labels).unwrap_or_default())
+                })
+                .collect();
+            let mut content = ShardContent { bytes: Vec::new(), labels: Vec::new() };
+            for (b, l) in clips {
+                content.bytes.extend_from_slice(&b);
+                content.labels.push(l);
+            }
+            Ok(content)
+        },
+        |done| bar.set_position(done as u64),
+    )?;
+    bar.finish_and_clear();
+    println!(
+        "wrote {} clips ({} shards, {:.1} MB) to {} in {:.1} s",
+        manifest.clips,
+        manifest.shards.len(),
+        (manifest.clips * manifest.clip_bytes()) as f64 / 1e6,
+        out.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn inspect(dir: PathBuf, png: Option<PathBuf>, sheet_clips: usize, no_verify: bool) -> Result<()> {
+    let ds = ShardDataset::open(&dir)?;
+    let m = ds.manifest();
+    println!("dataset   {}", dir.display());
+    println!("format    {} v{}", m.format, m.version);
+    println!("clips     {} in {} shards, {} frames of {}x{}x{} {}", m.clips, m.shards.len(), m.frames, m.height, m.width, m.channels, m.dtype);
+    println!("source    {}", m.source);
+    if no_verify {
+        println!("checksums not verified (--no-verify)");
+    } else {
+        ds.verify_checksums()?;
+        println!("checksums ok ({} shards, xxh3)", m.shards.len());
+    }
+    // Label statistics (fields present in bouncing-ball labels; others are skipped).
+    let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+    let (mut collisions, mut speed_min, mut speed_max, mut with_gravity) = (Vec::new(), f64::INFINITY, 0f64, 0);
+    for i in 0..ds.len() {
+        let l = ds.label(i)?;
+        if let Some(c) = l.get("ball_count").and_then(|v| v.as_u64()) {
+            *counts.entry(c).or_default() += 1;
+        }
+        if let Some(c) = l.get("collisions").and_then(|v| v.as_array()) {
+            collisions.push(c.len());
+        }
+        if l.get("gravity").and_then(|v| v.as_f64()).is_some_and(|g| g > 0.0) {
+            with_gravity += 1;
+        }
+        for frame in l.get("velocities").and_then(|v| v.as_array()).into_iter().flatten() {
+            for v in frame.as_array().into_iter().flatten() {
+                if let (Some(x), Some(y)) = (v.get(0).and_then(|x| x.as_f64()), v.get(1).and_then(|y| y.as_f64())) {
+                    let s = (x * x + y * y).sqrt();
+                    speed_min = speed_min.min(s);
+                    speed_max = speed_max.max(s);
+                }
+            }
+        }
+    }
+    if !counts.is_empty() {
+        let hist: Vec<String> = counts.iter().map(|(k, v)| format!("{k} balls: {v}")).collect();
+        println!("counts    {}", hist.join(", "));
+    }
+    if !collisions.is_empty() {
+        let mean = collisions.iter().sum::<usize>() as f64 / collisions.len() as f64;
+        println!("collisions per clip: mean {mean:.1}, max {}", collisions.iter().max().unwrap_or(&0));
+        println!("speed     {speed_min:.3} to {speed_max:.3} box/s; {with_gravity} clips with gravity");
+    }
+    let png = png.unwrap_or_else(|| dir.join("contact_sheet.png"));
+    let (w, h) = write_contact_sheet(&ds, &png, sheet_clips, 10)?;
+    println!("contact sheet {} ({w}x{h})", png.display());
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Bouncing { out, clips, frames, size, balls, seed, clips_per_shard } => {
+            bouncing(out, clips, frames, size, &balls, seed, clips_per_shard)
+        }
+        Command::Inspect { dir, png, sheet_clips, no_verify } => inspect(dir, png, sheet_clips, no_verify),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+}
