@@ -109,24 +109,31 @@ pub fn write_dataset(
         return Err(Error::invalid("write_dataset", format!("every size must be at least 1, got {spec:?}")));
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
-    // A finished dataset with other geometry must not be silently mixed with new shards.
+    // A finished dataset made with other settings must not be mixed with new shards;
+    // one made with the same settings is reused shard by shard (checksums permitting).
     let manifest_path = dir.join(MANIFEST);
-    if manifest_path.exists() {
+    let previous = if manifest_path.exists() {
         let old = read_manifest(dir)?;
-        if old.clips != spec.clips || old.frames != spec.frames || old.height != spec.height || old.width != spec.width {
+        if old.clips != spec.clips || old.frames != spec.frames || old.height != spec.height || old.width != spec.width || old.source != source {
             return Err(Error::format(
                 &manifest_path,
                 format!(
-                    "{} already holds a dataset of {} clips of {}x{}x{}; choose another --out or delete it",
+                    "{} already holds a different dataset ({} clips of {}x{}x{}, source {}); choose another output directory or delete it",
                     dir.display(),
                     old.clips,
                     old.frames,
                     old.height,
-                    old.width
+                    old.width,
+                    old.source
                 ),
             ));
         }
-    }
+        let text = std::fs::read_to_string(dir.join(&old.labels)).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        (lines.len() == old.clips).then_some((old, lines))
+    } else {
+        None
+    };
     let mut shards = Vec::with_capacity(spec.shard_count());
     let mut all_labels: Vec<String> = Vec::with_capacity(spec.clips);
     let mut done = 0;
@@ -136,7 +143,15 @@ pub fn write_dataset(
         let (bin, lab) = (dir.join(shard_file_name(s)), dir.join(shard_labels_name(s)));
         let complete = std::fs::metadata(&bin).map(|m| m.len() == expected).unwrap_or(false)
             && std::fs::read_to_string(&lab).map(|t| t.lines().count() == range.len()).unwrap_or(false);
-        let (sum, labels) = if complete {
+        // A shard of the finished dataset is kept if its bytes still match the manifest.
+        let from_previous = previous.as_ref().and_then(|(old, lines)| {
+            let info = old.shards.get(s).filter(|i| i.clips == range.len() && i.bytes == expected)?;
+            let bytes = std::fs::read(&bin).ok()?;
+            (checksum(&bytes) == info.xxh3).then(|| (info.xxh3.clone(), lines[range.clone()].to_vec()))
+        });
+        let (sum, labels) = if let Some(kept) = from_previous {
+            kept
+        } else if complete {
             let bytes = std::fs::read(&bin).map_err(|e| Error::io("read", &bin, e))?;
             let text = std::fs::read_to_string(&lab).map_err(|e| Error::io("read", &lab, e))?;
             (checksum(&bytes), text.lines().map(str::to_string).collect::<Vec<_>>())
