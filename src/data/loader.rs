@@ -1,0 +1,211 @@
+//! Batches of two augmented views, fed by worker threads.
+//!
+//! Determinism: the clips of batch (epoch, step) come from a permutation
+//! seeded by (seed, epoch), and each clip's augmentation RNG is seeded by
+//! (seed, epoch, clip, view). Which worker builds a batch, and when, changes
+//! nothing — so a run resumed at any step sees exactly the same batches.
+//!
+//! Distribution: `batch_size` is global. Every step takes the next
+//! `batch_size` clips of the epoch's permutation and gives rank r the r-th
+//! contiguous slice, so ranks never overlap and all run the same number of
+//! steps (a final partial batch is dropped).
+
+use super::augment::{augment_clip, AugmentConfig, ViewParams};
+use super::shards::ShardDataset;
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+#[derive(Clone, Debug)]
+pub struct LoaderConfig {
+    /// Clips per step across all ranks.
+    pub batch_size: usize,
+    pub seed: u64,
+    pub rank: usize,
+    pub world: usize,
+    /// Worker threads building batches, and how many finished batches may wait.
+    pub workers: usize,
+    pub prefetch: usize,
+    pub augment: AugmentConfig,
+}
+
+/// This rank's share of one step: clip indices and their two views, [B, T, 3, S, S] each.
+pub struct Batch {
+    pub epoch: usize,
+    pub step: usize,
+    pub clips: Vec<usize>,
+    pub view1: Tensor,
+    pub view2: Tensor,
+}
+
+/// Which clips each rank gets at each step.
+#[derive(Clone, Debug)]
+pub struct DistributedSampler {
+    pub clips: usize,
+    pub batch_size: usize,
+    pub rank: usize,
+    pub world: usize,
+    pub seed: u64,
+}
+
+impl DistributedSampler {
+    pub fn new(clips: usize, batch_size: usize, rank: usize, world: usize, seed: u64) -> Result<DistributedSampler> {
+        if world == 0 || rank >= world {
+            return Err(Error::invalid("sampler", format!("rank {rank} is not in a world of {world}")));
+        }
+        if batch_size == 0 || batch_size % world != 0 {
+            return Err(Error::invalid("--batch_size", format!("the global batch size {batch_size} must be a positive multiple of the {world} ranks")));
+        }
+        if clips < batch_size {
+            return Err(Error::invalid("--batch_size", format!("batch size {batch_size} is larger than the dataset ({clips} clips)")));
+        }
+        Ok(DistributedSampler { clips, batch_size, rank, world, seed })
+    }
+
+    pub fn steps_per_epoch(&self) -> usize {
+        self.clips / self.batch_size
+    }
+
+    /// The epoch's shuffled clip order (the same on every rank).
+    pub fn permutation(&self, epoch: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.clips).collect();
+        Rng::fork(self.seed, 0x5A3D_0000 + epoch as u64).shuffle(&mut order);
+        order
+    }
+
+    /// This rank's clips at `step` of `epoch`.
+    pub fn batch(&self, epoch: usize, step: usize) -> Vec<usize> {
+        let local = self.batch_size / self.world;
+        let start = step * self.batch_size + self.rank * local;
+        self.permutation(epoch)[start..start + local].to_vec()
+    }
+}
+
+/// The augmentation RNG of one clip's view in one epoch.
+fn view_rng(seed: u64, epoch: usize, clip: usize, view: usize) -> Rng {
+    Rng::fork(seed ^ 0xA06_0E17, ((epoch as u64) << 36) ^ ((clip as u64) << 1) ^ view as u64)
+}
+
+/// Builds the batch for (epoch, step): a pure function of its arguments.
+pub fn make_batch(ds: &ShardDataset, sampler: &DistributedSampler, cfg: &AugmentConfig, epoch: usize, step: usize) -> Result<Batch> {
+    let m = ds.manifest();
+    let (t, s) = (m.frames, cfg.out_size);
+    let clips = sampler.batch(epoch, step);
+    let per_clip = t * 3 * s * s;
+    let mut views = [vec![0f32; clips.len() * per_clip], vec![0f32; clips.len() * per_clip]];
+    for (b, &clip) in clips.iter().enumerate() {
+        let bytes = ds.clip(clip)?;
+        for (v, out) in views.iter_mut().enumerate() {
+            let params = ViewParams::sample(cfg, m.height, m.width, &mut view_rng(sampler.seed, epoch, clip, v));
+            augment_clip(bytes, t, m.height, m.width, &params, cfg, &mut out[b * per_clip..(b + 1) * per_clip])?;
+        }
+    }
+    let shape = [clips.len(), t, 3, s, s];
+    let [v1, v2] = views;
+    Ok(Batch { epoch, step, clips, view1: Tensor::from_vec(v1, &shape)?, view2: Tensor::from_vec(v2, &shape)? })
+}
+
+pub struct Loader {
+    ds: Arc<ShardDataset>,
+    sampler: DistributedSampler,
+    cfg: LoaderConfig,
+}
+
+impl Loader {
+    pub fn new(ds: Arc<ShardDataset>, cfg: LoaderConfig) -> Result<Loader> {
+        let m = ds.manifest();
+        let s = cfg.augment.out_size;
+        if m.height < s || m.width < s {
+            return Err(Error::invalid(
+                "loader",
+                format!(
+                    "{}: frames are {}x{}, smaller than the {s}x{s} crop output; use a smaller crop size or regenerate the data with a larger --size",
+                    ds.dir().display(),
+                    m.height,
+                    m.width
+                ),
+            ));
+        }
+        if cfg.workers == 0 || cfg.prefetch == 0 {
+            return Err(Error::invalid("loader", "workers and prefetch must be at least 1"));
+        }
+        let sampler = DistributedSampler::new(ds.len(), cfg.batch_size, cfg.rank, cfg.world, cfg.seed)?;
+        Ok(Loader { ds, sampler, cfg })
+    }
+
+    pub fn sampler(&self) -> &DistributedSampler {
+        &self.sampler
+    }
+
+    /// Batches `start_step..` of `epoch`, built ahead by the worker threads.
+    pub fn epoch(&self, epoch: usize, start_step: usize) -> EpochIter {
+        let steps = self.sampler.steps_per_epoch();
+        let next = Arc::new(AtomicUsize::new(start_step));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = sync_channel(self.cfg.prefetch);
+        let workers = (0..self.cfg.workers)
+            .map(|_| {
+                let (ds, sampler, aug) = (self.ds.clone(), self.sampler.clone(), self.cfg.augment.clone());
+                let (next, stop, tx) = (next.clone(), stop.clone(), tx.clone());
+                std::thread::spawn(move || loop {
+                    let step = next.fetch_add(1, Ordering::SeqCst);
+                    if step >= steps || stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let batch = make_batch(&ds, &sampler, &aug, epoch, step);
+                    if tx.send((step, batch)).is_err() {
+                        break; // the consumer went away
+                    }
+                })
+            })
+            .collect();
+        EpochIter { rx: Some(rx), pending: BTreeMap::new(), next_step: start_step, steps, stop, workers }
+    }
+}
+
+/// Yields an epoch's batches in step order, whatever order workers finish them.
+pub struct EpochIter {
+    rx: Option<Receiver<(usize, Result<Batch>)>>,
+    pending: BTreeMap<usize, Result<Batch>>,
+    next_step: usize,
+    steps: usize,
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Iterator for EpochIter {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Result<Batch>> {
+        if self.next_step >= self.steps {
+            return None;
+        }
+        loop {
+            if let Some(b) = self.pending.remove(&self.next_step) {
+                self.next_step += 1;
+                return Some(b);
+            }
+            match self.rx.as_ref()?.recv() {
+                Ok((step, batch)) => {
+                    self.pending.insert(step, batch);
+                }
+                Err(_) => return Some(Err(Error::invalid("loader", "a data worker stopped unexpectedly"))),
+            }
+        }
+    }
+}
+
+impl Drop for EpochIter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.rx = None; // unblocks workers waiting to send
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Clip-consistent augmentation and the loader.
+
+use simclr::data::augment::{apply_colour, augment_clip, hsv_to_rgb, rgb_to_hsv, AugmentConfig, ColourOp, ViewParams};
+use simclr::data::loader::{make_batch, DistributedSampler, Loader, LoaderConfig};
+use simclr::data::shards::{write_dataset, ShardContent, ShardDataset, ShardSpec};
+use simclr::data::synthetic::{generate_clip, BouncingConfig};
+use simclr::Rng;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+fn dataset(name: &str, clips: usize, size: usize, frames: usize) -> (PathBuf, Arc<ShardDataset>) {
+    let dir = std::env::temp_dir().join(format!("simclr-aug-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = BouncingConfig { frames, size, ..Default::default() };
+    let spec = ShardSpec { clips, frames, height: size, width: size, clips_per_shard: 8 };
+    write_dataset(
+        &dir,
+        spec,
+        serde_json::json!({"generator": "bouncing", "seed": 1}),
+        |_, range| {
+            let mut c = ShardContent { bytes: vec![], labels: vec![] };
+            for i in range {
+                let (b, l) = generate_clip(1, i, &cfg);
+                c.bytes.extend(b);
+                c.labels.push(serde_json::to_value(l).unwrap());
+            }
+            Ok(c)
+        },
+        |_| {},
+    )
+    .unwrap();
+    let ds = Arc::new(ShardDataset::open(&dir).unwrap());
+    (dir, ds)
+}
+
+fn loader_config(batch: usize, rank: usize, world: usize, out: usize) -> LoaderConfig {
+    LoaderConfig { batch_size: batch, seed: 9, rank, world, workers: 2, prefetch: 2, augment: AugmentConfig { out_size: out, ..Default::default() } }
+}
+
+#[test]
+fn every_frame_of_a_clip_gets_the_same_transform() {
+    // A clip whose 5 frames are identical must come out with 5 identical frames,
+    // whatever transform is drawn (many draws, so jitter/flip/grayscale all occur).
+    let (t, h, w, s) = (5, 24, 20, 12);
+    let mut rng = Rng::new(1);
+    let frame: Vec<u8> = (0..h * w * 3).map(|_| rng.below(256) as u8).collect();
+    let clip: Vec<u8> = frame.iter().cycle().take(t * h * w * 3).copied().collect();
+    let cfg = AugmentConfig { out_size: s, ..Default::default() };
+    for draw in 0..50 {
+        let params = ViewParams::sample(&cfg, h, w, &mut Rng::new(draw));
+        let mut out = vec![0f32; t * 3 * s * s];
+        augment_clip(&clip, t, h, w, &params, &cfg, &mut out).unwrap();
+        let per = 3 * s * s;
+        for f in 1..t {
+            assert_eq!(out[..per], out[f * per..(f + 1) * per], "draw {draw}: frame {f} differs");
+        }
+    }
+}
+
+#[test]
+fn hue_and_saturation_follow_the_reference_formulas() {
+    // Pure red rotated by a third of the hue circle is pure green, by two thirds pure blue.
+    let mut px = vec![[1.0f32, 0.0, 0.0]];
+    apply_colour(ColourOp::Hue(1.0 / 3.0), &mut px);
+    assert!(px[0].iter().zip([0.0, 1.0, 0.0]).all(|(a, b)| (a - b).abs() < 1e-5), "{:?}", px[0]);
+    apply_colour(ColourOp::Hue(1.0 / 3.0), &mut px);
+    assert!(px[0].iter().zip([0.0, 0.0, 1.0]).all(|(a, b)| (a - b).abs() < 1e-5), "{:?}", px[0]);
+    // HSV of a known colour: (0.2, 0.4, 0.8) has H = 220°/360°, S = 0.75, V = 0.8.
+    let hsv = rgb_to_hsv([0.2, 0.4, 0.8]);
+    assert!((hsv[0] - 220.0 / 360.0).abs() < 1e-6 && (hsv[1] - 0.75).abs() < 1e-6 && (hsv[2] - 0.8).abs() < 1e-6, "{hsv:?}");
+    let back = hsv_to_rgb(hsv);
+    assert!(back.iter().zip([0.2, 0.4, 0.8]).all(|(a, b)| (a - b).abs() < 1e-6));
+    // Saturation 0 gives the grey 0.299 R + 0.587 G + 0.114 B; 0.5 is halfway to it.
+    let mut px = vec![[0.2f32, 0.4, 0.8], [0.2, 0.4, 0.8]];
+    let grey = 0.299 * 0.2 + 0.587 * 0.4 + 0.114 * 0.8;
+    apply_colour(ColourOp::Saturation(0.0), &mut px[..1]);
+    apply_colour(ColourOp::Saturation(0.5), &mut px[1..]);
+    assert!(px[0].iter().all(|v| (v - grey).abs() < 1e-6));
+    assert!((px[1][2] - (0.5 * 0.8 + 0.5 * grey)).abs() < 1e-6);
+    // Brightness scales and clamps; contrast 0 collapses to the mean grey.
+    let mut px = vec![[0.5f32, 0.9, 0.1]];
+    apply_colour(ColourOp::Brightness(1.5), &mut px);
+    assert_eq!(px[0], [0.75, 1.0, 0.15]);
+    let mut px = vec![[1.0f32, 1.0, 1.0], [0.0, 0.0, 0.0]];
+    apply_colour(ColourOp::Contrast(0.0), &mut px);
+    assert!(px.iter().all(|p| p.iter().all(|v| (v - 0.5).abs() < 1e-6)));
+}
+
+#[test]
+fn crop_parameters_respect_scale_and_ratio() {
+    let cfg = AugmentConfig::default();
+    let mut rng = Rng::new(4);
+    for _ in 0..500 {
+        let p = ViewParams::sample(&cfg, 100, 80, &mut rng);
+        let (top, left, h, w) = p.crop;
+        assert!(top + h <= 100 && left + w <= 80 && h > 0 && w > 0);
+        let area = (h * w) as f64 / 8000.0;
+        assert!(area > 0.07 && area <= 1.0, "area {area}");
+    }
+}
+
+#[test]
+fn views_differ_same_seed_same_batch_and_shapes() {
+    let (dir, ds) = dataset("batch", 16, 40, 4);
+    let sampler = DistributedSampler::new(16, 8, 0, 1, 9).unwrap();
+    let aug = AugmentConfig { out_size: 32, ..Default::default() };
+    let a = make_batch(&ds, &sampler, &aug, 0, 1).unwrap();
+    assert_eq!(a.view1.shape(), &[8, 4, 3, 32, 32]);
+    assert_ne!(a.view1.to_f64_vec(), a.view2.to_f64_vec(), "the two views must differ");
+    let b = make_batch(&ds, &sampler, &aug, 0, 1).unwrap();
+    assert_eq!(a.view1.to_f64_vec(), b.view1.to_f64_vec());
+    assert_eq!(a.clips, b.clips);
+    let other_epoch = make_batch(&ds, &sampler, &aug, 1, 1).unwrap();
+    assert_ne!(a.clips, other_epoch.clips, "each epoch reshuffles");
+    // Values are normalised: roughly zero-centred, not [0, 255].
+    let v = a.view1.to_f64_vec();
+    assert!(v.iter().all(|x| x.abs() < 3.0) && v.iter().any(|x| *x < 0.0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn distributed_sampler_splits_without_overlap() {
+    for world in [1, 2, 4] {
+        let samplers: Vec<DistributedSampler> = (0..world).map(|r| DistributedSampler::new(50, 8, r, world, 3).unwrap()).collect();
+        let steps = samplers[0].steps_per_epoch();
+        assert_eq!(steps, 6); // 48 of 50 clips used, the remainder dropped
+        let mut seen = std::collections::HashSet::new();
+        for step in 0..steps {
+            for s in &samplers {
+                let b = s.batch(2, step);
+                assert_eq!(b.len(), 8 / world);
+                for c in b {
+                    assert!(seen.insert(c), "clip {c} given twice");
+                }
+            }
+        }
+        assert_eq!(seen.len(), 48);
+    }
+    assert!(DistributedSampler::new(50, 6, 0, 4, 0).is_err(), "batch must divide among ranks");
+    assert!(DistributedSampler::new(50, 8, 4, 4, 0).is_err());
+    assert!(DistributedSampler::new(5, 8, 0, 1, 0).is_err());
+}
+
+#[test]
+fn loader_yields_the_pure_batches_in_order_and_resumes() {
+    let (dir, ds) = dataset("loader", 24, 36, 3);
+    let loader = Loader::new(ds.clone(), loader_config(6, 0, 1, 32)).unwrap();
+    let batches: Vec<_> = loader.epoch(0, 0).map(|b| b.unwrap()).collect();
+    assert_eq!(batches.len(), 4);
+    for (i, b) in batches.iter().enumerate() {
+        assert_eq!(b.step, i);
+        let want = make_batch(&ds, loader.sampler(), &AugmentConfig { out_size: 32, ..Default::default() }, 0, i).unwrap();
+        assert_eq!(b.view2.to_f64_vec(), want.view2.to_f64_vec());
+    }
+    // Resuming at step 2 gives exactly the batches an uninterrupted epoch gave.
+    let resumed: Vec<_> = loader.epoch(0, 2).map(|b| b.unwrap()).collect();
+    assert_eq!(resumed.len(), 2);
+    assert_eq!(resumed[0].view1.to_f64_vec(), batches[2].view1.to_f64_vec());
+    // Dropping an iterator early stops its workers (no hang).
+    let mut it = loader.epoch(1, 0);
+    assert!(it.next().unwrap().is_ok());
+    drop(it);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn frames_too_small_for_the_crop_are_a_clear_error() {
+    let (dir, ds) = dataset("small", 8, 16, 2);
+    let err = Loader::new(ds, loader_config(4, 0, 1, 32)).err().unwrap().to_string();
+    assert!(err.contains("16x16") && err.contains("--size") && err.contains(dir.to_str().unwrap()), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
