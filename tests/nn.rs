@@ -1,0 +1,123 @@
+//! Modules: torchvision-compatible ResNet structure and names, state dicts,
+//! train/eval behaviour, and gradients through whole modules.
+
+use simclr::autograd::gradcheck::{gradcheck, GradcheckOptions};
+use simclr::nn::mlp::Activation;
+use simclr::nn::resnet::{Depth, ResNet, ResNetConfig};
+use simclr::nn::{load_state_dict, parameter_count, parameters, state_dict, Mlp, Module, MultiHeadAttention};
+use simclr::tensor::safetensors_io::{load_safetensors, save_safetensors};
+use simclr::{DType, Rng, Tensor};
+
+fn resnet(depth: Depth, width: f64, small_stem: bool, classes: Option<usize>) -> ResNet {
+    ResNet::new(ResNetConfig { depth, width, small_stem, num_classes: classes }, DType::F32, &mut Rng::new(0)).unwrap()
+}
+
+#[test]
+fn parameter_counts_match_torchvision() {
+    // torchvision.models.resnet{18,34,50}(num_classes=1000): sum(p.numel() for p in m.parameters())
+    assert_eq!(parameter_count(&resnet(Depth::R18, 1.0, false, Some(1000))), 11_689_512);
+    assert_eq!(parameter_count(&resnet(Depth::R34, 1.0, false, Some(1000))), 21_797_672);
+    assert_eq!(parameter_count(&resnet(Depth::R50, 1.0, false, Some(1000))), 25_557_032);
+}
+
+#[test]
+fn state_dict_names_follow_torchvision() {
+    let m = resnet(Depth::R18, 1.0, false, Some(1000));
+    let sd = state_dict(&m);
+    assert_eq!(sd.len(), 122); // len(torchvision.models.resnet18().state_dict())
+    let names: Vec<&str> = sd.iter().map(|(n, _)| n.as_str()).collect();
+    for expected in [
+        "conv1.weight",
+        "bn1.running_mean",
+        "bn1.num_batches_tracked",
+        "layer1.0.conv1.weight",
+        "layer1.1.bn2.running_var",
+        "layer2.0.downsample.0.weight",
+        "layer2.0.downsample.1.weight",
+        "layer4.1.conv2.weight",
+        "fc.weight",
+        "fc.bias",
+    ] {
+        assert!(names.contains(&expected), "missing {expected}");
+    }
+    let get = |n: &str| sd.iter().find(|(k, _)| k == n).unwrap().1.shape().to_vec();
+    assert_eq!(get("conv1.weight"), vec![64, 3, 7, 7]);
+    assert_eq!(get("layer3.0.downsample.0.weight"), vec![256, 128, 1, 1]);
+    assert_eq!(get("fc.weight"), vec![1000, 512]);
+    let r50 = state_dict(&resnet(Depth::R50, 1.0, false, Some(1000)));
+    assert_eq!(r50.len(), 320); // len(torchvision.models.resnet50().state_dict())
+    assert!(r50.iter().any(|(n, t)| n == "layer1.0.conv3.weight" && t.shape() == [256, 64, 1, 1]));
+}
+
+#[test]
+fn small_resnet_forward_backward_and_eval() {
+    let mut m = resnet(Depth::R18, 0.25, true, None);
+    assert_eq!(m.feature_dim(), 128);
+    let x = Tensor::randn(&[2, 3, 16, 16], 1.0, DType::F32, &mut Rng::new(1)).unwrap();
+    let y = m.forward(&x).unwrap();
+    assert_eq!(y.shape(), &[2, 128]);
+    y.mul(&y).unwrap().mean_all().unwrap().backward().unwrap();
+    for (name, p) in parameters(&m) {
+        let g = p.grad().unwrap_or_else(|| panic!("{name} got no gradient"));
+        assert!(g.to_f64_vec().iter().all(|v| v.is_finite()), "{name}");
+    }
+    // Training updated the running statistics and the batch counter; eval uses and keeps them.
+    let sd = state_dict(&m);
+    let rm = sd.iter().find(|(n, _)| n == "bn1.running_mean").unwrap().1.to_f64_vec();
+    assert!(rm.iter().any(|v| *v != 0.0));
+    assert_eq!(sd.iter().find(|(n, _)| n == "bn1.num_batches_tracked").unwrap().1.item().unwrap(), 1.0);
+    m.set_training(false);
+    let e1 = m.forward(&x).unwrap().to_f64_vec();
+    let e2 = m.forward(&x).unwrap().to_f64_vec();
+    assert_eq!(e1, e2);
+    assert_eq!(state_dict(&m).iter().find(|(n, _)| n == "bn1.running_mean").unwrap().1.to_f64_vec(), rm);
+    // The standard stem handles 64×64 frames.
+    let mut std_stem = resnet(Depth::R18, 0.25, false, None);
+    assert_eq!(std_stem.forward(&Tensor::zeros(&[1, 3, 64, 64], DType::F32).unwrap()).unwrap().shape(), &[1, 128]);
+}
+
+#[test]
+fn state_dict_round_trips_through_safetensors() {
+    let mut a = resnet(Depth::R18, 0.125, true, Some(3));
+    a.forward(&Tensor::randn(&[2, 3, 8, 8], 1.0, DType::F32, &mut Rng::new(2)).unwrap()).unwrap(); // move running stats
+    let path = std::env::temp_dir().join(format!("simclr-nn-{}.safetensors", std::process::id()));
+    let sd = state_dict(&a);
+    let refs: Vec<(&str, &Tensor)> = sd.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    save_safetensors(&path, &refs, None).unwrap();
+    let b = ResNet::new(ResNetConfig { depth: Depth::R18, width: 0.125, small_stem: true, num_classes: Some(3) }, DType::F32, &mut Rng::new(99)).unwrap();
+    let (loaded, _) = load_safetensors(&path).unwrap();
+    load_state_dict(&b, &loaded, true).unwrap();
+    for ((na, ta), (nb, tb)) in state_dict(&a).iter().zip(state_dict(&b).iter()) {
+        assert_eq!(na, nb);
+        assert_eq!(ta.to_f64_vec(), tb.to_f64_vec(), "{na}");
+    }
+    // Strict loading reports missing, unexpected and mis-shaped tensors.
+    let mut partial = loaded.clone();
+    partial.retain(|(n, _)| n != "fc.bias");
+    partial.push(("extra.weight".into(), Tensor::zeros(&[1], DType::F32).unwrap()));
+    let i = partial.iter().position(|(n, _)| n == "conv1.weight").unwrap();
+    partial[i].1 = Tensor::zeros(&[1, 2, 3], DType::F32).unwrap();
+    let err = load_state_dict(&b, &partial, true).unwrap_err().to_string();
+    assert!(err.contains("missing `fc.bias`") && err.contains("unexpected `extra.weight`") && err.contains("`conv1.weight`"), "{err}");
+    assert!(load_state_dict(&b, &loaded[..10], false).is_ok());
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn attention_and_mlp_modules_have_correct_gradients() {
+    let mut rng = Rng::new(3);
+    let mha = std::cell::RefCell::new(MultiHeadAttention::new(4, 2, DType::F64, &mut rng).unwrap());
+    let x = Tensor::randn(&[2, 3, 4], 1.0, DType::F64, &mut rng).unwrap();
+    assert_eq!(mha.borrow_mut().forward(&x).unwrap().shape(), &[2, 3, 4]);
+    gradcheck(&[x], |x| mha.borrow_mut().forward(&x[0]), GradcheckOptions::default()).unwrap();
+    let names: Vec<String> = parameters(&*mha.borrow()).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]);
+
+    let mlp = std::cell::RefCell::new(Mlp::new(&[5, 7, 3], Activation::Gelu, DType::F64, &mut rng).unwrap());
+    let x = Tensor::randn(&[4, 5], 1.0, DType::F64, &mut rng).unwrap();
+    gradcheck(&[x], |x| mlp.borrow_mut().forward(&x[0]), GradcheckOptions::default()).unwrap();
+    let names: Vec<String> = parameters(&*mlp.borrow()).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"]);
+    assert!(Mlp::new(&[3], Activation::Relu, DType::F32, &mut rng).is_err());
+    assert!(MultiHeadAttention::new(6, 4, DType::F32, &mut rng).is_err());
+}
