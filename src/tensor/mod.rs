@@ -261,6 +261,22 @@ impl Tensor {
         }
     }
 
+    /// Replaces a leaf's accumulated gradient (gradient clipping, all-reduce).
+    pub fn set_grad(&self, g: Option<Tensor>) -> Result<()> {
+        match &self.0.grad {
+            GradInfo::Leaf(slot) => {
+                if let Some(g) = &g {
+                    if g.shape() != self.shape() || g.dtype() != self.dtype() {
+                        return Err(Error::shape("set_grad", format!("gradient {:?} {} for a parameter {:?} {}", g.shape(), g.dtype(), self.shape(), self.dtype())));
+                    }
+                }
+                slot.set(g);
+                Ok(())
+            }
+            _ => Err(Error::Autograd("set_grad: only trainable leaves (requires_grad) hold gradients".into())),
+        }
+    }
+
     pub fn zero_grad(&self) {
         if let GradInfo::Leaf(slot) = &self.0.grad {
             slot.set(None);

@@ -1,0 +1,69 @@
+//! Adam and AdamW (PyTorch's formulation).
+//!
+//! m ← β₁m + (1−β₁)g,  v ← β₂v + (1−β₂)g²,  m̂ = m/(1−β₁ᵗ),  v̂ = v/(1−β₂ᵗ)
+//! AdamW: w ← w·(1 − lr·λ) − lr·m̂/(√v̂ + ε)   (decay decoupled from the gradient)
+//! Adam:  g ← g + λw before the moments       (L2 penalty through the gradient)
+
+use crate::autograd::no_grad;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+pub struct AdamW {
+    params: Vec<Tensor>,
+    m: Vec<Option<Tensor>>,
+    v: Vec<Option<Tensor>>,
+    pub lr: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// true: AdamW; false: Adam with L2 weight decay.
+    pub decoupled: bool,
+    pub steps: u64,
+}
+
+impl AdamW {
+    pub fn new(params: Vec<Tensor>, lr: f64, weight_decay: f64, decoupled: bool) -> Result<AdamW> {
+        if !(lr > 0.0) || weight_decay < 0.0 {
+            return Err(Error::invalid("AdamW::new", format!("need lr > 0 and weight_decay >= 0, got {lr} and {weight_decay}")));
+        }
+        if let Some(p) = params.iter().find(|p| !p.is_tracked()) {
+            return Err(Error::invalid("AdamW::new", format!("parameter of shape {:?} does not require grad", p.shape())));
+        }
+        let n = params.len();
+        Ok(AdamW { params, m: vec![None; n], v: vec![None; n], lr, betas: (0.9, 0.999), eps: 1e-8, weight_decay, decoupled, steps: 0 })
+    }
+
+    pub fn step(&mut self) -> Result<()> {
+        self.steps += 1;
+        let (b1, b2) = self.betas;
+        let (c1, c2) = (1.0 - b1.powi(self.steps as i32), 1.0 - b2.powi(self.steps as i32));
+        no_grad(|| {
+            for i in 0..self.params.len() {
+                let p = &self.params[i];
+                let Some(mut g) = p.grad() else { continue };
+                let w = p.detach();
+                if !self.decoupled && self.weight_decay > 0.0 {
+                    g = g.add(&w.mul_scalar(self.weight_decay)?)?;
+                }
+                let m = match self.m[i].take() {
+                    Some(m) => m.mul_scalar(b1)?.add(&g.mul_scalar(1.0 - b1)?)?,
+                    None => g.mul_scalar(1.0 - b1)?,
+                };
+                let v = match self.v[i].take() {
+                    Some(v) => v.mul_scalar(b2)?.add(&g.mul(&g)?.mul_scalar(1.0 - b2)?)?,
+                    None => g.mul(&g)?.mul_scalar(1.0 - b2)?,
+                };
+                let update = m.mul_scalar(1.0 / c1)?.div(&v.mul_scalar(1.0 / c2)?.sqrt()?.add_scalar(self.eps)?)?;
+                let decayed = if self.decoupled && self.weight_decay > 0.0 { w.mul_scalar(1.0 - self.lr * self.weight_decay)? } else { w };
+                p.set_data(&decayed.sub(&update.mul_scalar(self.lr)?)?.contiguous()?)?;
+                self.m[i] = Some(m);
+                self.v[i] = Some(v);
+            }
+            Ok(())
+        })
+    }
+
+    pub fn zero_grad(&self) {
+        self.params.iter().for_each(Tensor::zero_grad);
+    }
+}

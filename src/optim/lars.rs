@@ -1,0 +1,64 @@
+//! LARS, as SimCLR uses it: SGD with momentum where each weight matrix's step
+//! is scaled by a trust ratio η·‖w‖/‖g + λw‖, so every layer moves by a similar
+//! fraction of its norm — what makes batch sizes in the thousands trainable.
+//! Biases and normalisation parameters (rank ≤ 1) are excluded from both the
+//! weight decay and the adaptation, as in SimCLR.
+//!
+//!   g' = g + λw,  r = η‖w‖/‖g'‖ (1 if either norm is 0),  u ← μu + lr·r·g',  w ← w − u
+
+use crate::autograd::no_grad;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+pub struct Lars {
+    params: Vec<Tensor>,
+    momentum_buf: Vec<Option<Tensor>>,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub eta: f64,
+}
+
+/// SimCLR's rule for which parameters LARS adapts: weight matrices and conv kernels.
+pub fn is_adapted(p: &Tensor) -> bool {
+    p.rank() > 1
+}
+
+impl Lars {
+    pub fn new(params: Vec<Tensor>, lr: f64, momentum: f64, weight_decay: f64, eta: f64) -> Result<Lars> {
+        if !(lr > 0.0) || !(0.0..1.0).contains(&momentum) || weight_decay < 0.0 || !(eta > 0.0) {
+            return Err(Error::invalid("Lars::new", format!("need lr > 0, 0 <= momentum < 1, weight_decay >= 0, eta > 0; got {lr}, {momentum}, {weight_decay}, {eta}")));
+        }
+        let n = params.len();
+        Ok(Lars { params, momentum_buf: vec![None; n], lr, momentum, weight_decay, eta })
+    }
+
+    pub fn step(&mut self) -> Result<()> {
+        no_grad(|| {
+            for (p, buf) in self.params.iter().zip(self.momentum_buf.iter_mut()) {
+                let Some(g) = p.grad() else { continue };
+                let w = p.detach();
+                let (g, trust) = if is_adapted(p) {
+                    let g = if self.weight_decay > 0.0 { g.add(&w.mul_scalar(self.weight_decay)?)? } else { g };
+                    let (wn, gn) = (w.mul(&w)?.sum_all()?.item()?.sqrt(), g.mul(&g)?.sum_all()?.item()?.sqrt());
+                    let trust = if wn > 0.0 && gn > 0.0 { self.eta * wn / gn } else { 1.0 };
+                    (g, trust)
+                } else {
+                    (g, 1.0)
+                };
+                let scaled = g.mul_scalar(self.lr * trust)?;
+                let u = match buf.take() {
+                    Some(prev) => prev.mul_scalar(self.momentum)?.add(&scaled)?,
+                    None => scaled,
+                };
+                p.set_data(&w.sub(&u)?.contiguous()?)?;
+                *buf = Some(u);
+            }
+            Ok(())
+        })
+    }
+
+    pub fn zero_grad(&self) {
+        self.params.iter().for_each(Tensor::zero_grad);
+    }
+}
