@@ -121,3 +121,28 @@ fn attention_and_mlp_modules_have_correct_gradients() {
     assert!(Mlp::new(&[3], Activation::Relu, DType::F32, &mut rng).is_err());
     assert!(MultiHeadAttention::new(6, 4, DType::F32, &mut rng).is_err());
 }
+
+#[test]
+fn vivit_forward_gradients_and_sizes() {
+    use simclr::nn::vivit::{Vivit, VivitConfig};
+    let cfg = VivitConfig { dim: 8, heads: 2, spatial_depth: 1, temporal_depth: 1, tubelet_frames: 2, patch: 4, frames: 4, image: 8 };
+    let model = std::cell::RefCell::new(Vivit::new(cfg, DType::F64, &mut Rng::new(5)).unwrap());
+    let x = Tensor::randn(&[2, 4, 3, 8, 8], 1.0, DType::F64, &mut Rng::new(6)).unwrap();
+    let y = model.borrow_mut().forward(&x).unwrap();
+    assert_eq!(y.shape(), &[2, 8]);
+    y.mul(&y).unwrap().sum_all().unwrap().backward().unwrap();
+    for (name, p) in parameters(&*model.borrow()) {
+        assert!(p.grad().is_some(), "{name} got no gradient");
+    }
+    // End-to-end gradient with respect to the clip, against finite differences.
+    let small = Tensor::randn(&[1, 4, 3, 8, 8], 1.0, DType::F64, &mut Rng::new(7)).unwrap();
+    gradcheck(&[small], |x| model.borrow_mut().forward(&x[0]), GradcheckOptions { eps: 1e-6, atol: 1e-6, rtol: 1e-4 }).unwrap();
+    // Named sizes and their errors.
+    let small_cfg = VivitConfig::named("vivit_small", 20, 128).unwrap();
+    assert_eq!((small_cfg.dim, small_cfg.heads, small_cfg.dim / small_cfg.heads), (384, 6, 64));
+    assert!(VivitConfig::named("vivit_huge", 20, 128).is_err());
+    let bad = VivitConfig { frames: 5, ..cfg };
+    assert!(Vivit::new(bad, DType::F32, &mut Rng::new(0)).is_err());
+    let wrong_input = Tensor::zeros(&[1, 4, 3, 16, 16], DType::F64).unwrap();
+    assert!(model.borrow_mut().forward(&wrong_input).is_err());
+}
