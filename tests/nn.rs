@@ -146,3 +146,32 @@ fn vivit_forward_gradients_and_sizes() {
     let wrong_input = Tensor::zeros(&[1, 4, 3, 16, 16], DType::F64).unwrap();
     assert!(model.borrow_mut().forward(&wrong_input).is_err());
 }
+
+#[test]
+fn simclr_model_trains_on_two_views() {
+    use simclr::nn::simclr::{Encoder, SimClr};
+    use simclr::optim::AdamW;
+    let mut rng = Rng::new(8);
+    let encoder = Encoder::named("resnet18", 3, 16, 0.125, true, DType::F32, &mut rng).unwrap();
+    assert_eq!(encoder.feature_dim(), 64);
+    let mut model = SimClr::new(encoder, 16, 0.5, DType::F32, &mut rng).unwrap();
+    let names: Vec<String> = parameters(&model).into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"encoder.layer1.0.conv1.weight".to_string()) && names.contains(&"projector.layers.1.bias".to_string()));
+    // Four clips; the second view is the first plus a little noise.
+    let v1 = Tensor::randn(&[4, 3, 3, 16, 16], 1.0, DType::F32, &mut rng).unwrap();
+    let v2 = v1.add(&Tensor::randn(&[4, 3, 3, 16, 16], 0.1, DType::F32, &mut rng).unwrap()).unwrap();
+    let mut opt = AdamW::new(parameters(&model).into_iter().map(|(_, p)| p).collect(), 1e-3, 0.0, true).unwrap();
+    let mut losses = Vec::new();
+    for _ in 0..15 {
+        opt.zero_grad();
+        let loss = model.loss(&v1, &v2).unwrap();
+        losses.push(loss.item().unwrap());
+        loss.backward().unwrap();
+        opt.step().unwrap();
+    }
+    assert!(losses[14] < losses[0] - 0.1, "loss should fall on a fixed batch: {losses:?}");
+    assert!(Encoder::named("alexnet", 3, 16, 1.0, false, DType::F32, &mut rng).is_err());
+    assert!(model.loss(&v1, &v2.narrow(0, 0, 2).unwrap()).is_err());
+    let vivit = Encoder::named("vivit_tiny", 4, 32, 1.0, false, DType::F32, &mut rng).unwrap();
+    assert_eq!(vivit.feature_dim(), 192);
+}

@@ -14,6 +14,7 @@ pub mod layernorm;
 pub mod linear;
 pub mod mlp;
 pub mod resnet;
+pub mod simclr;
 pub mod vivit;
 
 pub use attention::MultiHeadAttention;
