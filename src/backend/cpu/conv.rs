@@ -16,12 +16,15 @@ use rayon::prelude::*;
 
 /// Elements of im2col buffer per group (16 Mi f32 = 64 MiB).
 const COLS_BUDGET: usize = 1 << 24;
+
 /// Feature maps with fewer output pixels than this are grouped (measured in
 /// benches/cpu_kernels.rs: per-image GEMMs win down to 8×8 maps).
 const MIN_GEMM_COLS: usize = 64;
+
 /// Columns to aim for in a grouped GEMM.
 const GROUPED_GEMM_COLS: usize = 256;
 
+/// Shapes of one convolution: batch, channels, image, kernel, stride, padding, output.
 #[derive(Clone, Copy, Debug)]
 pub struct ConvGeometry {
     pub n: usize,
@@ -62,74 +65,7 @@ impl ConvGeometry {
     }
 }
 
-/// Writes image `x`'s columns into `cols` (row stride `ld`, this image's block starting at column 0):
-/// cols[(c·kh + i)·kw + j, oy·OW + ox] = x[c, oy·sh + i − ph, ox·sw + j − pw] (0 outside).
-fn im2col<T: Float>(x: &[T], g: &ConvGeometry, cols: &mut [T], ld: usize) {
-    for c in 0..g.c {
-        for i in 0..g.kh {
-            for j in 0..g.kw {
-                let row = (c * g.kh + i) * g.kw + j;
-                for oy in 0..g.oh {
-                    let iy = (oy * g.sh + i) as isize - g.ph as isize;
-                    let dst = &mut cols[row * ld + oy * g.ow..][..g.ow];
-                    if iy < 0 || iy >= g.h as isize {
-                        dst.fill(T::zero());
-                        continue;
-                    }
-                    let src = &x[(c * g.h + iy as usize) * g.w..][..g.w];
-                    for (ox, d) in dst.iter_mut().enumerate() {
-                        let ix = (ox * g.sw + j) as isize - g.pw as isize;
-                        *d = if ix < 0 || ix >= g.w as isize { T::zero() } else { src[ix as usize] };
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The adjoint of im2col: adds every column entry back to the input pixel it came from.
-fn col2im<T: Float>(cols: &[T], ld: usize, g: &ConvGeometry, dx: &mut [T]) {
-    for c in 0..g.c {
-        for i in 0..g.kh {
-            for j in 0..g.kw {
-                let row = (c * g.kh + i) * g.kw + j;
-                for oy in 0..g.oh {
-                    let iy = (oy * g.sh + i) as isize - g.ph as isize;
-                    if iy < 0 || iy >= g.h as isize {
-                        continue;
-                    }
-                    let dst = &mut dx[(c * g.h + iy as usize) * g.w..][..g.w];
-                    for (ox, &v) in cols[row * ld + oy * g.ow..][..g.ow].iter().enumerate() {
-                        let ix = (ox * g.sw + j) as isize - g.pw as isize;
-                        if ix >= 0 && ix < g.w as isize {
-                            dst[ix as usize] += v;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// cols for images `first..first + count`, side by side: [K, count·P].
-fn group_cols<T: Float>(x: &[T], g: &ConvGeometry, first: usize, count: usize) -> Vec<T> {
-    let (k, p, ld) = (g.k(), g.p(), count * g.p());
-    let mut cols = vec![T::zero(); k * ld];
-    // Each image owns a column block; build them in parallel through a raw pointer.
-    let ptr = super::SendPtr(cols.as_mut_ptr());
-    (0..count).into_par_iter().for_each(|b| {
-        let ptr = ptr;
-        // SAFETY: image b writes only columns b·P..(b+1)·P of each row, disjoint across b;
-        // the slice handed to im2col starts at its block and im2col stays within ld-strided rows.
-        let block = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(b * p), k * ld - b * p) };
-        im2col(&x[(first + b) * g.image()..][..g.image()], g, block, ld);
-    });
-    cols
-}
-
-fn threads() -> usize {
-    rayon::current_num_threads()
-}
+// ---- entry points: pick a schedule by feature-map size
 
 /// y = conv(x, w) + bias. `x`: [N, C, H, W], `w`: [O, K], both row-major; returns [N, O, OH, OW].
 pub fn conv2d_forward<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry) -> Vec<T> {
@@ -138,6 +74,24 @@ pub fn conv2d_forward<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGe
         step => forward_grouped(x, w, bias, g, step),
     }
 }
+
+/// dX[n] = col2im(Wᵀ · dY[n]).
+pub fn conv2d_backward_input<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
+    match g.group() {
+        1 => backward_input_per_image(dy, w, g),
+        step => backward_input_grouped(dy, w, g, step),
+    }
+}
+
+/// dW = Σ_n dY[n] · cols(x[n])ᵀ, as [O, K].
+pub fn conv2d_backward_weight<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry) -> Vec<T> {
+    match g.group() {
+        1 => backward_weight_per_image(x, dy, g),
+        step => backward_weight_grouped(x, dy, g, step),
+    }
+}
+
+// ---- schedule 1: one GEMM per image
 
 /// Spread images over threads (single-threaded GEMMs) when there are enough of
 /// them; otherwise give each image's GEMM every thread.
@@ -220,6 +174,36 @@ fn backward_weight_per_image<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry) -> V
     }
 }
 
+// ---- schedule 2: groups of images in one wide GEMM
+
+/// cols for images `first..first + count`, side by side: [K, count·P].
+fn group_cols<T: Float>(x: &[T], g: &ConvGeometry, first: usize, count: usize) -> Vec<T> {
+    let (k, p, ld) = (g.k(), g.p(), count * g.p());
+    let mut cols = vec![T::zero(); k * ld];
+    // Each image owns a column block; build them in parallel through a raw pointer.
+    let ptr = super::SendPtr(cols.as_mut_ptr());
+    (0..count).into_par_iter().for_each(|b| {
+        let ptr = ptr;
+        // SAFETY: image b writes only columns b·P..(b+1)·P of each row, disjoint across b;
+        // the slice handed to im2col starts at its block and im2col stays within ld-strided rows.
+        let block = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(b * p), k * ld - b * p) };
+        im2col(&x[(first + b) * g.image()..][..g.image()], g, block, ld);
+    });
+    cols
+}
+
+/// dY for a group laid out as the GEMMs want it: [O, count·P].
+fn group_dy<T: Float>(dy: &[T], g: &ConvGeometry, first: usize, count: usize) -> Vec<T> {
+    let (o, p) = (g.o, g.p());
+    let mut out = vec![T::zero(); o * count * p];
+    out.par_chunks_mut(count * p).enumerate().for_each(|(oc, row)| {
+        for b in 0..count {
+            row[b * p..(b + 1) * p].copy_from_slice(&dy[((first + b) * o + oc) * p..][..p]);
+        }
+    });
+    out
+}
+
 fn forward_grouped<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry, step: usize) -> Vec<T> {
     let (k, p, o) = (g.k(), g.p(), g.o);
     let mut y = vec![T::zero(); g.n * o * p];
@@ -243,26 +227,6 @@ fn forward_grouped<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeome
     y
 }
 
-/// dY for a group laid out as the GEMMs want it: [O, count·P].
-fn group_dy<T: Float>(dy: &[T], g: &ConvGeometry, first: usize, count: usize) -> Vec<T> {
-    let (o, p) = (g.o, g.p());
-    let mut out = vec![T::zero(); o * count * p];
-    out.par_chunks_mut(count * p).enumerate().for_each(|(oc, row)| {
-        for b in 0..count {
-            row[b * p..(b + 1) * p].copy_from_slice(&dy[((first + b) * o + oc) * p..][..p]);
-        }
-    });
-    out
-}
-
-/// dX[n] = col2im(Wᵀ · dY[n]).
-pub fn conv2d_backward_input<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
-    match g.group() {
-        1 => backward_input_per_image(dy, w, g),
-        step => backward_input_grouped(dy, w, g, step),
-    }
-}
-
 fn backward_input_grouped<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry, step: usize) -> Vec<T> {
     let (k, p, o) = (g.k(), g.p(), g.o);
     let mut dx = vec![T::zero(); g.n * g.image()];
@@ -282,14 +246,6 @@ fn backward_input_grouped<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry, step: u
     dx
 }
 
-/// dW = Σ_n dY[n] · cols(x[n])ᵀ, as [O, K].
-pub fn conv2d_backward_weight<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry) -> Vec<T> {
-    match g.group() {
-        1 => backward_weight_per_image(x, dy, g),
-        step => backward_weight_grouped(x, dy, g, step),
-    }
-}
-
 fn backward_weight_grouped<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry, step: usize) -> Vec<T> {
     let (k, p, o) = (g.k(), g.p(), g.o);
     let mut dw = vec![T::zero(); o * k];
@@ -304,6 +260,61 @@ fn backward_weight_grouped<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry, step: 
         }
     }
     dw
+}
+
+// ---- im2col and its adjoint
+
+/// Writes image `x`'s columns into `cols` (row stride `ld`, this image's block starting at column 0):
+/// cols[(c·kh + i)·kw + j, oy·OW + ox] = x[c, oy·sh + i − ph, ox·sw + j − pw] (0 outside).
+fn im2col<T: Float>(x: &[T], g: &ConvGeometry, cols: &mut [T], ld: usize) {
+    for c in 0..g.c {
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let row = (c * g.kh + i) * g.kw + j;
+                for oy in 0..g.oh {
+                    let iy = (oy * g.sh + i) as isize - g.ph as isize;
+                    let dst = &mut cols[row * ld + oy * g.ow..][..g.ow];
+                    if iy < 0 || iy >= g.h as isize {
+                        dst.fill(T::zero());
+                        continue;
+                    }
+                    let src = &x[(c * g.h + iy as usize) * g.w..][..g.w];
+                    for (ox, d) in dst.iter_mut().enumerate() {
+                        let ix = (ox * g.sw + j) as isize - g.pw as isize;
+                        *d = if ix < 0 || ix >= g.w as isize { T::zero() } else { src[ix as usize] };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of im2col: adds every column entry back to the input pixel it came from.
+fn col2im<T: Float>(cols: &[T], ld: usize, g: &ConvGeometry, dx: &mut [T]) {
+    for c in 0..g.c {
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let row = (c * g.kh + i) * g.kw + j;
+                for oy in 0..g.oh {
+                    let iy = (oy * g.sh + i) as isize - g.ph as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let dst = &mut dx[(c * g.h + iy as usize) * g.w..][..g.w];
+                    for (ox, &v) in cols[row * ld + oy * g.ow..][..g.ow].iter().enumerate() {
+                        let ix = (ox * g.sw + j) as isize - g.pw as isize;
+                        if ix >= 0 && ix < g.w as isize {
+                            dst[ix as usize] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn threads() -> usize {
+    rayon::current_num_threads()
 }
 
 #[cfg(test)]
