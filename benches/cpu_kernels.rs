@@ -51,7 +51,11 @@ const RESNET18_64PX: &[ConvShape] = &[
 fn header() {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -59,8 +63,13 @@ fn header() {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    let date = std::process::Command::new("date").arg("-u").arg("+%Y-%m-%dT%H:%M:%SZ").output().ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%dT%H:%M:%SZ")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     println!("# simclr CPU kernel benchmark");
     println!("# machine: {cpu}, {} rayon threads", rayon::current_num_threads());
     println!("# date: {date}  commit: {commit}");
@@ -73,7 +82,9 @@ fn main() {
 
     println!("\n## matmul [m,k] @ [k,n]");
     println!("{:<24} {:>10} {:>10}", "shape (m x k x n)", "ms", "GFLOP/s");
-    for &(m, k, n) in &[(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (2048, 576, 64), (8192, 576, 64), (512, 4608, 32)] {
+    for &(m, k, n) in
+        &[(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (2048, 576, 64), (8192, 576, 64), (512, 4608, 32)]
+    {
         let a = Tensor::randn(&[m, k], 1.0, DType::F32, &mut rng).unwrap();
         let b = Tensor::randn(&[k, n], 1.0, DType::F32, &mut rng).unwrap();
         let s = time(|| {

@@ -15,14 +15,27 @@ use std::time::Instant;
 fn header() {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
     let run = |cmd: &str, args: &[&str]| {
-        std::process::Command::new(cmd).args(args).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+        std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
     };
     println!("# simclr data loader benchmark");
     println!("# machine: {cpu}, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    println!("# date: {}  commit: {}", run("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]), run("git", &["rev-parse", "--short", "HEAD"]));
+    println!(
+        "# date: {}  commit: {}",
+        run("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        run("git", &["rev-parse", "--short", "HEAD"])
+    );
 }
 
 fn main() {
@@ -49,7 +62,10 @@ fn main() {
     )
     .expect("write dataset");
     let gen = start.elapsed().as_secs_f64();
-    println!("# dataset: {clips} clips of {frames}x{size}x{size}x3 u8, generated in {gen:.2} s ({:.0} clips/s)", clips as f64 / gen);
+    println!(
+        "# dataset: {clips} clips of {frames}x{size}x{size}x3 u8, generated in {gen:.2} s ({:.0} clips/s)",
+        clips as f64 / gen
+    );
     let ds = Arc::new(ShardDataset::open(&dir).expect("open"));
 
     // Reference: touching every byte of every clip (what any loader must at least do).
@@ -93,7 +109,11 @@ fn main() {
                 rate * 2.0 * frames as f64
             );
         }
-        println!("  2 workers / 1 worker = {:.2}x; fraction of raw read rate {:.3}", rates[1] / rates[0], rates[1] / raw);
+        println!(
+            "  2 workers / 1 worker = {:.2}x; fraction of raw read rate {:.3}",
+            rates[1] / rates[0],
+            rates[1] / raw
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -34,7 +34,15 @@ fn dataset(name: &str, clips: usize, size: usize, frames: usize) -> (PathBuf, Ar
 }
 
 fn loader_config(batch: usize, rank: usize, world: usize, out: usize) -> LoaderConfig {
-    LoaderConfig { batch_size: batch, seed: 9, rank, world, workers: 2, prefetch: 2, augment: AugmentConfig { out_size: out, ..Default::default() } }
+    LoaderConfig {
+        batch_size: batch,
+        seed: 9,
+        rank,
+        world,
+        workers: 2,
+        prefetch: 2,
+        augment: AugmentConfig { out_size: out, ..Default::default() },
+    }
 }
 
 #[test]
@@ -67,7 +75,10 @@ fn hue_and_saturation_follow_the_reference_formulas() {
     assert!(px[0].iter().zip([0.0, 0.0, 1.0]).all(|(a, b)| (a - b).abs() < 1e-5), "{:?}", px[0]);
     // HSV of a known colour: (0.2, 0.4, 0.8) has H = 220°/360°, S = 0.75, V = 0.8.
     let hsv = rgb_to_hsv([0.2, 0.4, 0.8]);
-    assert!((hsv[0] - 220.0 / 360.0).abs() < 1e-6 && (hsv[1] - 0.75).abs() < 1e-6 && (hsv[2] - 0.8).abs() < 1e-6, "{hsv:?}");
+    assert!(
+        (hsv[0] - 220.0 / 360.0).abs() < 1e-6 && (hsv[1] - 0.75).abs() < 1e-6 && (hsv[2] - 0.8).abs() < 1e-6,
+        "{hsv:?}"
+    );
     let back = hsv_to_rgb(hsv);
     assert!(back.iter().zip([0.2, 0.4, 0.8]).all(|(a, b)| (a - b).abs() < 1e-6));
     // Saturation 0 gives the grey 0.299 R + 0.587 G + 0.114 B; 0.5 is halfway to it.
@@ -121,7 +132,8 @@ fn views_differ_same_seed_same_batch_and_shapes() {
 #[test]
 fn distributed_sampler_splits_without_overlap() {
     for world in [1, 2, 4] {
-        let samplers: Vec<DistributedSampler> = (0..world).map(|r| DistributedSampler::new(50, 8, r, world, 3).unwrap()).collect();
+        let samplers: Vec<DistributedSampler> =
+            (0..world).map(|r| DistributedSampler::new(50, 8, r, world, 3).unwrap()).collect();
         let steps = samplers[0].steps_per_epoch();
         assert_eq!(steps, 6); // 48 of 50 clips used, the remainder dropped
         let mut seen = std::collections::HashSet::new();
@@ -149,7 +161,8 @@ fn loader_yields_the_pure_batches_in_order_and_resumes() {
     assert_eq!(batches.len(), 4);
     for (i, b) in batches.iter().enumerate() {
         assert_eq!(b.step, i);
-        let want = make_batch(&ds, loader.sampler(), &AugmentConfig { out_size: 32, ..Default::default() }, 0, i).unwrap();
+        let want =
+            make_batch(&ds, loader.sampler(), &AugmentConfig { out_size: 32, ..Default::default() }, 0, i).unwrap();
         assert_eq!(b.view2.to_f64_vec(), want.view2.to_f64_vec());
     }
     // Resuming at step 2 gives exactly the batches an uninterrupted epoch gave.

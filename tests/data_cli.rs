@@ -10,7 +10,24 @@ fn bin() -> Command {
 fn generate_inspect_and_contact_sheet() {
     let dir = std::env::temp_dir().join(format!("simclr-cli-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let out = bin().args(["bouncing", "--out", dir.to_str().unwrap(), "--clips", "10", "--frames", "6", "--size", "32", "--seed", "4", "--clips-per-shard", "4"]).output().unwrap();
+    let out = bin()
+        .args([
+            "bouncing",
+            "--out",
+            dir.to_str().unwrap(),
+            "--clips",
+            "10",
+            "--frames",
+            "6",
+            "--size",
+            "32",
+            "--seed",
+            "4",
+            "--clips-per-shard",
+            "4",
+        ])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("wrote 10 clips (3 shards"));
     let png = dir.join("sheet.png");
@@ -23,9 +40,29 @@ fn generate_inspect_and_contact_sheet() {
     // Same seed again into another directory: byte-identical shards.
     let dir2 = dir.with_extension("again");
     let _ = std::fs::remove_dir_all(&dir2);
-    let out = bin().args(["bouncing", "--out", dir2.to_str().unwrap(), "--clips", "10", "--frames", "6", "--size", "32", "--seed", "4", "--clips-per-shard", "4"]).output().unwrap();
+    let out = bin()
+        .args([
+            "bouncing",
+            "--out",
+            dir2.to_str().unwrap(),
+            "--clips",
+            "10",
+            "--frames",
+            "6",
+            "--size",
+            "32",
+            "--seed",
+            "4",
+            "--clips-per-shard",
+            "4",
+        ])
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    assert_eq!(std::fs::read(dir.join("shard-00002.bin")).unwrap(), std::fs::read(dir2.join("shard-00002.bin")).unwrap());
+    assert_eq!(
+        std::fs::read(dir.join("shard-00002.bin")).unwrap(),
+        std::fs::read(dir2.join("shard-00002.bin")).unwrap()
+    );
     // A corrupted shard is reported by inspect, with exit code 2.
     let shard = dir.join("shard-00001.bin");
     let mut b = std::fs::read(&shard).unwrap();

@@ -54,7 +54,11 @@ fn ball_collisions_conserve_momentum() {
         w.step(0.3, 1);
         w.step(0.3, 2);
         assert!(w.events.iter().any(|ev| matches!(ev.contact, Contact::Ball { .. })), "no impact: {:?}", w.events);
-        assert!(!w.events.iter().any(|ev| matches!(ev.contact, Contact::Wall { .. })), "a wall was hit: {:?}", w.events);
+        assert!(
+            !w.events.iter().any(|ev| matches!(ev.contact, Contact::Wall { .. })),
+            "a wall was hit: {:?}",
+            w.events
+        );
         let p1 = w.momentum();
         assert!((p1[0] - p0[0]).abs() < 1e-12 && (p1[1] - p0[1]).abs() < 1e-12, "{p0:?} -> {p1:?}");
         let ke1 = w.kinetic_energy();
@@ -75,7 +79,10 @@ fn balls_stay_in_the_box_and_apart() {
         for frame in &labels.positions {
             for (k, p) in frame.iter().enumerate() {
                 let r = labels.radii[k];
-                assert!(p[0] >= r - 1e-9 && p[0] <= 1.0 - r + 1e-9 && p[1] >= r - 1e-9 && p[1] <= 1.0 - r + 1e-9, "clip {i}: {p:?} r {r}");
+                assert!(
+                    p[0] >= r - 1e-9 && p[0] <= 1.0 - r + 1e-9 && p[1] >= r - 1e-9 && p[1] <= 1.0 - r + 1e-9,
+                    "clip {i}: {p:?} r {r}"
+                );
                 for (m, q) in frame.iter().enumerate().skip(k + 1) {
                     let d = ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2)).sqrt();
                     assert!(d >= r + labels.radii[m] - 1e-9, "clip {i}: balls {k} and {m} overlap ({d})");

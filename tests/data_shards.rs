@@ -59,7 +59,8 @@ fn round_trip() {
     }
     assert!(matches!(ds.clip(7), Err(Error::Index { .. })));
     // no temporary or per-shard label files are left behind
-    let names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(names.iter().all(|n| !n.ends_with(".tmp") && !n.contains(".labels.")), "{names:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -38,9 +38,11 @@ fn naive_conv(x: &Tensor, w: &Tensor, b: &[f64], s: (usize, usize), p: (usize, u
                     for ci in 0..c {
                         for i in 0..kh {
                             for j in 0..kw {
-                                let (iy, ix) = ((y * s.0 + i) as isize - p.0 as isize, (xo * s.1 + j) as isize - p.1 as isize);
+                                let (iy, ix) =
+                                    ((y * s.0 + i) as isize - p.0 as isize, (xo * s.1 + j) as isize - p.1 as isize);
                                 if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
-                                    acc += xv[((ni * c + ci) * h + iy as usize) * wd + ix as usize] * wv[((oi * c + ci) * kh + i) * kw + j];
+                                    acc += xv[((ni * c + ci) * h + iy as usize) * wd + ix as usize]
+                                        * wv[((oi * c + ci) * kh + i) * kw + j];
                                 }
                             }
                         }
@@ -55,7 +57,12 @@ fn naive_conv(x: &Tensor, w: &Tensor, b: &[f64], s: (usize, usize), p: (usize, u
 
 #[test]
 fn conv2d_matches_the_definition() {
-    for (batch, s, p, k) in [(2, (1, 1), (1, 1), (3, 3)), (3, (2, 1), (0, 2), (2, 3)), (1, (2, 2), (3, 3), (7, 7)), (8, (2, 2), (0, 0), (1, 1))] {
+    for (batch, s, p, k) in [
+        (2, (1, 1), (1, 1), (3, 3)),
+        (3, (2, 1), (0, 2), (2, 3)),
+        (1, (2, 2), (3, 3), (7, 7)),
+        (8, (2, 2), (0, 0), (1, 1)),
+    ] {
         let x = randn(&[batch, 3, 9, 8], 1);
         let w = randn(&[4, 3, k.0, k.1], 2);
         let b = [0.5, -1.0, 0.25, 2.0];
@@ -63,7 +70,14 @@ fn conv2d_matches_the_definition() {
         let got = conv2d(&x, &w, Some(&bt), s, p).unwrap();
         assert_close(&got.to_f64_vec(), &naive_conv(&x, &w, &b, s, p), 1e-12);
         // f32 agrees with f64 to f32 precision
-        let got32 = conv2d(&x.to_dtype(DType::F32).unwrap(), &w.to_dtype(DType::F32).unwrap(), Some(&bt.to_dtype(DType::F32).unwrap()), s, p).unwrap();
+        let got32 = conv2d(
+            &x.to_dtype(DType::F32).unwrap(),
+            &w.to_dtype(DType::F32).unwrap(),
+            Some(&bt.to_dtype(DType::F32).unwrap()),
+            s,
+            p,
+        )
+        .unwrap();
         assert_close(&got32.to_f64_vec(), &got.to_f64_vec(), 1e-4);
     }
 }
@@ -218,7 +232,10 @@ fn bad_layer_inputs_are_errors() {
     assert!(shape_err(nt_xent(&randn(&[4], 1), 0.5)));
     assert!(matches!(nt_xent(&randn(&[4, 4], 1), 0.0), Err(Error::InvalidArgument { .. })));
     let logits = randn(&[2, 3], 1);
-    assert!(matches!(cross_entropy(&logits, &Tensor::from_vec(vec![0i64, 3], &[2]).unwrap()), Err(Error::Index { .. })));
+    assert!(matches!(
+        cross_entropy(&logits, &Tensor::from_vec(vec![0i64, 3], &[2]).unwrap()),
+        Err(Error::Index { .. })
+    ));
     assert!(shape_err(cross_entropy(&logits, &Tensor::from_vec(vec![0i64], &[1]).unwrap())));
     assert!(matches!(dropout(&logits, 1.0, true, &mut Rng::new(0)), Err(Error::InvalidArgument { .. })));
     let (q, k) = (randn(&[1, 2, 3, 4], 1), randn(&[1, 2, 5, 4], 2));

@@ -84,7 +84,12 @@ fn state_dict_round_trips_through_safetensors() {
     let sd = state_dict(&a);
     let refs: Vec<(&str, &Tensor)> = sd.iter().map(|(n, t)| (n.as_str(), t)).collect();
     save_safetensors(&path, &refs, None).unwrap();
-    let b = ResNet::new(ResNetConfig { depth: Depth::R18, width: 0.125, small_stem: true, num_classes: Some(3) }, DType::F32, &mut Rng::new(99)).unwrap();
+    let b = ResNet::new(
+        ResNetConfig { depth: Depth::R18, width: 0.125, small_stem: true, num_classes: Some(3) },
+        DType::F32,
+        &mut Rng::new(99),
+    )
+    .unwrap();
     let (loaded, _) = load_safetensors(&path).unwrap();
     load_state_dict(&b, &loaded, true).unwrap();
     for ((na, ta), (nb, tb)) in state_dict(&a).iter().zip(state_dict(&b).iter()) {
@@ -98,7 +103,12 @@ fn state_dict_round_trips_through_safetensors() {
     let i = partial.iter().position(|(n, _)| n == "conv1.weight").unwrap();
     partial[i].1 = Tensor::zeros(&[1, 2, 3], DType::F32).unwrap();
     let err = load_state_dict(&b, &partial, true).unwrap_err().to_string();
-    assert!(err.contains("missing `fc.bias`") && err.contains("unexpected `extra.weight`") && err.contains("`conv1.weight`"), "{err}");
+    assert!(
+        err.contains("missing `fc.bias`")
+            && err.contains("unexpected `extra.weight`")
+            && err.contains("`conv1.weight`"),
+        "{err}"
+    );
     assert!(load_state_dict(&b, &loaded[..10], false).is_ok());
     std::fs::remove_file(&path).unwrap();
 }
@@ -125,7 +135,16 @@ fn attention_and_mlp_modules_have_correct_gradients() {
 #[test]
 fn vivit_forward_gradients_and_sizes() {
     use simclr::nn::vivit::{Vivit, VivitConfig};
-    let cfg = VivitConfig { dim: 8, heads: 2, spatial_depth: 1, temporal_depth: 1, tubelet_frames: 2, patch: 4, frames: 4, image: 8 };
+    let cfg = VivitConfig {
+        dim: 8,
+        heads: 2,
+        spatial_depth: 1,
+        temporal_depth: 1,
+        tubelet_frames: 2,
+        patch: 4,
+        frames: 4,
+        image: 8,
+    };
     let model = std::cell::RefCell::new(Vivit::new(cfg, DType::F64, &mut Rng::new(5)).unwrap());
     let x = Tensor::randn(&[2, 4, 3, 8, 8], 1.0, DType::F64, &mut Rng::new(6)).unwrap();
     let y = model.borrow_mut().forward(&x).unwrap();
@@ -136,7 +155,8 @@ fn vivit_forward_gradients_and_sizes() {
     }
     // End-to-end gradient with respect to the clip, against finite differences.
     let small = Tensor::randn(&[1, 4, 3, 8, 8], 1.0, DType::F64, &mut Rng::new(7)).unwrap();
-    gradcheck(&[small], |x| model.borrow_mut().forward(&x[0]), GradcheckOptions { eps: 1e-6, atol: 1e-6, rtol: 1e-4 }).unwrap();
+    gradcheck(&[small], |x| model.borrow_mut().forward(&x[0]), GradcheckOptions { eps: 1e-6, atol: 1e-6, rtol: 1e-4 })
+        .unwrap();
     // Named sizes and their errors.
     let small_cfg = VivitConfig::named("vivit_small", 20, 128).unwrap();
     assert_eq!((small_cfg.dim, small_cfg.heads, small_cfg.dim / small_cfg.heads), (384, 6, 64));
@@ -156,7 +176,10 @@ fn simclr_model_trains_on_two_views() {
     assert_eq!(encoder.feature_dim(), 64);
     let mut model = SimClr::new(encoder, 16, 0.5, DType::F32, &mut rng).unwrap();
     let names: Vec<String> = parameters(&model).into_iter().map(|(n, _)| n).collect();
-    assert!(names.contains(&"encoder.layer1.0.conv1.weight".to_string()) && names.contains(&"projector.layers.1.bias".to_string()));
+    assert!(
+        names.contains(&"encoder.layer1.0.conv1.weight".to_string())
+            && names.contains(&"projector.layers.1.bias".to_string())
+    );
     // Four clips; the second view is the first plus a little noise.
     let v1 = Tensor::randn(&[4, 3, 3, 16, 16], 1.0, DType::F32, &mut rng).unwrap();
     let v2 = v1.add(&Tensor::randn(&[4, 3, 3, 16, 16], 0.1, DType::F32, &mut rng).unwrap()).unwrap();

@@ -80,8 +80,14 @@ fn clipping_caps_the_global_norm() {
     give_grad(&b, &[4.0]);
     let norm = clip_grad_norm(&[a.clone(), b.clone()], 1.0).unwrap();
     assert!((norm - 5.0).abs() < 1e-12);
-    assert!((a.grad().unwrap().to_f64_vec()[0] - 0.6).abs() < 1e-12 && (b.grad().unwrap().to_f64_vec()[0] - 0.8).abs() < 1e-12);
+    assert!(
+        (a.grad().unwrap().to_f64_vec()[0] - 0.6).abs() < 1e-12
+            && (b.grad().unwrap().to_f64_vec()[0] - 0.8).abs() < 1e-12
+    );
     let norm = clip_grad_norm(&[a.clone(), b.clone()], 10.0).unwrap();
-    assert!((norm - 1.0).abs() < 1e-12 && (a.grad().unwrap().to_f64_vec()[0] - 0.6).abs() < 1e-12, "below the cap: unchanged");
+    assert!(
+        (norm - 1.0).abs() < 1e-12 && (a.grad().unwrap().to_f64_vec()[0] - 0.6).abs() < 1e-12,
+        "below the cap: unchanged"
+    );
     assert!(a.detach().set_grad(None).is_err());
 }

@@ -47,7 +47,10 @@ fn cat_stack_index_select_gather() {
 fn dtype_conversions_round_trip() {
     let x = t(&[0.5, -1.25, 3.0, 255.7], &[4]);
     assert_eq!(x.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap(), vec![0.5, -1.25, 3.0, 255.7]);
-    assert_eq!(x.to_dtype(DType::BF16).unwrap().to_dtype(DType::F64).unwrap().to_f64_vec(), vec![0.5, -1.25, 3.0, 256.0]);
+    assert_eq!(
+        x.to_dtype(DType::BF16).unwrap().to_dtype(DType::F64).unwrap().to_f64_vec(),
+        vec![0.5, -1.25, 3.0, 256.0]
+    );
     assert_eq!(x.to_dtype(DType::F16).unwrap().to_f64_vec()[..3], [0.5, -1.25, 3.0]);
     assert_eq!(x.to_dtype(DType::U8).unwrap().to_vec::<u8>().unwrap(), vec![1, 0, 3, 255]); // rounds, saturates
     assert_eq!(x.to_dtype(DType::I64).unwrap().to_vec::<i64>().unwrap(), vec![1, -1, 3, 256]);
@@ -77,7 +80,11 @@ fn safetensors_round_trip_every_dtype() {
         assert_eq!(l.to_f64_vec(), orig.to_f64_vec(), "{name}");
     }
     // No temporary file is left behind by the atomic write.
-    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
     assert!(leftovers.is_empty());
     // A truncated file is a clear format error, not a panic.
     let bytes = std::fs::read(&path).unwrap();

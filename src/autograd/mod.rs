@@ -151,10 +151,7 @@ pub fn record(
     if !needs_grad(inputs) {
         return output;
     }
-    debug_assert!(
-        crate::ops::registry::is_recorded_op(name),
-        "op `{name}` records a node but is not in ops::registry"
-    );
+    debug_assert!(crate::ops::registry::is_recorded_op(name), "op `{name}` records a node but is not in ops::registry");
     let node = Node {
         name,
         inputs: inputs.iter().map(|t| (t.grad_info().clone(), t.shape().to_vec())).collect(),

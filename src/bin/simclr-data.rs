@@ -63,7 +63,8 @@ enum Command {
 }
 
 fn parse_balls(s: &str) -> Result<(usize, usize)> {
-    let bad = || Error::invalid("--balls", format!("expected a count like 2 or a range like 1-3 (1 to 6 balls), got `{s}`"));
+    let bad =
+        || Error::invalid("--balls", format!("expected a count like 2 or a range like 1-3 (1 to 6 balls), got `{s}`"));
     let (lo, hi) = match s.split_once('-') {
         Some((a, b)) => (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?),
         None => {
@@ -78,10 +79,21 @@ fn parse_balls(s: &str) -> Result<(usize, usize)> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn bouncing(out: PathBuf, clips: usize, frames: usize, size: usize, balls: &str, seed: u64, clips_per_shard: usize) -> Result<()> {
+fn bouncing(
+    out: PathBuf,
+    clips: usize,
+    frames: usize,
+    size: usize,
+    balls: &str,
+    seed: u64,
+    clips_per_shard: usize,
+) -> Result<()> {
     let (min_balls, max_balls) = parse_balls(balls)?;
     if clips == 0 || frames == 0 || clips_per_shard == 0 {
-        return Err(Error::invalid("simclr-data bouncing", "--clips, --frames and --clips-per-shard must be at least 1"));
+        return Err(Error::invalid(
+            "simclr-data bouncing",
+            "--clips, --frames and --clips-per-shard must be at least 1",
+        ));
     }
     if !(8..=1024).contains(&size) {
         return Err(Error::invalid("--size", format!("frame size must be 8 to 1024 pixels, got {size}")));
@@ -92,7 +104,10 @@ fn bouncing(out: PathBuf, clips: usize, frames: usize, size: usize, balls: &str,
         "generator": "bouncing", "seed": seed, "balls": [min_balls, max_balls], "frame_dt": cfg.frame_dt,
     });
     let bar = ProgressBar::new(clips as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} clips  {per_sec}  eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} clips  {per_sec}  eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     let start = Instant::now();
     let manifest = write_dataset(
         &out,
@@ -132,7 +147,16 @@ fn inspect(dir: PathBuf, png: Option<PathBuf>, sheet_clips: usize, no_verify: bo
     let m = ds.manifest();
     println!("dataset   {}", dir.display());
     println!("format    {} v{}", m.format, m.version);
-    println!("clips     {} in {} shards, {} frames of {}x{}x{} {}", m.clips, m.shards.len(), m.frames, m.height, m.width, m.channels, m.dtype);
+    println!(
+        "clips     {} in {} shards, {} frames of {}x{}x{} {}",
+        m.clips,
+        m.shards.len(),
+        m.frames,
+        m.height,
+        m.width,
+        m.channels,
+        m.dtype
+    );
     println!("source    {}", m.source);
     if no_verify {
         println!("checksums not verified (--no-verify)");

@@ -91,7 +91,10 @@ impl Model {
         }
         let lin = |i: usize, o: usize, rng: &mut Rng| -> Result<(Tensor, Tensor)> {
             let bound = 1.0 / (i as f64).sqrt();
-            Ok((Tensor::uniform(&[o, i], -bound, bound, DType::F32, rng)?.requires_grad()?, Tensor::zeros(&[o], DType::F32)?.requires_grad()?))
+            Ok((
+                Tensor::uniform(&[o, i], -bound, bound, DType::F32, rng)?.requires_grad()?,
+                Tensor::zeros(&[o], DType::F32)?.requires_grad()?,
+            ))
         };
         Ok(Model { convs, head: [lin(64, 64, rng)?, lin(64, 32, rng)?] })
     }
@@ -171,7 +174,8 @@ fn count_probe(features: &Tensor, counts: &[usize]) -> Result<f64> {
     let correct = (half..n)
         .filter(|&i| {
             let row = &logits[(i - half) * 3..(i - half + 1) * 3];
-            let pred = (0..3).max_by(|&a, &b| row[a].partial_cmp(&row[b]).unwrap_or(std::cmp::Ordering::Equal)).unwrap_or(0);
+            let pred =
+                (0..3).max_by(|&a, &b| row[a].partial_cmp(&row[b]).unwrap_or(std::cmp::Ordering::Equal)).unwrap_or(0);
             pred as i64 == labels[i]
         })
         .count();

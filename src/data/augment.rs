@@ -182,7 +182,15 @@ pub fn apply_colour(op: ColourOp, pixels: &mut [[f32; 3]]) {
 }
 
 /// Augments one clip (T×H×W×3 u8) into `out` as f32 [T, 3, S, S] (S = cfg.out_size).
-pub fn augment_clip(clip: &[u8], frames: usize, height: usize, width: usize, params: &ViewParams, cfg: &AugmentConfig, out: &mut [f32]) -> Result<()> {
+pub fn augment_clip(
+    clip: &[u8],
+    frames: usize,
+    height: usize,
+    width: usize,
+    params: &ViewParams,
+    cfg: &AugmentConfig,
+    out: &mut [f32],
+) -> Result<()> {
     let s = cfg.out_size;
     if height < s || width < s {
         return Err(Error::invalid(
@@ -191,7 +199,10 @@ pub fn augment_clip(clip: &[u8], frames: usize, height: usize, width: usize, par
         ));
     }
     if clip.len() != frames * height * width * 3 || out.len() != frames * 3 * s * s {
-        return Err(Error::shape("augment", format!("clip of {} bytes / output of {} floats for {frames}x{height}x{width}", clip.len(), out.len())));
+        return Err(Error::shape(
+            "augment",
+            format!("clip of {} bytes / output of {} floats for {frames}x{height}x{width}", clip.len(), out.len()),
+        ));
     }
     let (top, left, ch, cw) = params.crop;
     // 1. Crop + bilinear resize (+ flip) of every frame into [T][S·S] RGB pixels.

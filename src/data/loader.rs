@@ -59,10 +59,16 @@ impl DistributedSampler {
             return Err(Error::invalid("sampler", format!("rank {rank} is not in a world of {world}")));
         }
         if batch_size == 0 || batch_size % world != 0 {
-            return Err(Error::invalid("--batch_size", format!("the global batch size {batch_size} must be a positive multiple of the {world} ranks")));
+            return Err(Error::invalid(
+                "--batch_size",
+                format!("the global batch size {batch_size} must be a positive multiple of the {world} ranks"),
+            ));
         }
         if clips < batch_size {
-            return Err(Error::invalid("--batch_size", format!("batch size {batch_size} is larger than the dataset ({clips} clips)")));
+            return Err(Error::invalid(
+                "--batch_size",
+                format!("batch size {batch_size} is larger than the dataset ({clips} clips)"),
+            ));
         }
         Ok(DistributedSampler { clips, batch_size, rank, world, seed })
     }
@@ -92,7 +98,13 @@ fn view_rng(seed: u64, epoch: usize, clip: usize, view: usize) -> Rng {
 }
 
 /// Builds the batch for (epoch, step): a pure function of its arguments.
-pub fn make_batch(ds: &ShardDataset, sampler: &DistributedSampler, cfg: &AugmentConfig, epoch: usize, step: usize) -> Result<Batch> {
+pub fn make_batch(
+    ds: &ShardDataset,
+    sampler: &DistributedSampler,
+    cfg: &AugmentConfig,
+    epoch: usize,
+    step: usize,
+) -> Result<Batch> {
     let m = ds.manifest();
     let (t, s) = (m.frames, cfg.out_size);
     let clips = sampler.batch(epoch, step);

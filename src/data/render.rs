@@ -30,7 +30,11 @@ pub struct Background {
 impl Background {
     pub fn random(rng: &mut Rng) -> Background {
         let grey = rng.uniform_range(0.15, 0.45) as f32;
-        let tint = [rng.uniform_range(-0.04, 0.04) as f32, rng.uniform_range(-0.04, 0.04) as f32, rng.uniform_range(-0.04, 0.04) as f32];
+        let tint = [
+            rng.uniform_range(-0.04, 0.04) as f32,
+            rng.uniform_range(-0.04, 0.04) as f32,
+            rng.uniform_range(-0.04, 0.04) as f32,
+        ];
         // One clip in three is plain; the rest get a faint texture.
         let amplitude = if rng.below(3) == 0 { 0.0 } else { rng.uniform_range(0.02, 0.06) as f32 };
         Background {
@@ -42,7 +46,8 @@ impl Background {
     }
 
     fn at(&self, u: f32, v: f32) -> [f32; 3] {
-        let t = self.amplitude * ((self.freq[0] * u * 6.283 + self.phase[0]).sin() * (self.freq[1] * v * 6.283 + self.phase[1]).sin());
+        let t = self.amplitude
+            * ((self.freq[0] * u * 6.283 + self.phase[0]).sin() * (self.freq[1] * v * 6.283 + self.phase[1]).sin());
         [self.base[0] + t, self.base[1] + t, self.base[2] + t]
     }
 }

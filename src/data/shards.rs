@@ -114,7 +114,12 @@ pub fn write_dataset(
     let manifest_path = dir.join(MANIFEST);
     let previous = if manifest_path.exists() {
         let old = read_manifest(dir)?;
-        if old.clips != spec.clips || old.frames != spec.frames || old.height != spec.height || old.width != spec.width || old.source != source {
+        if old.clips != spec.clips
+            || old.frames != spec.frames
+            || old.height != spec.height
+            || old.width != spec.width
+            || old.source != source
+        {
             return Err(Error::format(
                 &manifest_path,
                 format!(
@@ -160,7 +165,12 @@ pub fn write_dataset(
             if content.bytes.len() as u64 != expected || content.labels.len() != range.len() {
                 return Err(Error::invalid(
                     "write_dataset",
-                    format!("shard {s}: got {} bytes and {} labels, expected {expected} and {}", content.bytes.len(), content.labels.len(), range.len()),
+                    format!(
+                        "shard {s}: got {} bytes and {} labels, expected {expected} and {}",
+                        content.bytes.len(),
+                        content.labels.len(),
+                        range.len()
+                    ),
                 ));
             }
             let lines: Vec<String> = content.labels.iter().map(|l| l.to_string()).collect();
@@ -216,7 +226,8 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
             Error::io("read", &path, e)
         }
     })?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
     if value.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
         return Err(Error::format(&path, format!("not a {FORMAT} manifest")));
     }
@@ -229,7 +240,10 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     }
     let m: Manifest = serde_json::from_value(value).map_err(|e| Error::format(&path, format!("bad manifest: {e}")))?;
     if m.channels != 3 || m.dtype != "u8" {
-        return Err(Error::format(&path, format!("expected 3-channel u8 clips, got {} channels of {}", m.channels, m.dtype)));
+        return Err(Error::format(
+            &path,
+            format!("expected 3-channel u8 clips, got {} channels of {}", m.channels, m.dtype),
+        ));
     }
     if m.shards.iter().map(|s| s.clips).sum::<usize>() != m.clips {
         return Err(Error::format(&path, "shard clip counts do not add up to `clips`"));
@@ -277,12 +291,18 @@ impl ShardDataset {
             .lines()
             .filter(|l| !l.trim().is_empty())
             .enumerate()
-            .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::format(&labels_path, format!("line {}: {e}", i + 1))))
+            .map(|(i, l)| {
+                serde_json::from_str(l).map_err(|e| Error::format(&labels_path, format!("line {}: {e}", i + 1)))
+            })
             .collect::<Result<_>>()?;
         if labels.len() != manifest.clips {
             return Err(Error::format(
                 &labels_path,
-                format!("{} label lines for {} clips; the dataset is damaged — regenerate it", labels.len(), manifest.clips),
+                format!(
+                    "{} label lines for {} clips; the dataset is damaged — regenerate it",
+                    labels.len(),
+                    manifest.clips
+                ),
             ));
         }
         Ok(ShardDataset { dir: dir.to_path_buf(), manifest, maps, locations, labels })
@@ -295,7 +315,10 @@ impl ShardDataset {
             if got != info.xxh3 {
                 return Err(Error::format(
                     self.dir.join(&info.file),
-                    format!("checksum mismatch (manifest {}, file {got}): the shard is corrupt — regenerate the dataset", info.xxh3),
+                    format!(
+                        "checksum mismatch (manifest {}, file {got}): the shard is corrupt — regenerate the dataset",
+                        info.xxh3
+                    ),
                 ));
             }
         }
@@ -317,7 +340,8 @@ impl ShardDataset {
 
     /// Clip `i` as T×H×W×3 bytes.
     pub fn clip(&self, i: usize) -> Result<&[u8]> {
-        let &(s, off) = self.locations.get(i).ok_or_else(|| Error::index("clip", format!("clip {i} of {}", self.len())))?;
+        let &(s, off) =
+            self.locations.get(i).ok_or_else(|| Error::index("clip", format!("clip {i} of {}", self.len())))?;
         Ok(&self.maps[s][off..off + self.manifest.clip_bytes()])
     }
 

@@ -60,8 +60,12 @@ pub fn generate_clip(seed: u64, index: usize, cfg: &BouncingConfig) -> (Vec<u8>,
         }
         positions.push(world.balls.iter().map(|b| b.pos).collect());
         velocities.push(world.balls.iter().map(|b| b.vel).collect());
-        let discs: Vec<Disc> =
-            world.balls.iter().zip(&colours).map(|(b, &colour)| Disc { centre: b.pos, radius: b.radius, colour }).collect();
+        let discs: Vec<Disc> = world
+            .balls
+            .iter()
+            .zip(&colours)
+            .map(|(b, &colour)| Disc { centre: b.pos, radius: b.radius, colour })
+            .collect();
         render_frame(&discs, &background, cfg.size, &mut bytes[f * frame_bytes..(f + 1) * frame_bytes]);
     }
     let labels = ClipLabels {

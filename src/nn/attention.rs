@@ -39,9 +39,10 @@ impl Module for MultiHeadAttention {
         let (b, l, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let h = self.heads;
         let qkv = linear(x, &self.in_proj_weight, Some(&self.in_proj_bias))?; // [B, L, 3D]
-        // [B, L, 3, H, Dh] → [3, B, H, L, Dh]
+                                                                              // [B, L, 3, H, Dh] → [3, B, H, L, Dh]
         let qkv = qkv.reshape(&[b, l, 3, h, d / h])?.permute(&[2, 0, 3, 1, 4])?;
-        let (q, k, v) = (qkv.narrow(0, 0, 1)?.squeeze(0)?, qkv.narrow(0, 1, 1)?.squeeze(0)?, qkv.narrow(0, 2, 1)?.squeeze(0)?);
+        let (q, k, v) =
+            (qkv.narrow(0, 0, 1)?.squeeze(0)?, qkv.narrow(0, 1, 1)?.squeeze(0)?, qkv.narrow(0, 2, 1)?.squeeze(0)?);
         let o = scaled_dot_product_attention(&q, &k, &v, None, None)?; // [B, H, L, Dh]
         let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, l, d])?;
         self.out_proj.forward(&o)

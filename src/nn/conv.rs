@@ -15,7 +15,16 @@ pub struct Conv2d {
 
 impl Conv2d {
     /// A square `kernel`×`kernel` convolution with PyTorch's default init.
-    pub fn new(cin: usize, cout: usize, kernel: usize, stride: usize, padding: usize, bias: bool, dtype: DType, rng: &mut Rng) -> Result<Conv2d> {
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+        dtype: DType,
+        rng: &mut Rng,
+    ) -> Result<Conv2d> {
         let fan_in = cin * kernel * kernel;
         let weight = init::fan_in_uniform(&[cout, cin, kernel, kernel], fan_in, dtype, rng)?;
         let bias = if bias { Some(init::fan_in_uniform(&[cout], fan_in, dtype, rng)?) } else { None };

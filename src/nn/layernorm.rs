@@ -13,7 +13,11 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn new(dim: usize, dtype: DType) -> Result<LayerNorm> {
-        Ok(LayerNorm { weight: init::constant(&[dim], 1.0, dtype)?, bias: init::constant(&[dim], 0.0, dtype)?, eps: 1e-5 })
+        Ok(LayerNorm {
+            weight: init::constant(&[dim], 1.0, dtype)?,
+            bias: init::constant(&[dim], 0.0, dtype)?,
+            eps: 1e-5,
+        })
     }
 }
 

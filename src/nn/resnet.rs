@@ -34,7 +34,9 @@ impl Depth {
             "resnet18" => Ok(Depth::R18),
             "resnet34" => Ok(Depth::R34),
             "resnet50" => Ok(Depth::R50),
-            other => Err(Error::invalid("--base_model", format!("unknown ResNet `{other}` (resnet18, resnet34, resnet50)"))),
+            other => {
+                Err(Error::invalid("--base_model", format!("unknown ResNet `{other}` (resnet18, resnet34, resnet50)")))
+            }
         }
     }
 }
@@ -141,7 +143,8 @@ impl ResNet {
             return Err(Error::invalid("ResNet", format!("width multiplier must be > 0, got {}", config.width)));
         }
         let base = ((64.0 * config.width).round() as usize).max(1);
-        let conv1 = if config.small_stem { conv(3, base, 3, 1, 1, dtype, rng)? } else { conv(3, base, 7, 2, 3, dtype, rng)? };
+        let conv1 =
+            if config.small_stem { conv(3, base, 3, 1, 1, dtype, rng)? } else { conv(3, base, 7, 2, 3, dtype, rng)? };
         let bn1 = BatchNorm2d::new(base, dtype)?;
         let (blocks, bottleneck) = config.depth.plan();
         let mut cin = base;

@@ -24,14 +24,25 @@ pub enum Encoder {
 impl Encoder {
     /// `resnet18|resnet34|resnet50|vivit_tiny|vivit_small|vivit_base`.
     /// `width` and `small_stem` shrink ResNets for CPU runs.
-    pub fn named(name: &str, frames: usize, image: usize, width: f64, small_stem: bool, dtype: DType, rng: &mut Rng) -> Result<Encoder> {
+    pub fn named(
+        name: &str,
+        frames: usize,
+        image: usize,
+        width: f64,
+        small_stem: bool,
+        dtype: DType,
+        rng: &mut Rng,
+    ) -> Result<Encoder> {
         if name.starts_with("resnet") {
             let cfg = ResNetConfig { depth: Depth::parse(name)?, width, small_stem, num_classes: None };
             Ok(Encoder::ResNet(ResNet::new(cfg, dtype, rng)?))
         } else if name.starts_with("vivit") {
             Ok(Encoder::Vivit(Vivit::new(VivitConfig::named(name, frames, image)?, dtype, rng)?))
         } else {
-            Err(Error::invalid("--base_model", format!("unknown model `{name}` (resnet18, resnet34, resnet50, vivit_tiny, vivit_small, vivit_base)")))
+            Err(Error::invalid(
+                "--base_model",
+                format!("unknown model `{name}` (resnet18, resnet34, resnet50, vivit_tiny, vivit_small, vivit_base)"),
+            ))
         }
     }
 
@@ -83,7 +94,13 @@ pub struct SimClr {
 }
 
 impl SimClr {
-    pub fn new(encoder: Encoder, projection_dim: usize, temperature: f64, dtype: DType, rng: &mut Rng) -> Result<SimClr> {
+    pub fn new(
+        encoder: Encoder,
+        projection_dim: usize,
+        temperature: f64,
+        dtype: DType,
+        rng: &mut Rng,
+    ) -> Result<SimClr> {
         let d = encoder.feature_dim();
         let projector = Mlp::new(&[d, d, projection_dim], Activation::Relu, dtype, rng)?;
         Ok(SimClr { encoder, projector, temperature })
@@ -94,7 +111,10 @@ impl SimClr {
     /// are the positive pair the loss expects.
     pub fn loss(&mut self, view1: &Tensor, view2: &Tensor) -> Result<Tensor> {
         if view1.shape() != view2.shape() {
-            return Err(Error::shape("SimClr::loss", format!("views differ in shape: {:?} vs {:?}", view1.shape(), view2.shape())));
+            return Err(Error::shape(
+                "SimClr::loss",
+                format!("views differ in shape: {:?} vs {:?}", view1.shape(), view2.shape()),
+            ));
         }
         let both = Tensor::cat(&[view1, view2], 0)?;
         let z = self.forward(&both)?;

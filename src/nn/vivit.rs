@@ -42,9 +42,23 @@ impl VivitConfig {
             "vivit_tiny" => (192, 3),
             "vivit_small" => (384, 6),
             "vivit_base" => (768, 12),
-            other => return Err(Error::invalid("--base_model", format!("unknown ViViT `{other}` (vivit_tiny, vivit_small, vivit_base)"))),
+            other => {
+                return Err(Error::invalid(
+                    "--base_model",
+                    format!("unknown ViViT `{other}` (vivit_tiny, vivit_small, vivit_base)"),
+                ))
+            }
         };
-        Ok(VivitConfig { dim, heads, spatial_depth: 12, temporal_depth: 4, tubelet_frames: 2, patch: 16, frames, image })
+        Ok(VivitConfig {
+            dim,
+            heads,
+            spatial_depth: 12,
+            temporal_depth: 4,
+            tubelet_frames: 2,
+            patch: 16,
+            frames,
+            image,
+        })
     }
 
     fn slices(&self) -> usize {
@@ -113,10 +127,19 @@ pub struct Vivit {
 impl Vivit {
     pub fn new(config: VivitConfig, dtype: DType, rng: &mut Rng) -> Result<Vivit> {
         let c = config;
-        if c.tubelet_frames == 0 || c.patch == 0 || c.frames % c.tubelet_frames != 0 || c.image % c.patch != 0 || c.slices() == 0 || c.patches() == 0 {
+        if c.tubelet_frames == 0
+            || c.patch == 0
+            || c.frames % c.tubelet_frames != 0
+            || c.image % c.patch != 0
+            || c.slices() == 0
+            || c.patches() == 0
+        {
             return Err(Error::invalid(
                 "ViViT",
-                format!("{} frames of {}px must split into tubelets of {} frames × {}px", c.frames, c.image, c.tubelet_frames, c.patch),
+                format!(
+                    "{} frames of {}px must split into tubelets of {} frames × {}px",
+                    c.frames, c.image, c.tubelet_frames, c.patch
+                ),
             ));
         }
         let d = c.dim;
@@ -147,11 +170,18 @@ impl Module for Vivit {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
         let c = self.config;
         if x.rank() != 5 || x.shape()[1..] != [c.frames, 3, c.image, c.image] {
-            return Err(Error::shape("ViViT", format!("expected clips [B, {}, 3, {}, {}], got {:?}", c.frames, c.image, c.image, x.shape())));
+            return Err(Error::shape(
+                "ViViT",
+                format!("expected clips [B, {}, 3, {}, {}], got {:?}", c.frames, c.image, c.image, x.shape()),
+            ));
         }
         let (b, ts) = (x.shape()[0], c.slices());
         let tubelets = tubelets(x, &c)?;
-        let mut h = Self::with_cls(&linear(&tubelets, &self.embed_weight, Some(&self.embed_bias))?, &self.spatial_cls, &self.spatial_pos)?;
+        let mut h = Self::with_cls(
+            &linear(&tubelets, &self.embed_weight, Some(&self.embed_bias))?,
+            &self.spatial_cls,
+            &self.spatial_pos,
+        )?;
         for block in &mut self.spatial {
             h = block.forward(&h)?;
         }
@@ -187,7 +217,16 @@ mod tests {
 
     #[test]
     fn tubelet_rows_follow_conv3d_kernel_order() {
-        let c = VivitConfig { dim: 4, heads: 1, spatial_depth: 0, temporal_depth: 0, tubelet_frames: 2, patch: 2, frames: 4, image: 4 };
+        let c = VivitConfig {
+            dim: 4,
+            heads: 1,
+            spatial_depth: 0,
+            temporal_depth: 0,
+            tubelet_frames: 2,
+            patch: 2,
+            frames: 4,
+            image: 4,
+        };
         // Pixel value encodes (frame, channel, y, x) as f·1000 + ch·100 + y·10 + x.
         let mut v = Vec::new();
         for f in 0..4 {

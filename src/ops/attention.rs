@@ -24,13 +24,24 @@ pub fn scaled_dot_product_attention(
     const OP: &str = "scaled_dot_product_attention";
     let r = q.rank();
     if r < 2 || k.rank() != r || v.rank() != r {
-        return Err(Error::shape(OP, format!("q, k, v must have the same rank >= 2, got {:?}, {:?}, {:?}", q.shape(), k.shape(), v.shape())));
+        return Err(Error::shape(
+            OP,
+            format!("q, k, v must have the same rank >= 2, got {:?}, {:?}, {:?}", q.shape(), k.shape(), v.shape()),
+        ));
     }
     let lead = &q.shape()[..r - 2];
     let (l, d) = (q.shape()[r - 2], q.shape()[r - 1]);
     let (s, dk) = (k.shape()[r - 2], k.shape()[r - 1]);
     if &k.shape()[..r - 2] != lead || &v.shape()[..r - 2] != lead || dk != d || v.shape()[r - 2] != s {
-        return Err(Error::shape(OP, format!("q {:?}, k {:?}, v {:?} do not fit [.., L, D], [.., S, D], [.., S, Dv]", q.shape(), k.shape(), v.shape())));
+        return Err(Error::shape(
+            OP,
+            format!(
+                "q {:?}, k {:?}, v {:?} do not fit [.., L, D], [.., S, D], [.., S, Dv]",
+                q.shape(),
+                k.shape(),
+                v.shape()
+            ),
+        ));
     }
     if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
         return Err(Error::dtype(OP, "q, k and v must share a dtype"));

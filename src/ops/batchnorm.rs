@@ -24,7 +24,11 @@ pub struct RunningStats {
 impl RunningStats {
     /// Mean 0, variance 1, momentum 0.1 (PyTorch's defaults).
     pub fn new(channels: usize, dtype: DType) -> Result<RunningStats> {
-        Ok(RunningStats { mean: Tensor::zeros(&[channels], dtype)?, var: Tensor::ones(&[channels], dtype)?, momentum: 0.1 })
+        Ok(RunningStats {
+            mean: Tensor::zeros(&[channels], dtype)?,
+            var: Tensor::ones(&[channels], dtype)?,
+            momentum: 0.1,
+        })
     }
 }
 
@@ -90,7 +94,10 @@ pub fn batch_norm_2d(
     inputs.extend(bias);
     Ok(record(OP, &inputs, out, move |g, needs| {
         let mut grads = Vec::with_capacity(needs.len());
-        let gh = match &gamma { Some(gm) => g.mul(&gm.reshape(&[1, c, 1, 1])?)?, None => g.clone() };
+        let gh = match &gamma {
+            Some(gm) => g.mul(&gm.reshape(&[1, c, 1, 1])?)?,
+            None => g.clone(),
+        };
         grads.push(if !needs[0] {
             None
         } else if training {

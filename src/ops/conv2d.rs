@@ -59,7 +59,10 @@ pub fn conv2d(
     }
     if let Some(b) = bias {
         if b.shape() != [g.o] || b.dtype() != x.dtype() {
-            return Err(Error::shape(OP, format!("bias must be {} [{}], got {} {:?}", x.dtype(), g.o, b.dtype(), b.shape())));
+            return Err(Error::shape(
+                OP,
+                format!("bias must be {} [{}], got {} {:?}", x.dtype(), g.o, b.dtype(), b.shape()),
+            ));
         }
     }
     let out = float_dispatch!(OP, x.dtype(), T => {

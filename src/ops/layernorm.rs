@@ -17,16 +17,19 @@ struct Forward<T> {
     rstd: Vec<T>,
 }
 
-fn forward<T: Float + StorageElement>(x: &[T], n: usize, gamma: Option<&[T]>, beta: Option<&[T]>, eps: f64) -> Forward<T> {
+fn forward<T: Float + StorageElement>(
+    x: &[T],
+    n: usize,
+    gamma: Option<&[T]>,
+    beta: Option<&[T]>,
+    eps: f64,
+) -> Forward<T> {
     let rows = if n == 0 { 0 } else { x.len() / n };
     let mut y = vec![T::default(); x.len()];
     let mut xhat = vec![T::default(); x.len()];
     let mut rstd = vec![T::default(); rows];
-    y.par_chunks_mut(n.max(1))
-        .zip(xhat.par_chunks_mut(n.max(1)))
-        .zip(rstd.par_iter_mut())
-        .enumerate()
-        .for_each(|(r, ((yr, hr), rs))| {
+    y.par_chunks_mut(n.max(1)).zip(xhat.par_chunks_mut(n.max(1))).zip(rstd.par_iter_mut()).enumerate().for_each(
+        |(r, ((yr, hr), rs))| {
             let row = &x[r * n..(r + 1) * n];
             // Accumulate in f64: cheap here, and keeps f32 rows of 768+ accurate.
             let mean = row.iter().map(|v| v.as_f64()).sum::<f64>() / n as f64;
@@ -36,10 +39,17 @@ fn forward<T: Float + StorageElement>(x: &[T], n: usize, gamma: Option<&[T]>, be
             for j in 0..n {
                 let h = T::of_f64((row[j].as_f64() - mean) * inv);
                 hr[j] = h;
-                let scaled = match gamma { Some(g) => h * g[j], None => h };
-                yr[j] = match beta { Some(b) => scaled + b[j], None => scaled };
+                let scaled = match gamma {
+                    Some(g) => h * g[j],
+                    None => h,
+                };
+                yr[j] = match beta {
+                    Some(b) => scaled + b[j],
+                    None => scaled,
+                };
             }
-        });
+        },
+    );
     Forward { y, xhat, rstd }
 }
 
@@ -53,7 +63,10 @@ pub fn layer_norm(
     const OP: &str = "layer_norm";
     let k = normalized_shape.len();
     if k == 0 || k > x.rank() || &x.shape()[x.rank() - k..] != normalized_shape {
-        return Err(Error::shape(OP, format!("normalized_shape {normalized_shape:?} is not the trailing shape of {:?}", x.shape())));
+        return Err(Error::shape(
+            OP,
+            format!("normalized_shape {normalized_shape:?} is not the trailing shape of {:?}", x.shape()),
+        ));
     }
     for p in [weight, bias].into_iter().flatten() {
         if p.shape() != normalized_shape {
@@ -87,7 +100,10 @@ pub fn layer_norm(
         let g2 = g.reshape(&[rows, n])?;
         let mut grads = Vec::new();
         if needs[0] {
-            let gh = match &gamma { Some(w) => g2.mul(&w.reshape(&[1, n])?)?, None => g2.clone() };
+            let gh = match &gamma {
+                Some(w) => g2.mul(&w.reshape(&[1, n])?)?,
+                None => g2.clone(),
+            };
             let mean_gh = gh.mean(&[1], true)?;
             let mean_ghx = gh.mul(&xhat)?.mean(&[1], true)?;
             let dx = gh.sub(&mean_gh)?.sub(&xhat.mul(&mean_ghx)?)?.mul(&rstd)?;

@@ -33,7 +33,10 @@ impl Tensor {
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     const OP: &str = "linear";
     if weight.rank() != 2 || x.rank() < 1 || x.shape()[x.rank() - 1] != weight.shape()[1] {
-        return Err(Error::shape(OP, format!("input {:?} does not fit weight {:?} ([out, in])", x.shape(), weight.shape())));
+        return Err(Error::shape(
+            OP,
+            format!("input {:?} does not fit weight {:?} ([out, in])", x.shape(), weight.shape()),
+        ));
     }
     check_same_dtype(OP, x, weight)?;
     let out_features = weight.shape()[0];

@@ -35,7 +35,10 @@ impl Tensor {
 /// Composite: normalise rows, then one matrix product.
 pub fn cosine_similarity(a: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
     if a.rank() != 2 || b.rank() != 2 || a.shape()[1] != b.shape()[1] {
-        return Err(Error::shape("cosine_similarity", format!("needs [N, D] and [M, D], got {:?} and {:?}", a.shape(), b.shape())));
+        return Err(Error::shape(
+            "cosine_similarity",
+            format!("needs [N, D] and [M, D], got {:?} and {:?}", a.shape(), b.shape()),
+        ));
     }
     a.l2_normalize(-1, eps)?.matmul(&b.l2_normalize(-1, eps)?.t()?)
 }

@@ -64,7 +64,12 @@ fn max_pool_forward<T: Float>(
 }
 
 /// Max pooling over `kernel` windows every `stride` pixels, input padded by `padding`.
-pub fn max_pool2d(x: &Tensor, kernel: (usize, usize), stride: (usize, usize), padding: (usize, usize)) -> Result<Tensor> {
+pub fn max_pool2d(
+    x: &Tensor,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    padding: (usize, usize),
+) -> Result<Tensor> {
     const OP: &str = "max_pool2d";
     let (n, c, h, w) = check_nchw(OP, x)?;
     if kernel.0 == 0 || kernel.1 == 0 || stride.0 == 0 || stride.1 == 0 {
@@ -173,7 +178,10 @@ pub fn global_avg_pool2d(x: &Tensor) -> Result<Tensor> {
 /// Mean over the frame axis: per-frame features [B, T, ...] → clip features [B, ...] (composite).
 pub fn temporal_mean(x: &Tensor) -> Result<Tensor> {
     if x.rank() < 2 || x.shape()[1] == 0 {
-        return Err(Error::shape("temporal_mean", format!("input must be [B, T, ...] with T >= 1, got {:?}", x.shape())));
+        return Err(Error::shape(
+            "temporal_mean",
+            format!("input must be [B, T, ...] with T >= 1, got {:?}", x.shape()),
+        ));
     }
     x.mean(&[1], false)
 }

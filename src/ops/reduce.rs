@@ -38,7 +38,8 @@ impl Tensor {
     /// Sum over `axes` (negative axes count from the end).
     pub fn sum(&self, axes: &[isize], keepdim: bool) -> Result<Tensor> {
         let (ax, keep, out_shape) = plan("sum", self, axes, keepdim)?;
-        let out = float_dispatch!("sum", self.dtype(), T => reduce::<T>(self, &ax, Reduction::Sum)?).reshape(&out_shape)?;
+        let out =
+            float_dispatch!("sum", self.dtype(), T => reduce::<T>(self, &ax, Reduction::Sum)?).reshape(&out_shape)?;
         let in_shape = self.shape().to_vec();
         Ok(record("sum", &[self], out, move |g, _| Ok(vec![Some(expand_back(g, &keep, &in_shape)?)])))
     }

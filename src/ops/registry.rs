@@ -64,11 +64,11 @@ pub const RECORDED: &[&str] = &[
 ];
 
 pub const COMPOSITE: &[&str] = &[
-    "transpose",          // permute of two axes
-    "stack",              // reshape + cat
-    "global_avg_pool2d",  // adaptive_avg_pool2d to 1×1, flattened
-    "temporal_mean",      // mean over the frame axis of [B, T, ...]
-    "cosine_similarity",  // l2_normalize rows, then matmul
+    "transpose",         // permute of two axes
+    "stack",             // reshape + cat
+    "global_avg_pool2d", // adaptive_avg_pool2d to 1×1, flattened
+    "temporal_mean",     // mean over the frame axis of [B, T, ...]
+    "cosine_similarity", // l2_normalize rows, then matmul
 ];
 
 pub fn is_recorded_op(name: &str) -> bool {

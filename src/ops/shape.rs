@@ -36,7 +36,12 @@ impl Tensor {
         if numel(shape) != self.numel() {
             return Err(Error::shape(
                 "reshape",
-                format!("cannot reshape {:?} ({} elements) to {shape:?} ({} elements)", self.shape(), self.numel(), numel(shape)),
+                format!(
+                    "cannot reshape {:?} ({} elements) to {shape:?} ({} elements)",
+                    self.shape(),
+                    self.numel(),
+                    numel(shape)
+                ),
             ));
         }
         let base = if self.is_contiguous() { self.detach() } else { self.contiguous_copy() };
@@ -153,7 +158,10 @@ impl Tensor {
             }
             let same = t.rank() == rank && (0..rank).all(|a| a == axis || t.shape()[a] == first.shape()[a]);
             if !same {
-                return Err(Error::shape(OP, format!("{:?} does not fit {:?} along axis {axis}", t.shape(), first.shape())));
+                return Err(Error::shape(
+                    OP,
+                    format!("{:?} does not fit {:?} along axis {axis}", t.shape(), first.shape()),
+                ));
             }
         }
         let sizes: Vec<usize> = tensors.iter().map(|t| t.shape()[axis]).collect();
@@ -205,8 +213,7 @@ impl Tensor {
         if let Some(&bad) = indices.iter().find(|&&i| i >= size) {
             return Err(Error::index(OP, format!("index {bad} out of range for axis {axis} of size {size}")));
         }
-        let parts: Vec<Tensor> =
-            indices.iter().map(|&i| self.detach().narrow(axis, i, 1)).collect::<Result<_>>()?;
+        let parts: Vec<Tensor> = indices.iter().map(|&i| self.detach().narrow(axis, i, 1)).collect::<Result<_>>()?;
         let refs: Vec<&Tensor> = parts.iter().collect();
         let out = if refs.is_empty() {
             let mut shape = self.shape().to_vec();
@@ -248,11 +255,17 @@ impl Tensor {
             return Err(Error::dtype(OP, format!("index must be i64, got {}", index.dtype())));
         }
         if axis >= self.rank() || index.rank() != self.rank() {
-            return Err(Error::shape(OP, format!("index {:?} vs input {:?} at axis {axis}", index.shape(), self.shape())));
+            return Err(Error::shape(
+                OP,
+                format!("index {:?} vs input {:?} at axis {axis}", index.shape(), self.shape()),
+            ));
         }
         for a in 0..self.rank() {
             if a != axis && index.shape()[a] > self.shape()[a] {
-                return Err(Error::shape(OP, format!("index {:?} larger than input {:?} off axis {axis}", index.shape(), self.shape())));
+                return Err(Error::shape(
+                    OP,
+                    format!("index {:?} larger than input {:?} off axis {axis}", index.shape(), self.shape()),
+                ));
             }
         }
         let idx = index.to_vec::<i64>()?;

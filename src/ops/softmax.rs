@@ -10,9 +10,9 @@ use crate::error::Result;
 use crate::float_dispatch;
 use crate::tensor::layout::resolve_axis;
 use crate::tensor::{Float, StorageElement, Tensor};
-use rayon::prelude::*;
 #[allow(unused_imports)]
 use num_traits::{Float as _, One, Zero};
+use rayon::prelude::*;
 
 /// Applies `f` to every row of the last axis of a contiguous copy of `x`.
 pub(crate) fn map_rows<T: Float + StorageElement>(
@@ -111,7 +111,11 @@ impl Tensor {
         let ax = resolve_axis("log_softmax", axis, self.rank())?;
         let x = self.detach();
         let out = crate::autograd::no_grad(|| {
-            along_axis(&x, ax, |t| float_dispatch!("log_softmax", t.dtype(), T => map_rows::<T>(t, log_softmax_row::<T>)))
+            along_axis(
+                &x,
+                ax,
+                |t| float_dispatch!("log_softmax", t.dtype(), T => map_rows::<T>(t, log_softmax_row::<T>)),
+            )
         })?;
         let y = out.clone();
         Ok(record("log_softmax", &[self], out, move |g, _| {

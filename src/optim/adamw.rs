@@ -24,13 +24,29 @@ pub struct AdamW {
 impl AdamW {
     pub fn new(params: Vec<Tensor>, lr: f64, weight_decay: f64, decoupled: bool) -> Result<AdamW> {
         if !(lr > 0.0) || weight_decay < 0.0 {
-            return Err(Error::invalid("AdamW::new", format!("need lr > 0 and weight_decay >= 0, got {lr} and {weight_decay}")));
+            return Err(Error::invalid(
+                "AdamW::new",
+                format!("need lr > 0 and weight_decay >= 0, got {lr} and {weight_decay}"),
+            ));
         }
         if let Some(p) = params.iter().find(|p| !p.is_tracked()) {
-            return Err(Error::invalid("AdamW::new", format!("parameter of shape {:?} does not require grad", p.shape())));
+            return Err(Error::invalid(
+                "AdamW::new",
+                format!("parameter of shape {:?} does not require grad", p.shape()),
+            ));
         }
         let n = params.len();
-        Ok(AdamW { params, m: vec![None; n], v: vec![None; n], lr, betas: (0.9, 0.999), eps: 1e-8, weight_decay, decoupled, steps: 0 })
+        Ok(AdamW {
+            params,
+            m: vec![None; n],
+            v: vec![None; n],
+            lr,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay,
+            decoupled,
+            steps: 0,
+        })
     }
 
     pub fn step(&mut self) -> Result<()> {
@@ -54,7 +70,11 @@ impl AdamW {
                     None => g.mul(&g)?.mul_scalar(1.0 - b2)?,
                 };
                 let update = m.mul_scalar(1.0 / c1)?.div(&v.mul_scalar(1.0 / c2)?.sqrt()?.add_scalar(self.eps)?)?;
-                let decayed = if self.decoupled && self.weight_decay > 0.0 { w.mul_scalar(1.0 - self.lr * self.weight_decay)? } else { w };
+                let decayed = if self.decoupled && self.weight_decay > 0.0 {
+                    w.mul_scalar(1.0 - self.lr * self.weight_decay)?
+                } else {
+                    w
+                };
                 p.set_data(&decayed.sub(&update.mul_scalar(self.lr)?)?.contiguous()?)?;
                 self.m[i] = Some(m);
                 self.v[i] = Some(v);

@@ -16,10 +16,16 @@ pub struct Sgd {
 impl Sgd {
     pub fn new(params: Vec<Tensor>, lr: f64, momentum: f64, weight_decay: f64) -> Result<Sgd> {
         if !(lr > 0.0) || !(0.0..1.0).contains(&momentum) || weight_decay < 0.0 {
-            return Err(Error::invalid("Sgd::new", format!("need lr > 0, 0 <= momentum < 1, weight_decay >= 0; got {lr}, {momentum}, {weight_decay}")));
+            return Err(Error::invalid(
+                "Sgd::new",
+                format!("need lr > 0, 0 <= momentum < 1, weight_decay >= 0; got {lr}, {momentum}, {weight_decay}"),
+            ));
         }
         if let Some(p) = params.iter().find(|p| !p.is_tracked()) {
-            return Err(Error::invalid("Sgd::new", format!("parameter of shape {:?} does not require grad", p.shape())));
+            return Err(Error::invalid(
+                "Sgd::new",
+                format!("parameter of shape {:?} does not require grad", p.shape()),
+            ));
         }
         let n = params.len();
         Ok(Sgd { params, velocity: vec![None; n], lr, momentum, weight_decay })

@@ -84,9 +84,7 @@ element!(u8, DType::U8, |x: u8| x as f64, |v: f64| v.round().clamp(0.0, 255.0) a
 element!(i64, DType::I64, |x: i64| x as f64, |v: f64| v.round() as i64);
 
 /// The floating types CPU kernels compute in (f32 for training, f64 for gradcheck).
-pub trait Float:
-    Element + num_traits::Float + std::iter::Sum + std::ops::AddAssign + std::ops::MulAssign
-{
+pub trait Float: Element + num_traits::Float + std::iter::Sum + std::ops::AddAssign + std::ops::MulAssign {
     /// erf, which `std` lacks.
     fn erf(self) -> Self;
 }

@@ -238,7 +238,10 @@ impl Tensor {
     /// `backward` accumulates into its `grad()`. Only float tensors can be trained.
     pub fn requires_grad(&self) -> Result<Tensor> {
         if !self.dtype().is_compute_float() {
-            return Err(Error::dtype("requires_grad", format!("only f32/f64 tensors can be trained, got {}", self.dtype())));
+            return Err(Error::dtype(
+                "requires_grad",
+                format!("only f32/f64 tensors can be trained, got {}", self.dtype()),
+            ));
         }
         Ok(self.detach().with_grad_info(GradInfo::Leaf(Arc::new(GradSlot::default()))))
     }
@@ -267,7 +270,16 @@ impl Tensor {
             GradInfo::Leaf(slot) => {
                 if let Some(g) = &g {
                     if g.shape() != self.shape() || g.dtype() != self.dtype() {
-                        return Err(Error::shape("set_grad", format!("gradient {:?} {} for a parameter {:?} {}", g.shape(), g.dtype(), self.shape(), self.dtype())));
+                        return Err(Error::shape(
+                            "set_grad",
+                            format!(
+                                "gradient {:?} {} for a parameter {:?} {}",
+                                g.shape(),
+                                g.dtype(),
+                                self.shape(),
+                                self.dtype()
+                            ),
+                        ));
                     }
                 }
                 slot.set(g);
@@ -304,7 +316,10 @@ impl Tensor {
             ));
         }
         if !(self.is_contiguous() && self.0.layout.offset == 0 && self.storage().len() == self.numel()) {
-            return Err(Error::invalid("set_data", "only a tensor that owns its whole storage (not a view) can be assigned"));
+            return Err(Error::invalid(
+                "set_data",
+                "only a tensor that owns its whole storage (not a view) can be assigned",
+            ));
         }
         let new_storage = value.contiguous_storage();
         *self.0.storage.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new_storage);

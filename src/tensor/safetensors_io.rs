@@ -57,7 +57,9 @@ impl View for &Bytes {
 pub fn to_safetensors_bytes(tensors: &[(&str, &Tensor)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
     let flat: Vec<(String, Bytes)> = tensors
         .iter()
-        .map(|(n, t)| (n.to_string(), Bytes { dtype: t.dtype(), shape: t.shape().to_vec(), storage: t.contiguous_storage() }))
+        .map(|(n, t)| {
+            (n.to_string(), Bytes { dtype: t.dtype(), shape: t.shape().to_vec(), storage: t.contiguous_storage() })
+        })
         .collect();
     let mut names = std::collections::HashSet::new();
     for (n, _) in &flat {
@@ -70,7 +72,11 @@ pub fn to_safetensors_bytes(tensors: &[(&str, &Tensor)], metadata: Option<HashMa
 }
 
 /// Writes named tensors to `path` atomically.
-pub fn save_safetensors(path: &Path, tensors: &[(&str, &Tensor)], metadata: Option<HashMap<String, String>>) -> Result<()> {
+pub fn save_safetensors(
+    path: &Path,
+    tensors: &[(&str, &Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     let bytes = to_safetensors_bytes(tensors, metadata)?;
     crate::atomic_file::write_atomic(path, &bytes)
 }
@@ -78,14 +84,17 @@ pub fn save_safetensors(path: &Path, tensors: &[(&str, &Tensor)], metadata: Opti
 /// Reads every tensor in a safetensors file, with the file's string metadata.
 pub fn load_safetensors(path: &Path) -> Result<(Vec<(String, Tensor)>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(path, format!("not a safetensors file: {e}")))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, format!("corrupt safetensors file: {e}")))?;
+    let (_, meta) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(path, format!("not a safetensors file: {e}")))?;
+    let st =
+        SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, format!("corrupt safetensors file: {e}")))?;
     let mut out = Vec::new();
     for (name, view) in st.iter() {
         let dtype = from_st(view.dtype())
             .ok_or_else(|| Error::format(path, format!("tensor `{name}` has unsupported dtype {:?}", view.dtype())))?;
-        let storage = Storage::from_bytes(dtype, view.data())
-            .ok_or_else(|| Error::format(path, format!("tensor `{name}` has a byte length that does not fit {dtype}")))?;
+        let storage = Storage::from_bytes(dtype, view.data()).ok_or_else(|| {
+            Error::format(path, format!("tensor `{name}` has a byte length that does not fit {dtype}"))
+        })?;
         let t = Tensor::from_parts(storage, super::Layout::contiguous(view.shape()));
         out.push((name.to_string(), t));
     }

@@ -17,16 +17,24 @@ pub fn cases() -> Vec<Case> {
         }),
         case("log_softmax", "axis 1 of [3,4,2]", || check(&[rand(&[3, 4, 2], 4)], |x| x[0].log_softmax(1))),
         case("layer_norm", "over the last axis, affine", || {
-            check(&[rand(&[3, 5], 5), rand(&[5], 6), rand(&[5], 7)], |x| layer_norm(&x[0], &[5], Some(&x[1]), Some(&x[2]), 1e-5))
+            check(&[rand(&[3, 5], 5), rand(&[5], 6), rand(&[5], 7)], |x| {
+                layer_norm(&x[0], &[5], Some(&x[1]), Some(&x[2]), 1e-5)
+            })
         }),
         case("layer_norm", "over the last two axes of a strided input, no affine", || {
             let x = rand(&[3, 2, 4], 8).permute(&[1, 0, 2]).unwrap(); // [2, 3, 4]
             check(&[x], |x| layer_norm(&x[0], &[3, 4], None, None, 1e-5))
         }),
-        case("layer_norm", "weight only", || check(&[rand(&[4, 3], 9), rand(&[3], 10)], |x| layer_norm(&x[0], &[3], Some(&x[1]), None, 1e-5))),
+        case("layer_norm", "weight only", || {
+            check(&[rand(&[4, 3], 9), rand(&[3], 10)], |x| layer_norm(&x[0], &[3], Some(&x[1]), None, 1e-5))
+        }),
         case("l2_normalize", "rows of [4,3]", || check(&[rand(&[4, 3], 11)], |x| x[0].l2_normalize(-1, 1e-12))),
-        case("l2_normalize", "axis 0 of a strided [3,5]", || check(&[strided(&[3, 5], 12)], |x| x[0].l2_normalize(0, 1e-12))),
-        case("cosine_similarity", "[3,4] vs [5,4]", || check(&[rand(&[3, 4], 13), rand(&[5, 4], 14)], |x| cosine_similarity(&x[0], &x[1], 1e-8))),
+        case("l2_normalize", "axis 0 of a strided [3,5]", || {
+            check(&[strided(&[3, 5], 12)], |x| x[0].l2_normalize(0, 1e-12))
+        }),
+        case("cosine_similarity", "[3,4] vs [5,4]", || {
+            check(&[rand(&[3, 4], 13), rand(&[5, 4], 14)], |x| cosine_similarity(&x[0], &x[1], 1e-8))
+        }),
         case("dropout", "p = 0.3, seeded mask", || {
             check(&[rand(&[4, 6], 15)], |x| dropout(&x[0], 0.3, true, &mut Rng::new(99)))
         }),

@@ -14,7 +14,11 @@ fn tie_free(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_f64s(&v, shape, DType::F64).unwrap()
 }
 
-fn bn_case(training: bool, affine: bool, seed: u64) -> impl Fn() -> simclr::Result<simclr::autograd::gradcheck::GradcheckReport> {
+fn bn_case(
+    training: bool,
+    affine: bool,
+    seed: u64,
+) -> impl Fn() -> simclr::Result<simclr::autograd::gradcheck::GradcheckReport> {
     move || {
         let mut inputs = vec![rand(&[3, 2, 3, 2], seed)];
         if affine {
@@ -35,7 +39,9 @@ fn bn_case(training: bool, affine: bool, seed: u64) -> impl Fn() -> simclr::Resu
 pub fn cases() -> Vec<Case> {
     vec![
         case("conv2d", "3x3, stride 1, padding 1, bias", || {
-            check(&[rand(&[2, 3, 5, 4], 1), rand(&[4, 3, 3, 3], 2), rand(&[4], 3)], |x| conv2d(&x[0], &x[1], Some(&x[2]), (1, 1), (1, 1)))
+            check(&[rand(&[2, 3, 5, 4], 1), rand(&[4, 3, 3, 3], 2), rand(&[4], 3)], |x| {
+                conv2d(&x[0], &x[1], Some(&x[2]), (1, 1), (1, 1))
+            })
         }),
         case("conv2d", "non-square 2x3 kernel, stride (2, 1), padding (1, 0), no bias", || {
             check(&[rand(&[1, 2, 7, 6], 4), rand(&[3, 2, 2, 3], 5)], |x| conv2d(&x[0], &x[1], None, (2, 1), (1, 0)))
@@ -47,11 +53,21 @@ pub fn cases() -> Vec<Case> {
             let x = rand(&[5, 3, 4, 2], 8).permute(&[0, 3, 1, 2]).unwrap(); // [5, 2, 3, 4] view
             check(&[x, rand(&[3, 2, 1, 1], 9)], |x| conv2d(&x[0], &x[1], None, (2, 2), (0, 0)))
         }),
-        case("max_pool2d", "3x3 stride 2 padding 1", || check(&[tie_free(&[2, 2, 5, 6], 10)], |x| max_pool2d(&x[0], (3, 3), (2, 2), (1, 1)))),
-        case("max_pool2d", "2x2 stride 2, odd input (last row dropped)", || check(&[tie_free(&[1, 3, 5, 4], 11)], |x| max_pool2d(&x[0], (2, 2), (2, 2), (0, 0)))),
-        case("adaptive_avg_pool2d", "uneven bins 7x5 -> 3x2", || check(&[rand(&[2, 2, 7, 5], 12)], |x| adaptive_avg_pool2d(&x[0], (3, 2)))),
-        case("adaptive_avg_pool2d", "upsampling bins 2x3 -> 3x4 (overlapping)", || check(&[rand(&[1, 2, 2, 3], 13)], |x| adaptive_avg_pool2d(&x[0], (3, 4)))),
-        case("global_avg_pool2d", "[3,4,3,5] -> [3,4]", || check(&[rand(&[3, 4, 3, 5], 14)], |x| global_avg_pool2d(&x[0]))),
+        case("max_pool2d", "3x3 stride 2 padding 1", || {
+            check(&[tie_free(&[2, 2, 5, 6], 10)], |x| max_pool2d(&x[0], (3, 3), (2, 2), (1, 1)))
+        }),
+        case("max_pool2d", "2x2 stride 2, odd input (last row dropped)", || {
+            check(&[tie_free(&[1, 3, 5, 4], 11)], |x| max_pool2d(&x[0], (2, 2), (2, 2), (0, 0)))
+        }),
+        case("adaptive_avg_pool2d", "uneven bins 7x5 -> 3x2", || {
+            check(&[rand(&[2, 2, 7, 5], 12)], |x| adaptive_avg_pool2d(&x[0], (3, 2)))
+        }),
+        case("adaptive_avg_pool2d", "upsampling bins 2x3 -> 3x4 (overlapping)", || {
+            check(&[rand(&[1, 2, 2, 3], 13)], |x| adaptive_avg_pool2d(&x[0], (3, 4)))
+        }),
+        case("global_avg_pool2d", "[3,4,3,5] -> [3,4]", || {
+            check(&[rand(&[3, 4, 3, 5], 14)], |x| global_avg_pool2d(&x[0]))
+        }),
         case("temporal_mean", "[2,5,3] clips of 5 frames", || check(&[rand(&[2, 5, 3], 15)], |x| temporal_mean(&x[0]))),
         case("batch_norm_2d", "training, affine", bn_case(true, true, 16)),
         case("batch_norm_2d", "training, no affine", bn_case(true, false, 19)),

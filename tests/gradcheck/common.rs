@@ -11,11 +11,7 @@ pub struct Case {
     pub run: Box<dyn Fn() -> Result<GradcheckReport>>,
 }
 
-pub fn case(
-    op: &'static str,
-    what: &'static str,
-    run: impl Fn() -> Result<GradcheckReport> + 'static,
-) -> Case {
+pub fn case(op: &'static str, what: &'static str, run: impl Fn() -> Result<GradcheckReport> + 'static) -> Case {
     Case { op, what, run: Box::new(run) }
 }
 

@@ -5,9 +5,9 @@
 //! fails on any gradient mismatch, on any registered op without a case, and on
 //! any recorded op that no case actually put on the tape.
 
-mod cases_elementwise;
-mod cases_conv_pool_bn;
 mod cases_attention_losses;
+mod cases_conv_pool_bn;
+mod cases_elementwise;
 mod cases_shape;
 mod common;
 
@@ -39,9 +39,15 @@ fn every_registered_op_passes_gradcheck() {
         match (case.run)() {
             Ok(report) => {
                 if registry::is_recorded_op(case.op) && !report.ops.contains(&case.op) {
-                    failures.push(format!("case `{}` ({}) never recorded `{}`: tape had {:?}", case.op, case.what, case.op, report.ops));
+                    failures.push(format!(
+                        "case `{}` ({}) never recorded `{}`: tape had {:?}",
+                        case.op, case.what, case.op, report.ops
+                    ));
                 }
-                println!("ok   {:<30} {:<50} {:>5} elements, max |err| {:.2e}", case.op, case.what, report.checked, report.max_abs_err);
+                println!(
+                    "ok   {:<30} {:<50} {:>5} elements, max |err| {:.2e}",
+                    case.op, case.what, report.checked, report.max_abs_err
+                );
                 seen_on_tape.extend(report.ops);
             }
             Err(e) => failures.push(format!("case `{}` ({}): {e}", case.op, case.what)),

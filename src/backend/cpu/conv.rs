@@ -112,7 +112,22 @@ fn forward_per_image<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeo
         im2col(&x[n * g.image()..][..g.image()], g, &mut cols, p);
         // SAFETY: yn is [O, P], w is [O, K], cols is [K, P]; row-major, in bounds.
         unsafe {
-            gemm_strided(o, p, k, yn.as_mut_ptr(), p as isize, 1, w.as_ptr(), k as isize, 1, cols.as_ptr(), p as isize, 1, false, gemm_threads);
+            gemm_strided(
+                o,
+                p,
+                k,
+                yn.as_mut_ptr(),
+                p as isize,
+                1,
+                w.as_ptr(),
+                k as isize,
+                1,
+                cols.as_ptr(),
+                p as isize,
+                1,
+                false,
+                gemm_threads,
+            );
         }
         if let Some(b) = bias {
             yn.chunks_mut(p).zip(b).for_each(|(plane, &bv)| plane.iter_mut().for_each(|v| *v += bv));
@@ -133,7 +148,22 @@ fn backward_input_per_image<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> Ve
     let one_image = |(n, dxn): (usize, &mut [T])| {
         let mut dcols = vec![T::zero(); k * p];
         unsafe {
-            gemm_strided(k, p, o, dcols.as_mut_ptr(), p as isize, 1, w.as_ptr(), 1, k as isize, dy[n * o * p..].as_ptr(), p as isize, 1, false, gemm_threads);
+            gemm_strided(
+                k,
+                p,
+                o,
+                dcols.as_mut_ptr(),
+                p as isize,
+                1,
+                w.as_ptr(),
+                1,
+                k as isize,
+                dy[n * o * p..].as_ptr(),
+                p as isize,
+                1,
+                false,
+                gemm_threads,
+            );
         }
         col2im(&dcols, p, g, dxn);
     };
@@ -151,7 +181,22 @@ fn backward_weight_per_image<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry) -> V
         let mut cols = vec![T::zero(); k * p];
         im2col(&x[n * g.image()..][..g.image()], g, &mut cols, p);
         unsafe {
-            gemm_strided(o, k, p, acc.as_mut_ptr(), k as isize, 1, dy[n * o * p..].as_ptr(), p as isize, 1, cols.as_ptr(), 1, p as isize, true, gemm_threads);
+            gemm_strided(
+                o,
+                k,
+                p,
+                acc.as_mut_ptr(),
+                k as isize,
+                1,
+                dy[n * o * p..].as_ptr(),
+                p as isize,
+                1,
+                cols.as_ptr(),
+                1,
+                p as isize,
+                true,
+                gemm_threads,
+            );
         }
     };
     let (parallel, gemm_threads) = image_threads(g.n);
@@ -159,14 +204,20 @@ fn backward_weight_per_image<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry) -> V
         // One accumulator per rayon work item, summed at the end.
         (0..g.n)
             .into_par_iter()
-            .fold(|| vec![T::zero(); o * k], |mut acc, n| {
-                accumulate(&mut acc, n, 1);
-                acc
-            })
-            .reduce(|| vec![T::zero(); o * k], |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += *y);
-                a
-            })
+            .fold(
+                || vec![T::zero(); o * k],
+                |mut acc, n| {
+                    accumulate(&mut acc, n, 1);
+                    acc
+                },
+            )
+            .reduce(
+                || vec![T::zero(); o * k],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += *y);
+                    a
+                },
+            )
     } else {
         let mut acc = vec![T::zero(); o * k];
         (0..g.n).for_each(|n| accumulate(&mut acc, n, gemm_threads));
@@ -211,9 +262,24 @@ fn forward_grouped<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeome
         let count = step.min(g.n - first);
         let cols = group_cols(x, g, first, count);
         let mut yg = vec![T::zero(); o * count * p]; // [O, count·P]
-        // SAFETY: yg is [O, count·P], w is [O, K], cols is [K, count·P]; row-major, in bounds.
+                                                     // SAFETY: yg is [O, count·P], w is [O, K], cols is [K, count·P]; row-major, in bounds.
         unsafe {
-            gemm_strided(o, count * p, k, yg.as_mut_ptr(), (count * p) as isize, 1, w.as_ptr(), k as isize, 1, cols.as_ptr(), (count * p) as isize, 1, false, threads());
+            gemm_strided(
+                o,
+                count * p,
+                k,
+                yg.as_mut_ptr(),
+                (count * p) as isize,
+                1,
+                w.as_ptr(),
+                k as isize,
+                1,
+                cols.as_ptr(),
+                (count * p) as isize,
+                1,
+                false,
+                threads(),
+            );
         }
         // [O, count, P] → [count, O, P], adding the bias on the way.
         y[first * o * p..(first + count) * o * p].par_chunks_mut(o * p).enumerate().for_each(|(b, yn)| {
@@ -237,11 +303,28 @@ fn backward_input_grouped<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry, step: u
         let mut dcols = vec![T::zero(); k * ld];
         // Wᵀ as a strided view of W: row stride 1, column stride K.
         unsafe {
-            gemm_strided(k, ld, o, dcols.as_mut_ptr(), ld as isize, 1, w.as_ptr(), 1, k as isize, dyg.as_ptr(), ld as isize, 1, false, threads());
+            gemm_strided(
+                k,
+                ld,
+                o,
+                dcols.as_mut_ptr(),
+                ld as isize,
+                1,
+                w.as_ptr(),
+                1,
+                k as isize,
+                dyg.as_ptr(),
+                ld as isize,
+                1,
+                false,
+                threads(),
+            );
         }
-        dx[first * g.image()..(first + count) * g.image()].par_chunks_mut(g.image()).enumerate().for_each(|(b, dxn)| {
-            col2im(&dcols[b * p..], ld, g, dxn);
-        });
+        dx[first * g.image()..(first + count) * g.image()].par_chunks_mut(g.image()).enumerate().for_each(
+            |(b, dxn)| {
+                col2im(&dcols[b * p..], ld, g, dxn);
+            },
+        );
     }
     dx
 }
@@ -256,7 +339,22 @@ fn backward_weight_grouped<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry, step: 
         let ld = count * p;
         // colsᵀ as a strided view: row stride 1, column stride ld. Accumulates over groups.
         unsafe {
-            gemm_strided(o, k, ld, dw.as_mut_ptr(), k as isize, 1, dyg.as_ptr(), ld as isize, 1, cols.as_ptr(), 1, ld as isize, true, threads());
+            gemm_strided(
+                o,
+                k,
+                ld,
+                dw.as_mut_ptr(),
+                k as isize,
+                1,
+                dyg.as_ptr(),
+                ld as isize,
+                1,
+                cols.as_ptr(),
+                1,
+                ld as isize,
+                true,
+                threads(),
+            );
         }
     }
     dw
@@ -330,11 +428,36 @@ mod tests {
         let mut rand = |n: usize| (0..n).map(|_| rng.normal()).collect::<Vec<f64>>();
         let (x, w, dy) = (rand(g.n * g.image()), rand(g.o * g.k()), rand(g.n * g.o * g.p()));
         let bias = rand(g.o);
-        let reference = (forward_grouped(&x, &w, Some(&bias), &g, 5), backward_input_grouped(&dy, &w, &g, 5), backward_weight_grouped(&x, &dy, &g, 5));
+        let reference = (
+            forward_grouped(&x, &w, Some(&bias), &g, 5),
+            backward_input_grouped(&dy, &w, &g, 5),
+            backward_weight_grouped(&x, &dy, &g, 5),
+        );
         let candidates = [
-            ("per image", (forward_per_image(&x, &w, Some(&bias), &g), backward_input_per_image(&dy, &w, &g), backward_weight_per_image(&x, &dy, &g))),
-            ("groups of 1", (forward_grouped(&x, &w, Some(&bias), &g, 1), backward_input_grouped(&dy, &w, &g, 1), backward_weight_grouped(&x, &dy, &g, 1))),
-            ("groups of 2", (forward_grouped(&x, &w, Some(&bias), &g, 2), backward_input_grouped(&dy, &w, &g, 2), backward_weight_grouped(&x, &dy, &g, 2))),
+            (
+                "per image",
+                (
+                    forward_per_image(&x, &w, Some(&bias), &g),
+                    backward_input_per_image(&dy, &w, &g),
+                    backward_weight_per_image(&x, &dy, &g),
+                ),
+            ),
+            (
+                "groups of 1",
+                (
+                    forward_grouped(&x, &w, Some(&bias), &g, 1),
+                    backward_input_grouped(&dy, &w, &g, 1),
+                    backward_weight_grouped(&x, &dy, &g, 1),
+                ),
+            ),
+            (
+                "groups of 2",
+                (
+                    forward_grouped(&x, &w, Some(&bias), &g, 2),
+                    backward_input_grouped(&dy, &w, &g, 2),
+                    backward_weight_grouped(&x, &dy, &g, 2),
+                ),
+            ),
         ];
         for (name, got) in &candidates {
             for (a, b) in [(&got.0, &reference.0), (&got.1, &reference.1), (&got.2, &reference.2)] {

@@ -33,7 +33,9 @@ pub fn reduce<T: Float + StorageElement>(x: &Tensor, axes: &[usize], kind: Reduc
         let xs = &data[r * row..(r + 1) * row];
         match kind {
             Reduction::Sum => T::of_f64(xs.iter().map(|v| v.as_f64()).sum::<f64>()),
-            Reduction::Max => xs.iter().copied().fold(T::neg_infinity(), |m, v| if v > m || v.is_nan() { v } else { m }),
+            Reduction::Max => {
+                xs.iter().copied().fold(T::neg_infinity(), |m, v| if v > m || v.is_nan() { v } else { m })
+            }
         }
     };
     let out: Vec<T> = if rows * row >= 1 << 14 {

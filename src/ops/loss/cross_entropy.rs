@@ -18,7 +18,10 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     }
     let (n, c) = (logits.shape()[0], logits.shape()[1]);
     if targets.dtype() != DType::I64 || targets.shape() != [n] {
-        return Err(Error::shape(OP, format!("targets must be i64 [{n}], got {} {:?}", targets.dtype(), targets.shape())));
+        return Err(Error::shape(
+            OP,
+            format!("targets must be i64 [{n}], got {} {:?}", targets.dtype(), targets.shape()),
+        ));
     }
     if n == 0 {
         return Err(Error::shape(OP, "empty batch"));

@@ -36,7 +36,12 @@ fn loss_and_softmax<T: Float>(s: &mut [T], two_n: usize) -> f64 {
         .map(|(i, row)| {
             let pos = (i + half) % two_n;
             let positive = row[pos].as_f64();
-            let m = row.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, v)| v.as_f64()).fold(f64::NEG_INFINITY, f64::max);
+            let m = row
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(_, v)| v.as_f64())
+                .fold(f64::NEG_INFINITY, f64::max);
             let mut sum = 0.0;
             for (j, v) in row.iter_mut().enumerate() {
                 let e = if j == i { 0.0 } else { (v.as_f64() - m).exp() };
@@ -61,7 +66,10 @@ pub fn nt_xent(z: &Tensor, temperature: f64) -> Result<Tensor> {
     }
     let (two_n, d) = (z.shape()[0], z.shape()[1]);
     if two_n < 2 || two_n % 2 != 0 || d == 0 {
-        return Err(Error::shape(OP, format!("z must have an even number (>= 2) of rows and D > 0, got {:?}", z.shape())));
+        return Err(Error::shape(
+            OP,
+            format!("z must have an even number (>= 2) of rows and D > 0, got {:?}", z.shape()),
+        ));
     }
     if !(temperature > 0.0) || !temperature.is_finite() {
         return Err(Error::invalid(OP, format!("temperature must be a positive number, got {temperature}")));
