@@ -3,9 +3,9 @@
 //! One recorded op. Forward keeps the attention probabilities P for backward:
 //!   dV = Pᵀ·dO,  dP = dO·Vᵀ,  dS = P ⊙ (dP − rowsum(dP ⊙ P)),
 //!   dQ = dS·K·scale,  dK = dSᵀ·Q·scale.
-//! (The fused GPU kernel recomputes P from the saved log-sum-exp instead of
-//! storing it; on the CPU, clarity wins.) A row whose every key is masked gets
-//! P = 0: its output and gradients are zero rather than NaN.
+//! (A fused, flash-attention style kernel would recompute P from a saved
+//! log-sum-exp instead of storing it; here clarity wins.) A row whose every
+//! key is masked gets P = 0: its output and gradients are zero rather than NaN.
 
 use crate::autograd::{no_grad, record};
 use crate::error::{Error, Result};
@@ -49,12 +49,18 @@ pub fn scaled_dot_product_attention(
     let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
     let mut score_shape = lead.to_vec();
     score_shape.extend([l, s]);
+    // 0 where attending is allowed, −∞ where masked, kept at the mask's own
+    // (often much smaller) shape: adding it to the scores broadcasts.
     let additive_mask = match mask {
         None => None,
         Some(m) => {
-            let allowed = m.to_dtype(DType::F64)?.broadcast_to(&score_shape).map_err(|_| {
-                Error::shape(OP, format!("mask {:?} does not broadcast to the score shape {score_shape:?}", m.shape()))
-            })?;
+            if m.layout().broadcast_to(OP, &score_shape).is_err() {
+                return Err(Error::shape(
+                    OP,
+                    format!("mask {:?} does not broadcast to the score shape {score_shape:?}", m.shape()),
+                ));
+            }
+            let allowed = no_grad(|| m.detach().to_dtype(DType::F64))?;
             Some(allowed.map_f64(|a| if a != 0.0 { 0.0 } else { f64::NEG_INFINITY })?.to_dtype(q.dtype())?)
         }
     };

@@ -30,6 +30,14 @@ fn geometry(x: &Tensor, w: &Tensor, stride: (usize, usize), padding: (usize, usi
     if wc != c {
         return Err(Error::shape(OP, format!("input has {c} channels, weight {:?} expects {wc}", w.shape())));
     }
+    // An empty channel axis or image leaves the im2col matrix with no rows or
+    // columns to build; an empty batch is fine (an empty output).
+    if c == 0 || o == 0 || h == 0 || wd == 0 {
+        return Err(Error::shape(
+            OP,
+            format!("needs non-empty channels and images, got input {:?} and weight {:?}", x.shape(), w.shape()),
+        ));
+    }
     if stride.0 == 0 || stride.1 == 0 {
         return Err(Error::invalid(OP, format!("stride must be >= 1, got {stride:?}")));
     }
@@ -58,11 +66,14 @@ pub fn conv2d(
         return Err(Error::dtype(OP, format!("input is {}, weight is {}", x.dtype(), weight.dtype())));
     }
     if let Some(b) = bias {
-        if b.shape() != [g.o] || b.dtype() != x.dtype() {
+        if b.shape() != [g.o] {
             return Err(Error::shape(
                 OP,
-                format!("bias must be {} [{}], got {} {:?}", x.dtype(), g.o, b.dtype(), b.shape()),
+                format!("bias must be [{}] (one per output channel), got {:?}", g.o, b.shape()),
             ));
+        }
+        if b.dtype() != x.dtype() {
+            return Err(Error::dtype(OP, format!("input is {}, bias is {}", x.dtype(), b.dtype())));
         }
     }
     let out = float_dispatch!(OP, x.dtype(), T => {

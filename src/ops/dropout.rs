@@ -3,11 +3,14 @@
 //! rescaling. The mask comes from the caller's seeded RNG (reproducible runs);
 //! backward multiplies by the same mask.
 
-use crate::autograd::record;
+use crate::autograd::{no_grad, record};
 use crate::error::{Error, Result};
+use crate::float_dispatch;
 use crate::rng::Rng;
-use crate::tensor::Tensor;
+use crate::tensor::{Element, Tensor};
 
+/// Zeroes each element of `x` with probability `p` (in [0, 1)) and scales the
+/// rest by 1/(1 − p) when `training`; the identity otherwise or when p = 0.
 pub fn dropout(x: &Tensor, p: f64, training: bool, rng: &mut Rng) -> Result<Tensor> {
     if !(0.0..1.0).contains(&p) {
         return Err(Error::invalid("dropout", format!("p must be in [0, 1), got {p}")));
@@ -15,9 +18,13 @@ pub fn dropout(x: &Tensor, p: f64, training: bool, rng: &mut Rng) -> Result<Tens
     if !training || p == 0.0 {
         return Ok(x.clone());
     }
-    let scale = 1.0 / (1.0 - p);
-    let mask_values: Vec<f64> = (0..x.numel()).map(|_| if rng.uniform() < p { 0.0 } else { scale }).collect();
-    let mask = Tensor::from_f64s(&mask_values, x.shape(), x.dtype())?;
-    let out = crate::autograd::no_grad(|| x.detach().mul(&mask))?;
+    let keep = 1.0 / (1.0 - p);
+    // The mask already carries the 1/(1 − p) scale: y = x·mask, dx = g·mask.
+    let mask = float_dispatch!("dropout", x.dtype(), T => {
+        let keep = T::of_f64(keep);
+        let m: Vec<T> = (0..x.numel()).map(|_| if rng.uniform() < p { T::of_f64(0.0) } else { keep }).collect();
+        Tensor::from_vec(m, x.shape())?
+    });
+    let out = no_grad(|| x.detach().mul(&mask))?;
     Ok(record("dropout", &[x], out, move |g, _| Ok(vec![Some(g.mul(&mask)?)])))
 }

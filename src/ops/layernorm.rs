@@ -1,58 +1,88 @@
 //! Layer normalisation over the trailing axes (PyTorch's `F.layer_norm`).
 //!
 //! Per row (the flattened trailing `normalized_shape`): x̂ = (x − μ)·r with
-//! r = 1/√(σ² + eps), y = γ·x̂ + β. Forward saves μ and r per row (one pass);
-//! backward, with ĝ = g·γ:
+//! r = 1/√(σ² + eps) (biased variance), y = γ·x̂ + β. Forward saves only μ and
+//! r per row; backward recomputes x̂ from x and, with ĝ = g·γ, computes in one
+//! fused pass over the rows:
 //!   dx = r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)),  dγ = Σ_rows g·x̂,  dβ = Σ_rows g.
 
 use crate::autograd::record;
 use crate::error::{Error, Result};
 use crate::float_dispatch;
-use crate::tensor::{Float, StorageElement, Tensor};
+use crate::tensor::{Float, Tensor};
 use rayon::prelude::*;
 
-struct Forward<T> {
-    y: Vec<T>,
-    xhat: Vec<T>,
-    rstd: Vec<T>,
-}
+const OP: &str = "layer_norm";
 
-fn forward<T: Float + StorageElement>(
-    x: &[T],
-    n: usize,
-    gamma: Option<&[T]>,
-    beta: Option<&[T]>,
-    eps: f64,
-) -> Forward<T> {
-    let rows = if n == 0 { 0 } else { x.len() / n };
-    let mut y = vec![T::default(); x.len()];
-    let mut xhat = vec![T::default(); x.len()];
-    let mut rstd = vec![T::default(); rows];
-    y.par_chunks_mut(n.max(1)).zip(xhat.par_chunks_mut(n.max(1))).zip(rstd.par_iter_mut()).enumerate().for_each(
-        |(r, ((yr, hr), rs))| {
-            let row = &x[r * n..(r + 1) * n];
-            // Accumulate in f64: cheap here, and keeps f32 rows of 768+ accurate.
-            let mean = row.iter().map(|v| v.as_f64()).sum::<f64>() / n as f64;
-            let var = row.iter().map(|v| (v.as_f64() - mean).powi(2)).sum::<f64>() / n as f64;
-            let inv = 1.0 / (var + eps).sqrt();
-            *rs = T::of_f64(inv);
-            for j in 0..n {
-                let h = T::of_f64((row[j].as_f64() - mean) * inv);
-                hr[j] = h;
-                let scaled = match gamma {
-                    Some(g) => h * g[j],
-                    None => h,
-                };
-                yr[j] = match beta {
-                    Some(b) => scaled + b[j],
-                    None => scaled,
-                };
+/// y, and per row μ and r = 1/√(σ² + eps). `x` holds whole rows of length `n > 0`.
+fn forward<T: Float>(x: &[T], n: usize, gamma: Option<&[T]>, beta: Option<&[T]>, eps: f64) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let rows = x.len() / n;
+    let mut y = vec![T::zero(); x.len()];
+    let mut mean = vec![T::zero(); rows];
+    let mut rstd = vec![T::zero(); rows];
+    y.par_chunks_mut(n).zip(x.par_chunks(n)).zip(mean.par_iter_mut().zip(rstd.par_iter_mut())).for_each(
+        |((yr, row), (mu, rs))| {
+            // Statistics in f64: cheap here, and keeps long f32 rows (768+) accurate.
+            // Two sweeps (mean, then squared deviations) avoid E[x²] − E[x]² cancellation.
+            let m = row.iter().map(|v| v.as_f64()).sum::<f64>() / n as f64;
+            let var = row.iter().map(|v| (v.as_f64() - m).powi(2)).sum::<f64>() / n as f64;
+            let r = 1.0 / (var + eps).sqrt();
+            (*mu, *rs) = (T::of_f64(m), T::of_f64(r));
+            for (j, (o, &v)) in yr.iter_mut().zip(row).enumerate() {
+                let h = T::of_f64((v.as_f64() - m) * r);
+                let h = gamma.map_or(h, |g| h * g[j]);
+                *o = beta.map_or(h, |b| h + b[j]);
             }
         },
     );
-    Forward { y, xhat, rstd }
+    (y, mean, rstd)
 }
 
+/// dx, dγ and dβ in one pass: rows in parallel, each rayon task summing its own
+/// dγ/dβ partials (in f64) that are added up at the end.
+fn backward<T: Float>(
+    x: &[T],
+    g: &[T],
+    n: usize,
+    gamma: Option<&[T]>,
+    mean: &[T],
+    rstd: &[T],
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let mut dx = vec![T::zero(); x.len()];
+    let zeros = || (vec![0.0f64; n], vec![0.0f64; n]);
+    let (dgamma, dbeta) = dx
+        .par_chunks_mut(n)
+        .zip(x.par_chunks(n).zip(g.par_chunks(n)))
+        .zip(mean.par_iter().zip(rstd.par_iter()))
+        .fold(zeros, |(mut dgam, mut dbet), ((dxr, (xr, gr)), (&mu, &r))| {
+            let (mu, r) = (mu.as_f64(), r.as_f64());
+            let xhat = |j: usize| (xr[j].as_f64() - mu) * r;
+            let ghat = |j: usize| gr[j].as_f64() * gamma.map_or(1.0, |w| w[j].as_f64());
+            let (mut sum_gh, mut sum_ghx) = (0.0, 0.0);
+            for j in 0..n {
+                let (h, gh) = (xhat(j), ghat(j));
+                sum_gh += gh;
+                sum_ghx += gh * h;
+                dgam[j] += gr[j].as_f64() * h;
+                dbet[j] += gr[j].as_f64();
+            }
+            let (mean_gh, mean_ghx) = (sum_gh / n as f64, sum_ghx / n as f64);
+            for (j, d) in dxr.iter_mut().enumerate() {
+                *d = T::of_f64(r * (ghat(j) - mean_gh - xhat(j) * mean_ghx));
+            }
+            (dgam, dbet)
+        })
+        .reduce(zeros, |(mut ga, mut ba), (gb, bb)| {
+            ga.iter_mut().zip(gb).for_each(|(a, b)| *a += b);
+            ba.iter_mut().zip(bb).for_each(|(a, b)| *a += b);
+            (ga, ba)
+        });
+    let cast = |v: Vec<f64>| v.into_iter().map(T::of_f64).collect::<Vec<T>>();
+    (dx, cast(dgamma), cast(dbeta))
+}
+
+/// Normalises `x` over its trailing `normalized_shape` axes, then scales by
+/// `weight` (γ) and shifts by `bias` (β), both of shape `normalized_shape`.
 pub fn layer_norm(
     x: &Tensor,
     normalized_shape: &[usize],
@@ -60,7 +90,6 @@ pub fn layer_norm(
     bias: Option<&Tensor>,
     eps: f64,
 ) -> Result<Tensor> {
-    const OP: &str = "layer_norm";
     let k = normalized_shape.len();
     if k == 0 || k > x.rank() || &x.shape()[x.rank() - k..] != normalized_shape {
         return Err(Error::shape(
@@ -68,56 +97,52 @@ pub fn layer_norm(
             format!("normalized_shape {normalized_shape:?} is not the trailing shape of {:?}", x.shape()),
         ));
     }
-    for p in [weight, bias].into_iter().flatten() {
+    let n: usize = normalized_shape.iter().product();
+    if n == 0 {
+        return Err(Error::shape(OP, format!("normalized_shape {normalized_shape:?} has no elements to normalise")));
+    }
+    for (what, p) in [("weight", weight), ("bias", bias)] {
+        let Some(p) = p else { continue };
         if p.shape() != normalized_shape {
-            return Err(Error::shape(OP, format!("weight/bias {:?} should be {normalized_shape:?}", p.shape())));
+            return Err(Error::shape(OP, format!("{what} is {:?}, should be {normalized_shape:?}", p.shape())));
         }
         if p.dtype() != x.dtype() {
-            return Err(Error::dtype(OP, format!("weight/bias are {}, input is {}", p.dtype(), x.dtype())));
+            return Err(Error::dtype(OP, format!("{what} is {}, input is {}", p.dtype(), x.dtype())));
         }
     }
     if !(eps > 0.0) {
         return Err(Error::invalid(OP, format!("eps must be > 0, got {eps}")));
     }
-    let n: usize = normalized_shape.iter().product();
-    let (out, xhat, rstd) = float_dispatch!(OP, x.dtype(), T => {
+    let (out, mean, rstd) = float_dispatch!(OP, x.dtype(), T => {
         let xd = x.host_data::<T>()?;
-        let gd = weight.map(|w| w.host_data::<T>()).transpose()?;
+        let wd = weight.map(|w| w.host_data::<T>()).transpose()?;
         let bd = bias.map(|b| b.host_data::<T>()).transpose()?;
-        let f = forward::<T>(&xd, n, gd.as_deref(), bd.as_deref(), eps);
-        let rows = f.rstd.len();
-        (Tensor::from_vec(f.y, x.shape())?, Tensor::from_vec(f.xhat, &[rows, n])?, Tensor::from_vec(f.rstd, &[rows, 1])?)
+        let (y, mean, rstd) = forward::<T>(&xd, n, wd.as_deref(), bd.as_deref(), eps);
+        let rows = mean.len();
+        (Tensor::from_vec(y, x.shape())?, Tensor::from_vec(mean, &[rows])?, Tensor::from_vec(rstd, &[rows])?)
     });
-    let gamma = weight.map(|w| w.detach());
-    let x_shape = x.shape().to_vec();
-    let norm_shape = normalized_shape.to_vec();
+
+    let (xs, gamma) = (x.detach(), weight.map(|w| w.detach()));
+    let (x_shape, norm_shape) = (x.shape().to_vec(), normalized_shape.to_vec());
     let mut inputs = vec![x];
     inputs.extend(weight);
     inputs.extend(bias);
-    let has_weight = weight.is_some();
-    Ok(record(OP, &inputs, out, move |g, needs| {
-        let rows = rstd.shape()[0];
-        let g2 = g.reshape(&[rows, n])?;
-        let mut grads = Vec::new();
-        if needs[0] {
-            let gh = match &gamma {
-                Some(w) => g2.mul(&w.reshape(&[1, n])?)?,
-                None => g2.clone(),
-            };
-            let mean_gh = gh.mean(&[1], true)?;
-            let mean_ghx = gh.mul(&xhat)?.mean(&[1], true)?;
-            let dx = gh.sub(&mean_gh)?.sub(&xhat.mul(&mean_ghx)?)?.mul(&rstd)?;
-            grads.push(Some(dx.reshape(&x_shape)?));
-        } else {
-            grads.push(None);
+    let has_bias = bias.is_some();
+    Ok(record(OP, &inputs, out, move |g, _| {
+        let (dx, dgamma, dbeta) = float_dispatch!(OP, g.dtype(), T => {
+            let (xd, gd) = (xs.host_data::<T>()?, g.host_data::<T>()?);
+            let wd = gamma.as_ref().map(|w| w.host_data::<T>()).transpose()?;
+            let (md, rd) = (mean.host_data::<T>()?, rstd.host_data::<T>()?);
+            let (dx, dg, db) = backward::<T>(&xd, &gd, n, wd.as_deref(), &md, &rd);
+            (Tensor::from_vec(dx, &x_shape)?, Tensor::from_vec(dg, &norm_shape)?, Tensor::from_vec(db, &norm_shape)?)
+        });
+        // One gradient per recorded input, in order: x, then weight and bias if given.
+        let mut grads = vec![Some(dx)];
+        if gamma.is_some() {
+            grads.push(Some(dgamma));
         }
-        let mut next = 1;
-        if has_weight {
-            grads.push(if needs[next] { Some(g2.mul(&xhat)?.sum(&[0], false)?.reshape(&norm_shape)?) } else { None });
-            next += 1;
-        }
-        if needs.len() > next {
-            grads.push(if needs[next] { Some(g2.sum(&[0], false)?.reshape(&norm_shape)?) } else { None });
+        if has_bias {
+            grads.push(Some(dbeta));
         }
         Ok(grads)
     }))

@@ -72,6 +72,10 @@ pub fn max_pool2d(
 ) -> Result<Tensor> {
     const OP: &str = "max_pool2d";
     let (n, c, h, w) = check_nchw(OP, x)?;
+    // With an empty plane every window would be all padding: no maximum to route a gradient to.
+    if h == 0 || w == 0 {
+        return Err(Error::shape(OP, format!("input planes must be non-empty, got {:?}", x.shape())));
+    }
     if kernel.0 == 0 || kernel.1 == 0 || stride.0 == 0 || stride.1 == 0 {
         return Err(Error::invalid(OP, format!("kernel {kernel:?} and stride {stride:?} must be >= 1")));
     }

@@ -16,6 +16,7 @@ pub fn cases() -> Vec<Case> {
             check(&[rand(&[2, 3, 4], 3).mul_scalar(20.0).unwrap()], |x| x[0].log_softmax(-1))
         }),
         case("log_softmax", "axis 1 of [3,4,2]", || check(&[rand(&[3, 4, 2], 4)], |x| x[0].log_softmax(1))),
+        case("log_softmax", "axis 0 of a strided [4,3]", || check(&[strided(&[4, 3], 26)], |x| x[0].log_softmax(0))),
         case("layer_norm", "over the last axis, affine", || {
             check(&[rand(&[3, 5], 5), rand(&[5], 6), rand(&[5], 7)], |x| {
                 layer_norm(&x[0], &[5], Some(&x[1]), Some(&x[2]), 1e-5)
@@ -24,6 +25,11 @@ pub fn cases() -> Vec<Case> {
         case("layer_norm", "over the last two axes of a strided input, no affine", || {
             let x = rand(&[3, 2, 4], 8).permute(&[1, 0, 2]).unwrap(); // [2, 3, 4]
             check(&[x], |x| layer_norm(&x[0], &[3, 4], None, None, 1e-5))
+        }),
+        case("layer_norm", "over the last two axes, affine", || {
+            check(&[rand(&[2, 3, 4], 27), rand(&[3, 4], 28), rand(&[3, 4], 29)], |x| {
+                layer_norm(&x[0], &[3, 4], Some(&x[1]), Some(&x[2]), 1e-5)
+            })
         }),
         case("layer_norm", "weight only", || {
             check(&[rand(&[4, 3], 9), rand(&[3], 10)], |x| layer_norm(&x[0], &[3], Some(&x[1]), None, 1e-5))
@@ -43,10 +49,24 @@ pub fn cases() -> Vec<Case> {
                 scaled_dot_product_attention(&x[0], &x[1], &x[2], None, None)
             })
         }),
-        case("scaled_dot_product_attention", "mask with a fully masked row, custom scale", || {
-            // [L=3, S=4]: row 1 may attend to nothing.
-            let mask = Tensor::from_vec(vec![1u8, 0, 1, 1, 0, 0, 0, 0, 1, 1, 0, 1], &[3, 4]).unwrap();
-            check(&[rand(&[1, 2, 3, 2], 19), rand(&[1, 2, 4, 2], 20), rand(&[1, 2, 4, 5], 21)], move |x| {
+        case("scaled_dot_product_attention", "u8 mask [5,7] with a fully masked row", || {
+            // L=5 queries, S=7 keys; query 2 may attend to nothing (its output and gradients are 0).
+            #[rustfmt::skip]
+            let allowed = vec![
+                1u8, 1, 0, 1, 0, 1, 1,
+                0, 1, 1, 1, 1, 0, 0,
+                0, 0, 0, 0, 0, 0, 0,
+                1, 0, 0, 0, 0, 0, 1,
+                1, 1, 1, 1, 1, 1, 1,
+            ];
+            let mask = Tensor::from_vec(allowed, &[5, 7]).unwrap();
+            check(&[rand(&[1, 2, 5, 4], 19), rand(&[1, 2, 7, 4], 20), rand(&[1, 2, 7, 3], 21)], move |x| {
+                scaled_dot_product_attention(&x[0], &x[1], &x[2], Some(&mask), None)
+            })
+        }),
+        case("scaled_dot_product_attention", "f64 key-padding mask [2,1,1,4], custom scale", || {
+            let mask = Tensor::from_vec(vec![1.0f64, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0], &[2, 1, 1, 4]).unwrap();
+            check(&[rand(&[2, 2, 3, 2], 30), rand(&[2, 2, 4, 2], 31), rand(&[2, 2, 4, 5], 32)], move |x| {
                 scaled_dot_product_attention(&x[0], &x[1], &x[2], Some(&mask), Some(0.7))
             })
         }),
@@ -55,6 +75,8 @@ pub fn cases() -> Vec<Case> {
             check(&[rand(&[5, 4], 22).mul_scalar(3.0).unwrap()], move |x| cross_entropy(&x[0], &t))
         }),
         case("nt_xent", "N=3, D=5, temperature 0.5", || check(&[rand(&[6, 5], 23)], |x| nt_xent(&x[0], 0.5))),
+        case("nt_xent", "N=3, D=5, temperature 0.1", || check(&[rand(&[6, 5], 33)], |x| nt_xent(&x[0], 0.1))),
+        case("nt_xent", "N=4, D=3, temperature 0.5", || check(&[rand(&[8, 3], 34)], |x| nt_xent(&x[0], 0.5))),
         case("nt_xent", "N=4, D=3, temperature 0.1", || check(&[rand(&[8, 3], 24)], |x| nt_xent(&x[0], 0.1))),
         case("nt_xent", "N=2, D=3, strided input", || check(&[strided(&[4, 3], 25)], |x| nt_xent(&x[0], 0.5))),
     ]

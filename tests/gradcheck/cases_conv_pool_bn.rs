@@ -14,15 +14,25 @@ fn tie_free(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_f64s(&v, shape, DType::F64).unwrap()
 }
 
+/// Which affine parameters a batch-norm case passes.
+#[derive(Clone, Copy)]
+enum Affine {
+    None,
+    Both,
+    BiasOnly,
+}
+
 fn bn_case(
     training: bool,
-    affine: bool,
+    affine: Affine,
     seed: u64,
 ) -> impl Fn() -> simclr::Result<simclr::autograd::gradcheck::GradcheckReport> {
     move || {
         let mut inputs = vec![rand(&[3, 2, 3, 2], seed)];
-        if affine {
+        if matches!(affine, Affine::Both) {
             inputs.push(rand_in(&[2], 0.5, 1.5, seed + 1));
+        }
+        if !matches!(affine, Affine::None) {
             inputs.push(rand(&[2], seed + 2));
         }
         check(&inputs, |x| {
@@ -30,7 +40,11 @@ fn bn_case(
             let mut stats = RunningStats::new(2, DType::F64)?;
             stats.mean = Tensor::from_f64s(&[0.1, -0.2], &[2], DType::F64)?;
             stats.var = Tensor::from_f64s(&[0.5, 2.0], &[2], DType::F64)?;
-            let (w, b) = if affine { (Some(&x[1]), Some(&x[2])) } else { (None, None) };
+            let (w, b) = match affine {
+                Affine::None => (None, None),
+                Affine::Both => (Some(&x[1]), Some(&x[2])),
+                Affine::BiasOnly => (None, Some(&x[1])),
+            };
             batch_norm_2d(&x[0], w, b, &mut stats, training, 1e-5)
         })
     }
@@ -53,6 +67,16 @@ pub fn cases() -> Vec<Case> {
             let x = rand(&[5, 3, 4, 2], 8).permute(&[0, 3, 1, 2]).unwrap(); // [5, 2, 3, 4] view
             check(&[x, rand(&[3, 2, 1, 1], 9)], |x| conv2d(&x[0], &x[1], None, (2, 2), (0, 0)))
         }),
+        // The CPU kernel runs maps of >= 64 output pixels one GEMM per image (the
+        // cases above are smaller and take the grouped schedule).
+        case("conv2d", "per-image schedule (8x8 map, 1 image), strided input, bias", || {
+            check(&[strided(&[1, 2, 8, 8], 23), rand(&[2, 2, 3, 3], 24), rand(&[2], 25)], |x| {
+                conv2d(&x[0], &x[1], Some(&x[2]), (1, 1), (1, 1))
+            })
+        }),
+        case("conv2d", "per-image schedule, images spread over threads (batch 3)", || {
+            check(&[rand(&[3, 1, 9, 8], 26), rand(&[2, 1, 2, 3], 27)], |x| conv2d(&x[0], &x[1], None, (1, 1), (0, 1)))
+        }),
         case("max_pool2d", "3x3 stride 2 padding 1", || {
             check(&[tie_free(&[2, 2, 5, 6], 10)], |x| max_pool2d(&x[0], (3, 3), (2, 2), (1, 1)))
         }),
@@ -69,8 +93,10 @@ pub fn cases() -> Vec<Case> {
             check(&[rand(&[3, 4, 3, 5], 14)], |x| global_avg_pool2d(&x[0]))
         }),
         case("temporal_mean", "[2,5,3] clips of 5 frames", || check(&[rand(&[2, 5, 3], 15)], |x| temporal_mean(&x[0]))),
-        case("batch_norm_2d", "training, affine", bn_case(true, true, 16)),
-        case("batch_norm_2d", "training, no affine", bn_case(true, false, 19)),
-        case("batch_norm_2d", "eval (running statistics), affine", bn_case(false, true, 22)),
+        case("batch_norm_2d", "training, affine", bn_case(true, Affine::Both, 16)),
+        case("batch_norm_2d", "training, no affine", bn_case(true, Affine::None, 19)),
+        case("batch_norm_2d", "training, bias only", bn_case(true, Affine::BiasOnly, 28)),
+        case("batch_norm_2d", "eval (running statistics), affine", bn_case(false, Affine::Both, 22)),
+        case("batch_norm_2d", "eval (running statistics), no affine", bn_case(false, Affine::None, 31)),
     ]
 }

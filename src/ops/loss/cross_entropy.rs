@@ -17,10 +17,13 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
         return Err(Error::shape(OP, format!("logits must be [N, C], got {:?}", logits.shape())));
     }
     let (n, c) = (logits.shape()[0], logits.shape()[1]);
-    if targets.dtype() != DType::I64 || targets.shape() != [n] {
+    if targets.dtype() != DType::I64 {
+        return Err(Error::dtype(OP, format!("targets must be i64 class indices, got {}", targets.dtype())));
+    }
+    if targets.shape() != [n] {
         return Err(Error::shape(
             OP,
-            format!("targets must be i64 [{n}], got {} {:?}", targets.dtype(), targets.shape()),
+            format!("targets must be [{n}] (one per row of logits), got {:?}", targets.shape()),
         ));
     }
     if n == 0 {
