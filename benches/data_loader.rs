@@ -7,8 +7,8 @@
 
 use simclr::data::augment::AugmentConfig;
 use simclr::data::loader::{Loader, LoaderConfig};
-use simclr::data::shards::{write_dataset, ShardContent, ShardDataset, ShardSpec};
-use simclr::data::synthetic::{generate_clip, BouncingConfig};
+use simclr::data::shards::ShardDataset;
+use simclr::data::synthetic::{write_bouncing, BouncingConfig, BouncingDataset};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,12 +29,25 @@ fn header() {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default()
     };
+    // Uncommitted changes to the code measured are flagged, so a number is never
+    // attributed to a commit that did not produce it.
+    let dirty = std::process::Command::new("git")
+        .args(["diff", "--quiet", "HEAD", "--", "src", "benches/data_loader.rs", "Cargo.toml"])
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(false);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("# simclr data loader benchmark");
-    println!("# machine: {cpu}, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!("# machine: {cpu}, nproc {}", run("nproc", &[]));
     println!(
-        "# date: {}  commit: {}",
+        "# date: {}  commit: {}{}",
         run("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
-        run("git", &["rev-parse", "--short", "HEAD"])
+        run("git", &["rev-parse", "--short", "HEAD"]),
+        if dirty { " + uncommitted changes" } else { "" }
+    );
+    println!(
+        "# load average at start (the cores may be shared): {}",
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
 }
 
@@ -43,24 +56,10 @@ fn main() {
     let (clips, frames, size) = (96, 20, 128);
     let dir = std::env::temp_dir().join(format!("simclr-bench-data-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let cfg = BouncingConfig { frames, size, ..Default::default() };
+    let clip = BouncingConfig { frames, size, ..Default::default() };
     let start = Instant::now();
-    write_dataset(
-        &dir,
-        ShardSpec { clips, frames, height: size, width: size, clips_per_shard: 32 },
-        serde_json::json!({"generator": "bouncing", "seed": 0}),
-        |_, range| {
-            let mut c = ShardContent { bytes: vec![], labels: vec![] };
-            for i in range {
-                let (b, l) = generate_clip(0, i, &cfg);
-                c.bytes.extend(b);
-                c.labels.push(serde_json::to_value(l).unwrap());
-            }
-            Ok(c)
-        },
-        |_| {},
-    )
-    .expect("write dataset");
+    write_bouncing(&dir, &BouncingDataset { clips, seed: 0, clips_per_shard: 32, clip }, |_| {})
+        .expect("write dataset");
     let gen = start.elapsed().as_secs_f64();
     println!(
         "# dataset: {clips} clips of {frames}x{size}x{size}x3 u8, generated in {gen:.2} s ({:.0} clips/s)",

@@ -2,8 +2,8 @@
 
 use simclr::data::augment::{apply_colour, augment_clip, hsv_to_rgb, rgb_to_hsv, AugmentConfig, ColourOp, ViewParams};
 use simclr::data::loader::{make_batch, DistributedSampler, Loader, LoaderConfig};
-use simclr::data::shards::{write_dataset, ShardContent, ShardDataset, ShardSpec};
-use simclr::data::synthetic::{generate_clip, BouncingConfig};
+use simclr::data::shards::ShardDataset;
+use simclr::data::synthetic::{write_bouncing, BouncingConfig, BouncingDataset};
 use simclr::Rng;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,24 +11,8 @@ use std::sync::Arc;
 fn dataset(name: &str, clips: usize, size: usize, frames: usize) -> (PathBuf, Arc<ShardDataset>) {
     let dir = std::env::temp_dir().join(format!("simclr-aug-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let cfg = BouncingConfig { frames, size, ..Default::default() };
-    let spec = ShardSpec { clips, frames, height: size, width: size, clips_per_shard: 8 };
-    write_dataset(
-        &dir,
-        spec,
-        serde_json::json!({"generator": "bouncing", "seed": 1}),
-        |_, range| {
-            let mut c = ShardContent { bytes: vec![], labels: vec![] };
-            for i in range {
-                let (b, l) = generate_clip(1, i, &cfg);
-                c.bytes.extend(b);
-                c.labels.push(serde_json::to_value(l).unwrap());
-            }
-            Ok(c)
-        },
-        |_| {},
-    )
-    .unwrap();
+    let clip = BouncingConfig { frames, size, ..Default::default() };
+    write_bouncing(&dir, &BouncingDataset { clips, seed: 1, clips_per_shard: 8, clip }, |_| {}).unwrap();
     let ds = Arc::new(ShardDataset::open(&dir).unwrap());
     (dir, ds)
 }
@@ -82,7 +66,7 @@ fn hue_and_saturation_follow_the_reference_formulas() {
     let back = hsv_to_rgb(hsv);
     assert!(back.iter().zip([0.2, 0.4, 0.8]).all(|(a, b)| (a - b).abs() < 1e-6));
     // Saturation 0 gives the grey 0.299 R + 0.587 G + 0.114 B; 0.5 is halfway to it.
-    let mut px = vec![[0.2f32, 0.4, 0.8], [0.2, 0.4, 0.8]];
+    let mut px = [[0.2f32, 0.4, 0.8], [0.2, 0.4, 0.8]];
     let grey = 0.299 * 0.2 + 0.587 * 0.4 + 0.114 * 0.8;
     apply_colour(ColourOp::Saturation(0.0), &mut px[..1]);
     apply_colour(ColourOp::Saturation(0.5), &mut px[1..]);
@@ -182,4 +166,89 @@ fn frames_too_small_for_the_crop_are_a_clear_error() {
     let err = Loader::new(ds, loader_config(4, 0, 1, 32)).err().unwrap().to_string();
     assert!(err.contains("16x16") && err.contains("--size") && err.contains(dir.to_str().unwrap()), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Plain-values config: no colour changes, identity normalisation.
+fn plain(out_size: usize) -> AugmentConfig {
+    AugmentConfig { out_size, jitter_p: 0.0, grayscale_p: 0.0, mean: [0.0; 3], std: [1.0; 3], ..Default::default() }
+}
+
+#[test]
+fn shrinking_is_antialiased_so_thin_lines_do_not_vanish() {
+    // A 1-pixel white column at x = 36 of a black 64×64 frame, shrunk 4× to 16×16.
+    // Point-sampled bilinear reads only columns 4i+1 and 4i+2 and would lose it;
+    // the antialiased filter keeps its mass: each output row sums to 1/4.
+    let (h, w, s) = (64, 64, 16);
+    let mut clip = vec![0u8; h * w * 3];
+    for y in 0..h {
+        clip[(y * w + 36) * 3..(y * w + 36) * 3 + 3].copy_from_slice(&[255, 255, 255]);
+    }
+    let params = ViewParams { crop: (0, 0, h, w), flip: false, colour: vec![], grayscale: false };
+    let mut out = vec![0f32; 3 * s * s];
+    augment_clip(&clip, 1, h, w, &params, &plain(s), &mut out).unwrap();
+    for y in 2..s - 2 {
+        let row: f32 = out[y * s..(y + 1) * s].iter().sum();
+        assert!((row - 0.25).abs() < 1e-4, "row {y} sums to {row}");
+    }
+    // Enlarging is plain bilinear (torch's align_corners = false): the 2×2 crop
+    // (0, 1 / 1, 0) of a 4×4 frame, at 4×4, has 0 in its corner, 0.375 at (1, 1)
+    // (= ¾·¼ + ¼·¾) and 0.625 at (1, 2) (= ¾·¾ + ¼·¼).
+    let mut clip = vec![0u8; 4 * 4 * 3];
+    for (y, x) in [(0, 1), (1, 0)] {
+        clip[(y * 4 + x) * 3..(y * 4 + x) * 3 + 3].copy_from_slice(&[255, 255, 255]);
+    }
+    let params = ViewParams { crop: (0, 0, 2, 2), flip: false, colour: vec![], grayscale: false };
+    let mut out = vec![0f32; 3 * 16];
+    augment_clip(&clip, 1, 4, 4, &params, &plain(4), &mut out).unwrap();
+    assert_eq!(out[0], 0.0);
+    assert!((out[4 + 1] - 0.375).abs() < 1e-6 && (out[4 + 2] - 0.625).abs() < 1e-6, "{:?}", &out[..16]);
+}
+
+#[test]
+fn flip_mirrors_columns() {
+    let (h, w) = (8, 8);
+    let clip: Vec<u8> = (0..h * w * 3).map(|i| ((i / 3) % w * 30) as u8).collect(); // brightness grows with x
+    let mut a = vec![0f32; 3 * h * w];
+    let mut b = vec![0f32; 3 * h * w];
+    let mut params = ViewParams { crop: (0, 0, h, w), flip: false, colour: vec![], grayscale: false };
+    augment_clip(&clip, 1, h, w, &params, &plain(w), &mut a).unwrap();
+    params.flip = true;
+    augment_clip(&clip, 1, h, w, &params, &plain(w), &mut b).unwrap();
+    for x in 0..w {
+        assert_eq!(a[x], b[w - 1 - x]);
+    }
+    assert!(a[0] < a[w - 1]);
+}
+
+#[test]
+fn bad_augment_settings_are_clear_errors() {
+    let cases: Vec<(&str, AugmentConfig)> = vec![
+        ("out_size", AugmentConfig { out_size: 0, ..Default::default() }),
+        ("crop scale", AugmentConfig { crop_scale: (0.5, 0.1), ..Default::default() }),
+        ("crop ratio", AugmentConfig { crop_ratio: (0.0, 1.0), ..Default::default() }),
+        ("flip_p", AugmentConfig { flip_p: 1.5, ..Default::default() }),
+        ("contrast", AugmentConfig { contrast: -0.1, ..Default::default() }),
+        ("hue", AugmentConfig { hue: 0.7, ..Default::default() }),
+        ("std", AugmentConfig { std: [0.2, 0.0, 0.2], ..Default::default() }),
+    ];
+    for (want, cfg) in cases {
+        let msg = cfg.validate().unwrap_err().to_string();
+        assert!(msg.contains(want), "want `{want}`: {msg}");
+    }
+    AugmentConfig::default().validate().unwrap();
+    // A crop outside the frame (hand-built parameters) is an error, not an out-of-bounds panic.
+    let params = ViewParams { crop: (10, 0, 30, 30), flip: false, colour: vec![], grayscale: false };
+    let mut out = vec![0f32; 3 * 16 * 16];
+    let msg = augment_clip(&vec![0u8; 32 * 32 * 3], 1, 32, 32, &params, &plain(16), &mut out).unwrap_err().to_string();
+    assert!(msg.contains("does not fit"), "{msg}");
+}
+
+#[test]
+fn epoch_permutation_is_the_documented_stream() {
+    // Epoch e shuffles with Rng::fork(seed, e): anyone can reproduce the order.
+    let sampler = DistributedSampler::new(30, 6, 0, 1, 42).unwrap();
+    let mut want: Vec<usize> = (0..30).collect();
+    Rng::fork(42, 3).shuffle(&mut want);
+    assert_eq!(sampler.permutation(3), want);
+    assert_eq!(sampler.batch(3, 1), want[6..12].to_vec());
 }

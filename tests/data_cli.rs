@@ -84,6 +84,16 @@ fn bad_flags_and_missing_data_are_clear_errors() {
     assert_eq!(out.status.code(), Some(2));
     let out = bin().args(["bouncing", "--clips", "nope"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2)); // clap's own usage error
+    let out = bin().args(["bouncing", "--out", "/tmp/x", "--clips-per-shard", "0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--clips-per-shard"));
+    let out = bin().args(["bouncing", "--colour", "red"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2)); // unknown flag
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--colour"));
+    // --help documents the defaults, so `simclr-data bouncing --out DIR` is self-explanatory.
+    let out = bin().args(["bouncing", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && help.contains("[default: 1000]") && help.contains("[default: 128]"), "{help}");
     let out = bin().args(["inspect", "/nonexistent/dataset"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);

@@ -75,7 +75,7 @@ fn ball_collisions_conserve_momentum() {
 fn balls_stay_in_the_box_and_apart() {
     let cfg = BouncingConfig { frames: 60, size: 16, ..Default::default() };
     for i in 0..60 {
-        let (_, labels) = generate_clip(11, i, &cfg);
+        let (_, labels) = generate_clip(11, i, &cfg).unwrap();
         for frame in &labels.positions {
             for (k, p) in frame.iter().enumerate() {
                 let r = labels.radii[k];
@@ -95,13 +95,13 @@ fn balls_stay_in_the_box_and_apart() {
 #[test]
 fn same_seed_same_clip_and_labels() {
     let cfg = BouncingConfig { frames: 8, size: 32, ..Default::default() };
-    let (a, la) = generate_clip(5, 3, &cfg);
-    let (b, lb) = generate_clip(5, 3, &cfg);
+    let (a, la) = generate_clip(5, 3, &cfg).unwrap();
+    let (b, lb) = generate_clip(5, 3, &cfg).unwrap();
     assert_eq!(a, b);
     assert_eq!(serde_json::to_string(&la).unwrap(), serde_json::to_string(&lb).unwrap());
-    let (c, _) = generate_clip(6, 3, &cfg);
+    let (c, _) = generate_clip(6, 3, &cfg).unwrap();
     assert_ne!(a, c, "another seed gives another clip");
-    let (d, _) = generate_clip(5, 4, &cfg);
+    let (d, _) = generate_clip(5, 4, &cfg).unwrap();
     assert_ne!(a, d, "another index gives another clip");
     assert_eq!(a.len(), 8 * 32 * 32 * 3);
     assert!((1..=3).contains(&la.ball_count) && la.positions.len() == 8 && la.velocities[0].len() == la.ball_count);
@@ -110,9 +110,54 @@ fn same_seed_same_clip_and_labels() {
 #[test]
 fn frames_are_shaded_not_binary() {
     let cfg = BouncingConfig { frames: 1, size: 64, ..Default::default() };
-    let (bytes, _) = generate_clip(1, 0, &cfg);
+    let (bytes, _) = generate_clip(1, 0, &cfg).unwrap();
     let mut distinct: Vec<u8> = bytes.clone();
     distinct.sort_unstable();
     distinct.dedup();
     assert!(distinct.len() > 40, "only {} distinct byte values", distinct.len());
+}
+
+/// The most crowded clips (6 balls) still place every ball without overlap, and
+/// their 100 frames keep balls inside and apart; impossible settings are errors.
+#[test]
+fn crowded_clips_and_bad_ball_counts() {
+    let cfg = BouncingConfig { frames: 100, size: 8, min_balls: 6, max_balls: 6, ..Default::default() };
+    for i in 0..20 {
+        let (_, labels) = generate_clip(3, i, &cfg).unwrap();
+        assert_eq!(labels.ball_count, 6);
+        for frame in &labels.positions {
+            for k in 0..6 {
+                for m in k + 1..6 {
+                    let d = ((frame[k][0] - frame[m][0]).powi(2) + (frame[k][1] - frame[m][1]).powi(2)).sqrt();
+                    assert!(d >= labels.radii[k] + labels.radii[m] - 1e-9, "clip {i}: overlap {d}");
+                }
+            }
+        }
+    }
+    for (lo, hi) in [(0, 2), (3, 2), (1, 7)] {
+        let bad = BouncingConfig { min_balls: lo, max_balls: hi, ..cfg };
+        let msg = generate_clip(0, 0, &bad).unwrap_err().to_string();
+        assert!(msg.contains("--balls"), "{msg}");
+    }
+}
+
+/// Collision events are in time order and inside the clip, and every per-ball
+/// label has one entry per ball.
+#[test]
+fn collision_events_are_labelled() {
+    let cfg = BouncingConfig { frames: 40, size: 8, ..Default::default() };
+    let mut walls = 0;
+    for i in 0..10 {
+        let (_, l) = generate_clip(8, i, &cfg).unwrap();
+        assert_eq!((l.radii.len(), l.masses.len(), l.positions.len()), (l.ball_count, l.ball_count, 40));
+        let mut last = 0.0;
+        for e in &l.collisions {
+            assert!(e.time >= last && e.frame >= 1 && e.frame < 40, "{e:?}");
+            last = e.time;
+            if let Contact::Wall { .. } = e.contact {
+                walls += 1;
+            }
+        }
+    }
+    assert!(walls > 0, "40 frames of motion should hit a wall");
 }

@@ -65,25 +65,61 @@ fn round_trip() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Like `make`, but the writer "dies" (returns an error) when it reaches shard `fail_at`.
+fn make_failing(
+    calls: &std::cell::Cell<usize>,
+    fail_at: usize,
+) -> impl Fn(usize, std::ops::Range<usize>) -> simclr::Result<ShardContent> + '_ {
+    let inner = make(calls);
+    move |s, range| {
+        if s == fail_at {
+            return Err(Error::invalid("test", "writer killed"));
+        }
+        inner(s, range)
+    }
+}
+
 #[test]
-fn rerun_resumes_and_skips_complete_shards() {
+fn killed_writer_leaves_no_dataset_and_rerun_resumes() {
     let dir = tmp("resume");
-    write(&dir);
-    // Simulate a writer killed after two shards: the manifest (written last) and shard 2 are gone.
-    std::fs::remove_file(dir.join("manifest.json")).unwrap();
-    std::fs::remove_file(dir.join("shard-00002.bin")).unwrap();
-    // Restore per-shard labels for the complete shards, as a killed run leaves them.
-    let labels = std::fs::read_to_string(dir.join("labels.jsonl")).unwrap();
-    let lines: Vec<&str> = labels.lines().collect();
-    std::fs::write(dir.join("shard-00000.labels.jsonl"), lines[0..3].join("\n") + "\n").unwrap();
-    std::fs::write(dir.join("shard-00001.labels.jsonl"), lines[3..6].join("\n") + "\n").unwrap();
-    // A half-written temporary from the killed run is ignored.
+    let calls = std::cell::Cell::new(0);
+    let source = serde_json::json!({"generator": "test"});
+    assert!(write_dataset(&dir, SPEC, source.clone(), make_failing(&calls, 2), |_| {}).is_err());
+    assert_eq!(calls.get(), 2);
+    // Shards 0 and 1 are on disk, but without a manifest nothing reads them.
+    assert!(dir.join("shard-00001.bin").exists() && !dir.join("manifest.json").exists());
+    assert!(err_text(ShardDataset::open(&dir)).contains("manifest.json missing"));
+    // A half-written temporary of the killed run is cleaned up, not used.
     std::fs::write(dir.join("shard-00002.bin.999.tmp"), b"partial").unwrap();
-    assert!(ShardDataset::open(&dir).is_err(), "no manifest yet: not a dataset");
     assert_eq!(write(&dir), 1, "only the missing shard is regenerated");
     let ds = ShardDataset::open(&dir).unwrap();
     ds.verify_checksums().unwrap();
     assert_eq!(ds.clip(6).unwrap()[0], 60);
+    assert_eq!(ds.label(4).unwrap()["clip"], 4);
+    let names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(
+        names.iter().all(|n| !n.ends_with(".tmp") && !n.contains(".labels.") && !n.ends_with(".xxh3")),
+        "{names:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn rerun_after_a_kill_regenerates_a_shard_damaged_since() {
+    let dir = tmp("resume-damaged");
+    let calls = std::cell::Cell::new(0);
+    let source = serde_json::json!({"generator": "test"});
+    assert!(write_dataset(&dir, SPEC, source, make_failing(&calls, 2), |_| {}).is_err());
+    // Same size, one byte different: only the checksum recorded before the shard can tell.
+    let shard = dir.join("shard-00000.bin");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    bytes[3] ^= 0x10;
+    std::fs::write(&shard, bytes).unwrap();
+    assert_eq!(write(&dir), 2, "shard 0 (damaged) and shard 2 (missing)");
+    let ds = ShardDataset::open(&dir).unwrap();
+    ds.verify_checksums().unwrap();
+    assert_eq!(ds.clip(0).unwrap()[3], 0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -183,5 +219,41 @@ fn a_different_dataset_in_the_output_directory_is_not_overwritten() {
     assert!(err.contains("already holds a different dataset"), "{err}");
     assert_eq!(calls.get(), 0);
     ShardDataset::open(&dir).unwrap().verify_checksums().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_missing_shard_file_is_named() {
+    let dir = tmp("missing-shard");
+    write(&dir);
+    std::fs::remove_file(dir.join("shard-00002.bin")).unwrap();
+    let msg = err_text(ShardDataset::open(&dir));
+    assert!(msg.contains("shard-00002.bin") && msg.contains("regenerate"), "{msg}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn manifests_with_bad_paths_or_sizes_are_refused_without_panicking() {
+    let dir = tmp("bad-manifest");
+    write(&dir);
+    let path = dir.join("manifest.json");
+    let good: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        ("not a plain file name", Box::new(|m| m["shards"][0]["file"] = "../../etc/passwd".into())),
+        ("not a plain file name", Box::new(|m| m["labels"] = "/tmp/labels.jsonl".into())),
+        ("overflow", Box::new(|m| m["frames"] = (u64::MAX / 2).into())),
+        ("at least 1", Box::new(|m| m["width"] = 0.into())),
+        ("do not add up", Box::new(|m| m["clips"] = 8.into())),
+        ("not a simclr-shards manifest", Box::new(|m| m["format"] = "something-else".into())),
+        ("3-channel u8", Box::new(|m| m["dtype"] = "f32".into())),
+    ];
+    for (want, edit) in cases {
+        let mut m = good.clone();
+        edit(&mut m);
+        std::fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
+        let msg = err_text(ShardDataset::open(&dir));
+        assert!(msg.contains(want) && msg.contains("manifest.json"), "want `{want}`: {msg}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

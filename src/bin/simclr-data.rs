@@ -5,10 +5,9 @@
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use rayon::prelude::*;
 use simclr::data::contact_sheet::write_contact_sheet;
-use simclr::data::shards::{write_dataset, ShardContent, ShardDataset, ShardSpec};
-use simclr::data::synthetic::{generate_clip, BouncingConfig};
+use simclr::data::shards::ShardDataset;
+use simclr::data::synthetic::{default_clips_per_shard, write_bouncing, BouncingConfig, BouncingDataset, MAX_BALLS};
 use simclr::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -43,9 +42,9 @@ enum Command {
         /// Random seed: the same seed gives byte-identical data.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Clips per shard file.
-        #[arg(long, default_value_t = 64)]
-        clips_per_shard: usize,
+        /// Clips per shard file [default: 64, fewer where 64 clips exceed 256 MiB].
+        #[arg(long)]
+        clips_per_shard: Option<usize>,
     },
     /// Summarise a dataset, verify its checksums and write a PNG contact sheet.
     Inspect {
@@ -63,8 +62,12 @@ enum Command {
 }
 
 fn parse_balls(s: &str) -> Result<(usize, usize)> {
-    let bad =
-        || Error::invalid("--balls", format!("expected a count like 2 or a range like 1-3 (1 to 6 balls), got `{s}`"));
+    let bad = || {
+        Error::invalid(
+            "--balls",
+            format!("expected a count like 2 or a range like 1-3 (1 to {MAX_BALLS} balls), got `{s}`"),
+        )
+    };
     let (lo, hi) = match s.split_once('-') {
         Some((a, b)) => (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?),
         None => {
@@ -72,7 +75,7 @@ fn parse_balls(s: &str) -> Result<(usize, usize)> {
             (n, n)
         }
     };
-    if lo == 0 || lo > hi || hi > simclr::data::render::PALETTE.len() {
+    if lo == 0 || lo > hi || hi > MAX_BALLS {
         return Err(bad());
     }
     Ok((lo, hi))
@@ -86,51 +89,33 @@ fn bouncing(
     size: usize,
     balls: &str,
     seed: u64,
-    clips_per_shard: usize,
+    clips_per_shard: Option<usize>,
 ) -> Result<()> {
     let (min_balls, max_balls) = parse_balls(balls)?;
-    if clips == 0 || frames == 0 || clips_per_shard == 0 {
+    if clips == 0 || frames == 0 || clips_per_shard == Some(0) {
         return Err(Error::invalid(
             "simclr-data bouncing",
             "--clips, --frames and --clips-per-shard must be at least 1",
         ));
     }
+    if frames > 10_000 {
+        return Err(Error::invalid("--frames", format!("at most 10000 frames per clip, got {frames}")));
+    }
     if !(8..=1024).contains(&size) {
         return Err(Error::invalid("--size", format!("frame size must be 8 to 1024 pixels, got {size}")));
     }
-    let cfg = BouncingConfig { frames, size, min_balls, max_balls, ..Default::default() };
-    let spec = ShardSpec { clips, frames, height: size, width: size, clips_per_shard };
-    let source = serde_json::json!({
-        "generator": "bouncing", "seed": seed, "balls": [min_balls, max_balls], "frame_dt": cfg.frame_dt,
-    });
+    let clip = BouncingConfig { frames, size, min_balls, max_balls, ..Default::default() };
+    let clips_per_shard = clips_per_shard.unwrap_or_else(|| default_clips_per_shard(&clip));
     let bar = ProgressBar::new(clips as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} clips  {per_sec}  eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let start = Instant::now();
-    let manifest = write_dataset(
-        &out,
-        spec,
-        source,
-        |_, range| {
-            let clips: Vec<(Vec<u8>, serde_json::Value)> = range
-                .into_par_iter()
-                .map(|i| {
-                    let (bytes, labels) = generate_clip(seed, i, &cfg);
-                    (bytes, serde_json::to_value(labels).unwrap_or_default())
-                })
-                .collect();
-            let mut content = ShardContent { bytes: Vec::new(), labels: Vec::new() };
-            for (b, l) in clips {
-                content.bytes.extend_from_slice(&b);
-                content.labels.push(l);
-            }
-            Ok(content)
-        },
-        |done| bar.set_position(done as u64),
-    )?;
+    let dataset = BouncingDataset { clips, seed, clips_per_shard, clip };
+    let manifest = write_bouncing(&out, &dataset, |n| bar.inc(n as u64));
     bar.finish_and_clear();
+    let manifest = manifest?;
     println!(
         "wrote {} clips ({} shards, {:.1} MB) to {} in {:.1} s",
         manifest.clips,

@@ -5,12 +5,16 @@
 //! per view and the same transform is applied to every frame, so motion stays
 //! physically consistent inside a view while the two views differ.
 //!
+//! The crop is resized with an antialiased bilinear filter (`resize.rs`), as
+//! torchvision's `RandomResizedCrop(antialias=True)` and PIL do.
+//!
 //! Colour operations follow torchvision's definitions on [0, 1] RGB:
 //! brightness scales, contrast blends with the mean grey level (here the mean
 //! over the whole clip, so every frame gets the same affine map), saturation
 //! blends with the pixel's grey, hue rotates H in HSV; the four are applied in
 //! a random order. Grey = 0.299 R + 0.587 G + 0.114 B.
 
+use super::resize::{resample_frame, Taps};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -50,6 +54,45 @@ impl Default for AugmentConfig {
             mean: [0.485, 0.456, 0.406],
             std: [0.229, 0.224, 0.225],
         }
+    }
+}
+
+impl AugmentConfig {
+    /// Checks every parameter's range (the ranges torchvision accepts).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::invalid("augment", msg));
+        let (s0, s1) = self.crop_scale;
+        let (r0, r1) = self.crop_ratio;
+        if self.out_size == 0 {
+            return bad("out_size must be at least 1".into());
+        }
+        if !(s0 > 0.0 && s0 <= s1 && s1 <= 1.0) {
+            return bad(format!("crop scale must satisfy 0 < min <= max <= 1, got ({s0}, {s1})"));
+        }
+        if !(r0 > 0.0 && r0 <= r1 && r1.is_finite()) {
+            return bad(format!("crop ratio must satisfy 0 < min <= max, got ({r0}, {r1})"));
+        }
+        for (name, p) in [("flip_p", self.flip_p), ("jitter_p", self.jitter_p), ("grayscale_p", self.grayscale_p)] {
+            if !(0.0..=1.0).contains(&p) {
+                return bad(format!("{name} is a probability, got {p}"));
+            }
+        }
+        for (name, v) in [("brightness", self.brightness), ("contrast", self.contrast), ("saturation", self.saturation)]
+        {
+            if !(v >= 0.0 && v.is_finite()) {
+                return bad(format!("{name} must be a non-negative strength, got {v}"));
+            }
+        }
+        if !(0.0..=0.5).contains(&self.hue) {
+            return bad(format!("hue must be in [0, 0.5], got {}", self.hue));
+        }
+        if !self.std.iter().all(|s| *s > 0.0 && s.is_finite()) || !self.mean.iter().all(|m| m.is_finite()) {
+            return bad(format!(
+                "normalisation needs finite means and positive stds, got {:?} / {:?}",
+                self.mean, self.std
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -191,6 +234,7 @@ pub fn augment_clip(
     cfg: &AugmentConfig,
     out: &mut [f32],
 ) -> Result<()> {
+    cfg.validate()?;
     let s = cfg.out_size;
     if height < s || width < s {
         return Err(Error::invalid(
@@ -205,30 +249,19 @@ pub fn augment_clip(
         ));
     }
     let (top, left, ch, cw) = params.crop;
-    // 1. Crop + bilinear resize (+ flip) of every frame into [T][S·S] RGB pixels.
+    if ch == 0 || cw == 0 || top + ch > height || left + cw > width {
+        return Err(Error::invalid(
+            "augment",
+            format!("crop (top {top}, left {left}, {ch}x{cw}) does not fit in a {height}x{width} frame"),
+        ));
+    }
+    // 1. Crop + antialiased bilinear resize (+ flip) of every frame into [T][S·S] RGB pixels.
     let mut pixels = vec![[0f32; 3]; frames * s * s];
-    let (sy, sx) = (ch as f32 / s as f32, cw as f32 / s as f32);
-    for f in 0..frames {
-        let frame = &clip[f * height * width * 3..(f + 1) * height * width * 3];
-        let at = |y: usize, x: usize, c: usize| frame[(y * width + x) * 3 + c] as f32 / 255.0;
-        for oy in 0..s {
-            // Pixel centres map to pixel centres (align_corners = false).
-            let fy = (top as f32 + (oy as f32 + 0.5) * sy - 0.5).clamp(0.0, (height - 1) as f32);
-            let (y0, wy) = (fy.floor() as usize, fy.fract());
-            let y1 = (y0 + 1).min(height - 1);
-            for ox in 0..s {
-                let fx = (left as f32 + (ox as f32 + 0.5) * sx - 0.5).clamp(0.0, (width - 1) as f32);
-                let (x0, wx) = (fx.floor() as usize, fx.fract());
-                let x1 = (x0 + 1).min(width - 1);
-                let dst = if params.flip { s - 1 - ox } else { ox };
-                let p = &mut pixels[(f * s + oy) * s + dst];
-                for (c, v) in p.iter_mut().enumerate() {
-                    let top_row = at(y0, x0, c) * (1.0 - wx) + at(y0, x1, c) * wx;
-                    let bottom_row = at(y1, x0, c) * (1.0 - wx) + at(y1, x1, c) * wx;
-                    *v = top_row * (1.0 - wy) + bottom_row * wy;
-                }
-            }
-        }
+    let (rows, cols) = (Taps::new(top, ch, s), Taps::new(left, cw, s));
+    let mut scratch = Vec::new();
+    let frame_bytes = height * width * 3;
+    for (frame, out) in clip.chunks_exact(frame_bytes).zip(pixels.chunks_exact_mut(s * s)) {
+        resample_frame(frame, width, &rows, &cols, params.flip, &mut scratch, out);
     }
     // 2. Colour jitter and grayscale, each one map over the whole clip.
     for &op in &params.colour {

@@ -180,7 +180,7 @@ impl World {
                     Wall::Bottom => (1, 1.0 - b.radius),
                 };
                 b.pos[axis] = limit; // remove round-off penetration
-                b.vel[axis] = -e * b.vel[axis];
+                b.vel[axis] *= -e;
             }
             Contact::Ball { a, b } => {
                 let (pa, pb) = (self.balls[a].clone(), self.balls[b].clone());
@@ -192,9 +192,9 @@ impl World {
                     return;
                 }
                 let j = -(1.0 + e) * vn / (1.0 / pa.mass + 1.0 / pb.mass);
-                for k in 0..2 {
-                    self.balls[a].vel[k] -= j * n[k] / pa.mass;
-                    self.balls[b].vel[k] += j * n[k] / pb.mass;
+                for (k, nk) in n.into_iter().enumerate() {
+                    self.balls[a].vel[k] -= j * nk / pa.mass;
+                    self.balls[b].vel[k] += j * nk / pb.mass;
                 }
             }
         }
@@ -247,7 +247,13 @@ pub fn random_world(rng: &mut Rng, count: usize) -> World {
         _ => ClipPhysics { gravity: rng.uniform_range(0.5, 1.5), restitution: 1.0 },
     };
     let mut balls: Vec<Ball> = Vec::with_capacity(count);
+    let mut attempts = 0;
     while balls.len() < count {
+        // Early balls can leave no room for later ones (6 large balls): start the layout over.
+        attempts += 1;
+        if attempts % 1000 == 0 {
+            balls.clear();
+        }
         let radius = rng.uniform_range(0.06, 0.12);
         let pos = [rng.uniform_range(radius, 1.0 - radius), rng.uniform_range(radius, 1.0 - radius)];
         let clear = balls.iter().all(|b| {
@@ -255,7 +261,7 @@ pub fn random_world(rng: &mut Rng, count: usize) -> World {
             d > b.radius + radius + 0.01
         });
         if !clear {
-            continue; // at most 3 balls of radius ≤ 0.12: rejection sampling ends quickly
+            continue; // a few balls of radius ≤ 0.12: rejection sampling ends quickly
         }
         let speed = rng.uniform_range(0.3, 0.9);
         let angle = rng.uniform_range(0.0, 2.0 * std::f64::consts::PI);

@@ -43,6 +43,13 @@ pub struct Batch {
     pub view2: Tensor,
 }
 
+impl Batch {
+    /// `(view1, view2, clip_indices)`.
+    pub fn into_parts(self) -> (Tensor, Tensor, Vec<usize>) {
+        (self.view1, self.view2, self.clips)
+    }
+}
+
 /// Which clips each rank gets at each step.
 #[derive(Clone, Debug)]
 pub struct DistributedSampler {
@@ -77,18 +84,23 @@ impl DistributedSampler {
         self.clips / self.batch_size
     }
 
-    /// The epoch's shuffled clip order (the same on every rank).
+    /// The epoch's shuffled clip order (the same on every rank): `Rng::fork(seed, epoch)`.
     pub fn permutation(&self, epoch: usize) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.clips).collect();
-        Rng::fork(self.seed, 0x5A3D_0000 + epoch as u64).shuffle(&mut order);
+        Rng::fork(self.seed, epoch as u64).shuffle(&mut order);
         order
     }
 
     /// This rank's clips at `step` of `epoch`.
     pub fn batch(&self, epoch: usize, step: usize) -> Vec<usize> {
+        self.batch_from(&self.permutation(epoch), step)
+    }
+
+    /// This rank's clips at `step`, given the epoch's permutation (saves reshuffling every step).
+    pub fn batch_from(&self, permutation: &[usize], step: usize) -> Vec<usize> {
         let local = self.batch_size / self.world;
         let start = step * self.batch_size + self.rank * local;
-        self.permutation(epoch)[start..start + local].to_vec()
+        permutation.get(start..start + local).map(<[usize]>::to_vec).unwrap_or_default()
     }
 }
 
@@ -105,15 +117,29 @@ pub fn make_batch(
     epoch: usize,
     step: usize,
 ) -> Result<Batch> {
+    build_batch(ds, sampler.seed, cfg, epoch, step, sampler.batch(epoch, step))
+}
+
+/// Augments `clips` into two views; each clip's transforms depend only on (seed, epoch, clip).
+fn build_batch(
+    ds: &ShardDataset,
+    seed: u64,
+    cfg: &AugmentConfig,
+    epoch: usize,
+    step: usize,
+    clips: Vec<usize>,
+) -> Result<Batch> {
+    if clips.is_empty() {
+        return Err(Error::index("batch", format!("step {step} is past the end of epoch {epoch}")));
+    }
     let m = ds.manifest();
     let (t, s) = (m.frames, cfg.out_size);
-    let clips = sampler.batch(epoch, step);
     let per_clip = t * 3 * s * s;
     let mut views = [vec![0f32; clips.len() * per_clip], vec![0f32; clips.len() * per_clip]];
     for (b, &clip) in clips.iter().enumerate() {
         let bytes = ds.clip(clip)?;
         for (v, out) in views.iter_mut().enumerate() {
-            let params = ViewParams::sample(cfg, m.height, m.width, &mut view_rng(sampler.seed, epoch, clip, v));
+            let params = ViewParams::sample(cfg, m.height, m.width, &mut view_rng(seed, epoch, clip, v));
             augment_clip(bytes, t, m.height, m.width, &params, cfg, &mut out[b * per_clip..(b + 1) * per_clip])?;
         }
     }
@@ -143,6 +169,7 @@ impl Loader {
                 ),
             ));
         }
+        cfg.augment.validate()?;
         if cfg.workers == 0 || cfg.prefetch == 0 {
             return Err(Error::invalid("loader", "workers and prefetch must be at least 1"));
         }
@@ -160,16 +187,18 @@ impl Loader {
         let next = Arc::new(AtomicUsize::new(start_step));
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = sync_channel(self.cfg.prefetch);
+        let permutation = Arc::new(self.sampler.permutation(epoch));
         let workers = (0..self.cfg.workers)
             .map(|_| {
                 let (ds, sampler, aug) = (self.ds.clone(), self.sampler.clone(), self.cfg.augment.clone());
-                let (next, stop, tx) = (next.clone(), stop.clone(), tx.clone());
+                let (next, stop, tx, permutation) = (next.clone(), stop.clone(), tx.clone(), permutation.clone());
                 std::thread::spawn(move || loop {
                     let step = next.fetch_add(1, Ordering::SeqCst);
                     if step >= steps || stop.load(Ordering::SeqCst) {
                         break;
                     }
-                    let batch = make_batch(&ds, &sampler, &aug, epoch, step);
+                    let clips = sampler.batch_from(&permutation, step);
+                    let batch = build_batch(&ds, sampler.seed, &aug, epoch, step, clips);
                     if tx.send((step, batch)).is_err() {
                         break; // the consumer went away
                     }

@@ -1,10 +1,13 @@
-//! Data: the synthetic physics dataset, the on-disk shard format, and (to come)
-//! clip-consistent augmentation and the loader.
+//! Data: the synthetic physics dataset (`bouncing`, `render`, `synthetic`),
+//! the on-disk shard format (`shards`), clip-consistent augmentation
+//! (`augment`, `resize`), the prefetching loader (`loader`) and the PNG
+//! contact sheet (`contact_sheet`).
 
 pub mod augment;
 pub mod bouncing;
 pub mod contact_sheet;
 pub mod loader;
 pub mod render;
+pub mod resize;
 pub mod shards;
 pub mod synthetic;

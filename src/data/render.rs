@@ -7,6 +7,7 @@
 //! are not binary masks — the encoder must learn shapes, not thresholds.
 
 use crate::rng::Rng;
+use std::f32::consts::TAU;
 
 /// Distinct, saturated ball colours (RGB); a clip draws without replacement.
 pub const PALETTE: [[f32; 3]; 6] = [
@@ -47,7 +48,7 @@ impl Background {
 
     fn at(&self, u: f32, v: f32) -> [f32; 3] {
         let t = self.amplitude
-            * ((self.freq[0] * u * 6.283 + self.phase[0]).sin() * (self.freq[1] * v * 6.283 + self.phase[1]).sin());
+            * ((self.freq[0] * u * TAU + self.phase[0]).sin() * (self.freq[1] * v * TAU + self.phase[1]).sin());
         [self.base[0] + t, self.base[1] + t, self.base[2] + t]
     }
 }
@@ -92,9 +93,9 @@ pub fn render_frame(discs: &[Disc], background: &Background, size: usize, out: &
                 let specular = diffuse.powi(24) * 0.35;
                 let shade = 0.3 + 0.7 * diffuse;
                 let p = &mut img[y * size + x];
-                for c in 0..3 {
-                    let lit = (d.colour[c] * shade + specular).min(1.0);
-                    p[c] = p[c] * (1.0 - cover) + lit * cover;
+                for (v, colour) in p.iter_mut().zip(d.colour) {
+                    let lit = (colour * shade + specular).min(1.0);
+                    *v = *v * (1.0 - cover) + lit * cover;
                 }
             }
         }

@@ -5,9 +5,10 @@
 //! DIR/shard-00000.bin  `clips` clips of T×H×W×3 u8, back to back, no header
 //! DIR/labels.jsonl     one JSON object per clip, in clip order
 //! ```
-//! Writing is resumable and atomic: each shard (and its labels, kept beside it
-//! until the end) is written to a temporary name and renamed, so a killed
-//! writer leaves only complete shards; a rerun skips them. The manifest is
+//! Writing is resumable and atomic: each shard, with its labels and checksum
+//! kept beside it until the end, is written to a temporary name, fsync'd and
+//! renamed, so a killed writer leaves only complete shards; a rerun verifies
+//! them against their recorded checksum and skips them. The manifest is
 //! written last, so a reader never accepts a half-written dataset.
 
 use crate::atomic_file::write_atomic;
@@ -67,6 +68,10 @@ impl ShardSpec {
     pub fn clip_bytes(&self) -> usize {
         self.frames * self.height * self.width * 3
     }
+    /// `clip_bytes`, or None where it overflows.
+    pub fn clip_bytes_checked(&self) -> Option<usize> {
+        [self.frames, self.height, self.width, 3].iter().try_fold(1usize, |a, &d| a.checked_mul(d))
+    }
     pub fn shard_count(&self) -> usize {
         self.clips.div_ceil(self.clips_per_shard.max(1))
     }
@@ -81,8 +86,41 @@ pub fn shard_file_name(s: usize) -> String {
     format!("shard-{s:05}.bin")
 }
 
+/// Per-shard side files of an unfinished dataset: the shard's labels and its
+/// checksum, written before the shard itself and merged into the manifest and
+/// labels.jsonl at the end.
 fn shard_labels_name(s: usize) -> String {
     format!("shard-{s:05}.labels.jsonl")
+}
+
+fn shard_checksum_name(s: usize) -> String {
+    format!("shard-{s:05}.xxh3")
+}
+
+/// Removes temporaries a killed writer left behind (`<name>.<pid>.tmp`).
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = name.starts_with("shard-") || name.starts_with(MANIFEST) || name.starts_with(LABELS);
+        if ours && name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// A shard left by an unfinished run, if it is complete and its bytes match
+/// the checksum recorded before it was written: (checksum, label lines).
+fn finished_shard(dir: &Path, s: usize, clips: usize, expected_bytes: u64) -> Option<(String, Vec<String>)> {
+    let bin = dir.join(shard_file_name(s));
+    if std::fs::metadata(&bin).ok()?.len() != expected_bytes {
+        return None;
+    }
+    let recorded = std::fs::read_to_string(dir.join(shard_checksum_name(s))).ok()?;
+    let text = std::fs::read_to_string(dir.join(shard_labels_name(s))).ok()?;
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let sum = checksum(&std::fs::read(&bin).ok()?);
+    (lines.len() == clips && sum == recorded.trim()).then_some((sum, lines))
 }
 
 pub fn checksum(bytes: &[u8]) -> String {
@@ -107,6 +145,10 @@ pub fn write_dataset(
 ) -> Result<Manifest> {
     if spec.clips == 0 || spec.frames == 0 || spec.height == 0 || spec.width == 0 || spec.clips_per_shard == 0 {
         return Err(Error::invalid("write_dataset", format!("every size must be at least 1, got {spec:?}")));
+    }
+    let shard_bytes = spec.clip_bytes_checked().and_then(|c| c.checked_mul(spec.clips_per_shard.min(spec.clips)));
+    if shard_bytes.is_none() {
+        return Err(Error::invalid("write_dataset", format!("a shard of {spec:?} would not fit in memory")));
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
     // A finished dataset made with other settings must not be mixed with new shards;
@@ -139,27 +181,23 @@ pub fn write_dataset(
     } else {
         None
     };
+    remove_stale_temporaries(dir);
     let mut shards = Vec::with_capacity(spec.shard_count());
     let mut all_labels: Vec<String> = Vec::with_capacity(spec.clips);
     let mut done = 0;
     for s in 0..spec.shard_count() {
         let range = spec.shard_range(s);
         let expected = (range.len() * spec.clip_bytes()) as u64;
-        let (bin, lab) = (dir.join(shard_file_name(s)), dir.join(shard_labels_name(s)));
-        let complete = std::fs::metadata(&bin).map(|m| m.len() == expected).unwrap_or(false)
-            && std::fs::read_to_string(&lab).map(|t| t.lines().count() == range.len()).unwrap_or(false);
+        let bin = dir.join(shard_file_name(s));
         // A shard of the finished dataset is kept if its bytes still match the manifest.
         let from_previous = previous.as_ref().and_then(|(old, lines)| {
             let info = old.shards.get(s).filter(|i| i.clips == range.len() && i.bytes == expected)?;
             let bytes = std::fs::read(&bin).ok()?;
             (checksum(&bytes) == info.xxh3).then(|| (info.xxh3.clone(), lines[range.clone()].to_vec()))
         });
-        let (sum, labels) = if let Some(kept) = from_previous {
+        let (sum, labels) = if let Some(kept) = from_previous.or_else(|| finished_shard(dir, s, range.len(), expected))
+        {
             kept
-        } else if complete {
-            let bytes = std::fs::read(&bin).map_err(|e| Error::io("read", &bin, e))?;
-            let text = std::fs::read_to_string(&lab).map_err(|e| Error::io("read", &lab, e))?;
-            (checksum(&bytes), text.lines().map(str::to_string).collect::<Vec<_>>())
         } else {
             let content = make_shard(s, range.clone())?;
             if content.bytes.len() as u64 != expected || content.labels.len() != range.len() {
@@ -174,10 +212,12 @@ pub fn write_dataset(
                 ));
             }
             let lines: Vec<String> = content.labels.iter().map(|l| l.to_string()).collect();
-            // Labels first: a shard counts as complete only once its .bin exists too.
-            write_atomic(&lab, (lines.join("\n") + "\n").as_bytes())?;
+            let sum = checksum(&content.bytes);
+            // Side files first: a shard counts as finished only once its .bin exists too.
+            write_atomic(&dir.join(shard_labels_name(s)), (lines.join("\n") + "\n").as_bytes())?;
+            write_atomic(&dir.join(shard_checksum_name(s)), sum.as_bytes())?;
             write_atomic(&bin, &content.bytes)?;
-            (checksum(&content.bytes), lines)
+            (sum, lines)
         };
         shards.push(ShardInfo { file: shard_file_name(s), clips: range.len(), bytes: expected, xxh3: sum });
         all_labels.extend(labels);
@@ -201,7 +241,9 @@ pub fn write_dataset(
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::invalid("write_dataset", e.to_string()))?;
     write_atomic(&manifest_path, text.as_bytes())?;
     for s in 0..spec.shard_count() {
-        let _ = std::fs::remove_file(dir.join(shard_labels_name(s))); // merged into labels.jsonl
+        // Merged into labels.jsonl and the manifest.
+        let _ = std::fs::remove_file(dir.join(shard_labels_name(s)));
+        let _ = std::fs::remove_file(dir.join(shard_checksum_name(s)));
     }
     Ok(manifest)
 }
@@ -212,6 +254,15 @@ fn missing_dataset(dir: &Path) -> Error {
         "no processed dataset here (manifest.json missing). Generate one with \
          `simclr-data bouncing --out DIR`, or preprocess CLEVRER videos into DIR",
     )
+}
+
+/// A file the manifest names but the directory lacks is damage, not an I/O hiccup.
+fn missing_or_io(path: &Path, action: &'static str, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Error::format(path, "missing, but listed in manifest.json; the dataset is incomplete — regenerate it")
+    } else {
+        Error::io(action, path, e)
+    }
 }
 
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
@@ -245,8 +296,28 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
             format!("expected 3-channel u8 clips, got {} channels of {}", m.channels, m.dtype),
         ));
     }
-    if m.shards.iter().map(|s| s.clips).sum::<usize>() != m.clips {
+    if m.shards.iter().try_fold(0usize, |a, s| a.checked_add(s.clips)) != Some(m.clips) {
         return Err(Error::format(&path, "shard clip counts do not add up to `clips`"));
+    }
+    // Sizes come from a file: check them rather than let arithmetic overflow.
+    let too_big = || Error::format(&path, "clip or shard sizes overflow; the manifest is corrupt — regenerate it");
+    let clip_bytes = [m.frames, m.height, m.width, m.channels].iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let clip_bytes = clip_bytes.ok_or_else(too_big)?;
+    if clip_bytes == 0 {
+        return Err(Error::format(&path, "frames, height and width must be at least 1"));
+    }
+    for s in &m.shards {
+        s.clips.checked_mul(clip_bytes).ok_or_else(too_big)?;
+    }
+    // Files named by the manifest must sit in the dataset directory itself.
+    for name in m.shards.iter().map(|s| &s.file).chain([&m.labels]) {
+        let plain = Path::new(name).file_name().is_some_and(|f| f == name.as_str());
+        if !plain {
+            return Err(Error::format(
+                &path,
+                format!("file name `{name}` is not a plain file name in the dataset directory"),
+            ));
+        }
     }
     Ok(m)
 }
@@ -270,7 +341,7 @@ impl ShardDataset {
         let mut locations = Vec::with_capacity(manifest.clips);
         for (s, info) in manifest.shards.iter().enumerate() {
             let path = dir.join(&info.file);
-            let file = File::open(&path).map_err(|e| Error::io("open shard", &path, e))?;
+            let file = File::open(&path).map_err(|e| missing_or_io(&path, "open shard", e))?;
             let len = file.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
             let expected = (info.clips * clip_bytes) as u64;
             if len != expected || info.bytes != expected {
@@ -286,11 +357,11 @@ impl ShardDataset {
             maps.push(map);
         }
         let labels_path = dir.join(&manifest.labels);
-        let text = std::fs::read_to_string(&labels_path).map_err(|e| Error::io("read labels", &labels_path, e))?;
+        let text = std::fs::read_to_string(&labels_path).map_err(|e| missing_or_io(&labels_path, "read labels", e))?;
         let labels: Vec<serde_json::Value> = text
             .lines()
-            .filter(|l| !l.trim().is_empty())
             .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
             .map(|(i, l)| {
                 serde_json::from_str(l).map_err(|e| Error::format(&labels_path, format!("line {}: {e}", i + 1)))
             })

@@ -201,23 +201,23 @@ fn backward_weight_per_image<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry) -> V
     };
     let (parallel, gemm_threads) = image_threads(g.n);
     if parallel {
-        // One accumulator per rayon work item, summed at the end.
-        (0..g.n)
+        // A fixed split of the images into one contiguous chunk per thread, each
+        // summed in order, then the chunks added in order: the floating-point
+        // sum is the same on every run (work stealing must not change results).
+        let chunk = g.n.div_ceil(threads());
+        let partial: Vec<Vec<T>> = (0..g.n.div_ceil(chunk))
             .into_par_iter()
-            .fold(
-                || vec![T::zero(); o * k],
-                |mut acc, n| {
-                    accumulate(&mut acc, n, 1);
-                    acc
-                },
-            )
-            .reduce(
-                || vec![T::zero(); o * k],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += *y);
-                    a
-                },
-            )
+            .map(|c| {
+                let mut acc = vec![T::zero(); o * k];
+                (c * chunk..((c + 1) * chunk).min(g.n)).for_each(|n| accumulate(&mut acc, n, 1));
+                acc
+            })
+            .collect();
+        let mut total = vec![T::zero(); o * k];
+        for part in &partial {
+            total.iter_mut().zip(part).for_each(|(t, v)| *t += *v);
+        }
+        total
     } else {
         let mut acc = vec![T::zero(); o * k];
         (0..g.n).for_each(|n| accumulate(&mut acc, n, gemm_threads));
