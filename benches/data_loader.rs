@@ -91,6 +91,7 @@ fn main() {
                     workers,
                     prefetch: 4,
                     augment: AugmentConfig { out_size, ..Default::default() },
+                    frames: None,
                 },
             )
             .expect("loader");

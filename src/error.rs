@@ -54,6 +54,11 @@ pub enum Error {
     /// The loss became NaN or infinite.
     #[error("non-finite value: {0}")]
     NonFinite(String),
+
+    /// A distributed collective or rendezvous failed: a rank left, timed out,
+    /// or called a different collective (see `dist`).
+    #[error("distributed {op}: {msg}")]
+    Dist { op: &'static str, msg: String },
 }
 
 impl Error {
@@ -74,5 +79,8 @@ impl Error {
     }
     pub fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::Format { path: path.into(), msg: msg.into() }
+    }
+    pub fn dist(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::Dist { op, msg: msg.into() }
     }
 }

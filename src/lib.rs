@@ -10,13 +10,20 @@
 pub mod atomic_file;
 pub mod autograd;
 pub mod backend;
+pub mod checkpoint;
+pub mod config;
 pub mod data;
+pub mod dist;
 pub mod error;
+pub mod eval;
+pub mod metrics;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod plot;
 pub mod rng;
 pub mod tensor;
+pub mod train;
 
 pub use backend::Device;
 pub use error::{Error, Result};

@@ -26,6 +26,7 @@ fn loader_config(batch: usize, rank: usize, world: usize, out: usize) -> LoaderC
         workers: 2,
         prefetch: 2,
         augment: AugmentConfig { out_size: out, ..Default::default() },
+        frames: None,
     }
 }
 

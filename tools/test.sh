@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the build needs,
-# then runs `cargo test --release`.
+# then runs `cargo test --release --features video`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,5 +18,23 @@ if ! command -v cc >/dev/null 2>&1; then
         exit 1
     fi
 fi
+# The `video` feature (CLEVRER preprocessing, tests/clevrer.rs) links the system
+# FFmpeg through ffmpeg-next, whose build needs FFmpeg's headers, pkg-config and
+# libclang (bindgen).
+video_packages="libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev libswresample-dev clang libclang-dev pkg-config"
+have_video_deps() {
+    command -v pkg-config >/dev/null 2>&1 &&
+        pkg-config --exists libavcodec libavformat libavutil libswscale libavfilter libavdevice libswresample &&
+        { ldconfig -p 2>/dev/null | grep 'libclang[-.0-9]*\.so' >/dev/null; }
+}
+if ! have_video_deps; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $video_packages
+    else
+        echo "error: the video feature needs FFmpeg's development files; install: $video_packages" >&2
+        echo "       (or run \`cargo test --release\` to test without CLEVRER preprocessing)" >&2
+        exit 1
+    fi
+fi
 
-cargo test --release "$@"
+cargo test --release --features video "$@"

@@ -2,6 +2,8 @@
 //!
 //!   simclr-data bouncing --out DIR [--clips N --frames T --size S --balls 1-3 --seed S]
 //!   simclr-data inspect DIR [--png PATH] [--no-verify]
+//!   simclr-data clevrer --clevrer_root DIR --output_dir DIR [--max_videos N --frames 20 --size 128
+//!                       --split train|validation|test --fit pad|crop]   (built with --features video)
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -46,6 +48,8 @@ enum Command {
         #[arg(long)]
         clips_per_shard: Option<usize>,
     },
+    /// Preprocess CLEVRER mp4 videos and annotations into shards (needs a build with --features video).
+    Clevrer(ClevrerArgs),
     /// Summarise a dataset, verify its checksums and write a PNG contact sheet.
     Inspect {
         dir: PathBuf,
@@ -59,6 +63,112 @@ enum Command {
         #[arg(long)]
         no_verify: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct ClevrerArgs {
+    /// CLEVRER root: ROOT/video_train/video_00000-01000/video_00000.mp4 (+ ROOT/annotation_train/...), or ROOT/*.mp4.
+    #[arg(long = "clevrer_root", alias = "clevrer-root")]
+    clevrer_root: PathBuf,
+    /// Output directory (created; an interrupted run resumes where it stopped).
+    #[arg(long = "output_dir", alias = "output-dir")]
+    output_dir: PathBuf,
+    /// Only the first N videos (in file name order).
+    #[arg(long = "max_videos", alias = "max-videos")]
+    max_videos: Option<usize>,
+    /// Frames per clip, sampled uniformly over each video.
+    #[arg(long, default_value_t = 20)]
+    frames: usize,
+    /// Frame width and height in pixels.
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    /// Which official split folder to read (video_<split>); ignored for a flat folder of mp4s.
+    #[arg(long, default_value = "train", value_parser = ["train", "validation", "test"])]
+    split: String,
+    /// Keep the aspect ratio by padding the whole frame with black bands (pad) or by cutting a centre square (crop).
+    #[arg(long, default_value = "pad", value_parser = ["pad", "crop"])]
+    fit: String,
+    /// Clips per shard file [default: 64, fewer where 64 clips exceed 256 MiB].
+    #[arg(long = "clips_per_shard", alias = "clips-per-shard")]
+    clips_per_shard: Option<usize>,
+}
+
+#[cfg(not(feature = "video"))]
+fn clevrer(_: ClevrerArgs) -> Result<()> {
+    Err(Error::invalid(
+        "simclr-data clevrer",
+        "this binary was built without video support; rebuild with `cargo build --release --features video` \
+         (needs FFmpeg's development files: apt-get install libavcodec-dev libavformat-dev libavutil-dev \
+         libswscale-dev libavfilter-dev libavdevice-dev libswresample-dev clang libclang-dev pkg-config)",
+    ))
+}
+
+#[cfg(feature = "video")]
+fn clevrer(args: ClevrerArgs) -> Result<()> {
+    use simclr::data::clevrer::{preprocess, ClevrerOptions, Fit, Split, VideoEvent};
+    let opts = ClevrerOptions {
+        root: args.clevrer_root,
+        output_dir: args.output_dir,
+        split: Split::parse(&args.split)?,
+        frames: args.frames,
+        size: args.size,
+        fit: if args.fit == "crop" { Fit::Crop } else { Fit::Pad },
+        max_videos: args.max_videos,
+        clips_per_shard: args.clips_per_shard,
+    };
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} videos  {per_sec}  eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let start = Instant::now();
+    let summary = preprocess(&opts, |event| match event {
+        VideoEvent::Found { videos } => bar.set_length(videos as u64),
+        VideoEvent::Decoded { .. } | VideoEvent::Reused { .. } => bar.inc(1),
+        VideoEvent::Skipped { video, reason } => {
+            bar.suspend(|| eprintln!("warning: skipping {video}: {reason}"));
+            bar.inc(1);
+        }
+    });
+    bar.finish_and_clear();
+    let s = summary?;
+    let m = &s.manifest;
+    let split = m.source.get("split").and_then(|v| v.as_str()).unwrap_or("none");
+    println!(
+        "found    {} videos ({} layout, split {split}); {} clips have annotation labels",
+        s.videos,
+        s.layout.name(),
+        s.annotated
+    );
+    let rate = |n: usize| n as f64 / s.decode_seconds.max(1e-9);
+    println!(
+        "decoded  {} videos ({} frames) in {:.1} s: {:.1} videos/s, {:.0} frames/s on {} threads; {} reused from an earlier run",
+        s.decoded,
+        s.frames_decoded,
+        s.decode_seconds,
+        rate(s.decoded),
+        rate(s.frames_decoded),
+        rayon::current_num_threads(),
+        s.reused
+    );
+    if !s.skipped.is_empty() {
+        println!("skipped  {} videos (all listed in manifest.json, source.skipped):", s.skipped.len());
+        for v in s.skipped.iter().take(20) {
+            println!("  {}: {}", v.video, v.reason);
+        }
+        if s.skipped.len() > 20 {
+            println!("  ... and {} more", s.skipped.len() - 20);
+        }
+    }
+    println!(
+        "wrote {} clips ({} shards, {:.1} MB) to {} in {:.1} s",
+        m.clips,
+        m.shards.len(),
+        (m.clips * m.clip_bytes()) as f64 / 1e6,
+        opts.output_dir.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn parse_balls(s: &str) -> Result<(usize, usize)> {
@@ -195,6 +305,7 @@ fn main() {
             bouncing(out, clips, frames, size, &balls, seed, clips_per_shard)
         }
         Command::Inspect { dir, png, sheet_clips, no_verify } => inspect(dir, png, sheet_clips, no_verify),
+        Command::Clevrer(args) => clevrer(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -32,6 +32,9 @@ pub struct LoaderConfig {
     pub workers: usize,
     pub prefetch: usize,
     pub augment: AugmentConfig,
+    /// Frames per clip given to the model, spread evenly over the stored clip
+    /// (`None`: all of them).
+    pub frames: Option<usize>,
 }
 
 /// This rank's share of one step: clip indices and their two views, [B, T, 3, S, S] each.
@@ -117,7 +120,13 @@ pub fn make_batch(
     epoch: usize,
     step: usize,
 ) -> Result<Batch> {
-    build_batch(ds, sampler.seed, cfg, epoch, step, sampler.batch(epoch, step))
+    build_batch(ds, sampler.seed, cfg, None, epoch, step, sampler.batch(epoch, step))
+}
+
+/// `n` frame indices spread evenly over `total` (the first always included):
+/// frame k is ⌊k·total/n⌋.
+pub fn evenly_spaced_frames(total: usize, n: usize) -> Vec<usize> {
+    (0..n).map(|k| k * total / n).collect()
 }
 
 /// Augments `clips` into two views; each clip's transforms depend only on (seed, epoch, clip).
@@ -125,6 +134,7 @@ fn build_batch(
     ds: &ShardDataset,
     seed: u64,
     cfg: &AugmentConfig,
+    frames: Option<usize>,
     epoch: usize,
     step: usize,
     clips: Vec<usize>,
@@ -133,11 +143,19 @@ fn build_batch(
         return Err(Error::index("batch", format!("step {step} is past the end of epoch {epoch}")));
     }
     let m = ds.manifest();
-    let (t, s) = (m.frames, cfg.out_size);
+    let selected = frames.filter(|&n| n != m.frames).map(|n| evenly_spaced_frames(m.frames, n));
+    let (t, s) = (selected.as_ref().map_or(m.frames, Vec::len), cfg.out_size);
     let per_clip = t * 3 * s * s;
+    let frame_bytes = m.height * m.width * 3;
+    let mut subset = Vec::new();
     let mut views = [vec![0f32; clips.len() * per_clip], vec![0f32; clips.len() * per_clip]];
     for (b, &clip) in clips.iter().enumerate() {
-        let bytes = ds.clip(clip)?;
+        let mut bytes = ds.clip(clip)?;
+        if let Some(indices) = &selected {
+            subset.clear();
+            indices.iter().for_each(|&f| subset.extend_from_slice(&bytes[f * frame_bytes..(f + 1) * frame_bytes]));
+            bytes = &subset;
+        }
         for (v, out) in views.iter_mut().enumerate() {
             let params = ViewParams::sample(cfg, m.height, m.width, &mut view_rng(seed, epoch, clip, v));
             augment_clip(bytes, t, m.height, m.width, &params, cfg, &mut out[b * per_clip..(b + 1) * per_clip])?;
@@ -170,6 +188,14 @@ impl Loader {
             ));
         }
         cfg.augment.validate()?;
+        if let Some(n) = cfg.frames {
+            if n == 0 || n > m.frames {
+                return Err(Error::invalid(
+                    "--num_frames",
+                    format!("{}: clips have {} frames, cannot take {n}", ds.dir().display(), m.frames),
+                ));
+            }
+        }
         if cfg.workers == 0 || cfg.prefetch == 0 {
             return Err(Error::invalid("loader", "workers and prefetch must be at least 1"));
         }
@@ -190,7 +216,8 @@ impl Loader {
         let permutation = Arc::new(self.sampler.permutation(epoch));
         let workers = (0..self.cfg.workers)
             .map(|_| {
-                let (ds, sampler, aug) = (self.ds.clone(), self.sampler.clone(), self.cfg.augment.clone());
+                let (ds, sampler, aug, frames) =
+                    (self.ds.clone(), self.sampler.clone(), self.cfg.augment.clone(), self.cfg.frames);
                 let (next, stop, tx, permutation) = (next.clone(), stop.clone(), tx.clone(), permutation.clone());
                 std::thread::spawn(move || loop {
                     let step = next.fetch_add(1, Ordering::SeqCst);
@@ -198,7 +225,7 @@ impl Loader {
                         break;
                     }
                     let clips = sampler.batch_from(&permutation, step);
-                    let batch = build_batch(&ds, sampler.seed, &aug, epoch, step, clips);
+                    let batch = build_batch(&ds, sampler.seed, &aug, frames, epoch, step, clips);
                     if tx.send((step, batch)).is_err() {
                         break; // the consumer went away
                     }

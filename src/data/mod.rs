@@ -5,6 +5,8 @@
 
 pub mod augment;
 pub mod bouncing;
+#[cfg(feature = "video")]
+pub mod clevrer;
 pub mod contact_sheet;
 pub mod loader;
 pub mod render;

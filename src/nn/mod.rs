@@ -45,6 +45,9 @@ pub trait Module {
 
     /// Switches between training (batch statistics, dropout on) and evaluation.
     fn set_training(&mut self, _training: bool) {}
+
+    /// Calls `f` on every `BatchNorm2d` inside (e.g. to synchronise them over ranks).
+    fn for_each_batch_norm(&mut self, _f: &mut dyn FnMut(&mut BatchNorm2d)) {}
 }
 
 /// `prefix` + `name`, with the dot PyTorch puts between them.

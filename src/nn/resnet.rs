@@ -127,6 +127,13 @@ impl Block {
             bn.set_training(training);
         }
     }
+
+    fn for_each_batch_norm(&mut self, f: &mut dyn FnMut(&mut BatchNorm2d)) {
+        self.bns.iter_mut().for_each(&mut *f);
+        if let Some((_, bn)) = &mut self.downsample {
+            f(bn);
+        }
+    }
 }
 
 pub struct ResNet {
@@ -205,5 +212,10 @@ impl Module for ResNet {
     fn set_training(&mut self, training: bool) {
         self.bn1.set_training(training);
         self.stages.iter_mut().flatten().for_each(|b| b.set_training(training));
+    }
+
+    fn for_each_batch_norm(&mut self, f: &mut dyn FnMut(&mut BatchNorm2d)) {
+        f(&mut self.bn1);
+        self.stages.iter_mut().flatten().for_each(|b| b.for_each_batch_norm(f));
     }
 }

@@ -84,6 +84,13 @@ impl Module for Encoder {
             Encoder::Vivit(v) => v.set_training(training),
         }
     }
+
+    fn for_each_batch_norm(&mut self, f: &mut dyn FnMut(&mut super::BatchNorm2d)) {
+        match self {
+            Encoder::ResNet(r) => r.for_each_batch_norm(f),
+            Encoder::Vivit(v) => v.for_each_batch_norm(f),
+        }
+    }
 }
 
 pub struct SimClr {
@@ -136,5 +143,11 @@ impl Module for SimClr {
 
     fn set_training(&mut self, training: bool) {
         self.encoder.set_training(training);
+        self.projector.set_training(training);
+    }
+
+    fn for_each_batch_norm(&mut self, f: &mut dyn FnMut(&mut super::BatchNorm2d)) {
+        self.encoder.for_each_batch_norm(f);
+        self.projector.for_each_batch_norm(f);
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! `RECORDED` ops push a node of that name on the autograd tape; `COMPOSITE`
 //! ops are public functions built from recorded ones. The gradcheck suite
-//! (`tests/gradcheck.rs`) fails unless every name here has a case, and unless
+//! (`tests/gradcheck/`) fails unless every name here has a case, and unless
 //! the cases together put every recorded op on a tape.
 
 pub const RECORDED: &[&str] = &[
@@ -61,6 +61,9 @@ pub const RECORDED: &[&str] = &[
     // losses (ops/loss/)
     "cross_entropy",
     "nt_xent",
+    // data parallelism (dist/gather.rs, dist/sync_batchnorm.rs)
+    "all_gather",
+    "sync_batch_norm_2d",
 ];
 
 pub const COMPOSITE: &[&str] = &[
@@ -69,6 +72,7 @@ pub const COMPOSITE: &[&str] = &[
     "global_avg_pool2d", // adaptive_avg_pool2d to 1×1, flattened
     "temporal_mean",     // mean over the frame axis of [B, T, ...]
     "cosine_similarity", // l2_normalize rows, then matmul
+    "global_nt_xent",    // all_gather + index_select + nt_xent (dist/gather.rs)
 ];
 
 pub fn is_recorded_op(name: &str) -> bool {

@@ -87,3 +87,27 @@ impl AdamW {
         self.params.iter().for_each(Tensor::zero_grad);
     }
 }
+
+impl super::Optimizer for AdamW {
+    fn step(&mut self) -> Result<()> {
+        AdamW::step(self)
+    }
+    fn zero_grad(&self) {
+        AdamW::zero_grad(self)
+    }
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+    fn state(&self) -> super::OptimizerState {
+        let mut buffers = Vec::new();
+        super::export_buffers("m", &self.m, &mut buffers);
+        super::export_buffers("v", &self.v, &mut buffers);
+        super::OptimizerState { steps: self.steps, buffers }
+    }
+    fn load_state(&mut self, state: &super::OptimizerState) -> Result<()> {
+        super::import_buffers("m", &self.params, &mut self.m, state)?;
+        super::import_buffers("v", &self.params, &mut self.v, state)?;
+        self.steps = state.steps;
+        Ok(())
+    }
+}

@@ -29,6 +29,12 @@ impl Lars {
         if !(lr > 0.0) || !(0.0..1.0).contains(&momentum) || weight_decay < 0.0 || !(eta > 0.0) {
             return Err(Error::invalid("Lars::new", format!("need lr > 0, 0 <= momentum < 1, weight_decay >= 0, eta > 0; got {lr}, {momentum}, {weight_decay}, {eta}")));
         }
+        if let Some(p) = params.iter().find(|p| !p.is_tracked()) {
+            return Err(Error::invalid(
+                "Lars::new",
+                format!("parameter of shape {:?} does not require grad", p.shape()),
+            ));
+        }
         let n = params.len();
         Ok(Lars { params, momentum_buf: vec![None; n], lr, momentum, weight_decay, eta })
     }
@@ -60,5 +66,25 @@ impl Lars {
 
     pub fn zero_grad(&self) {
         self.params.iter().for_each(Tensor::zero_grad);
+    }
+}
+
+impl super::Optimizer for Lars {
+    fn step(&mut self) -> Result<()> {
+        Lars::step(self)
+    }
+    fn zero_grad(&self) {
+        Lars::zero_grad(self)
+    }
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+    fn state(&self) -> super::OptimizerState {
+        let mut buffers = Vec::new();
+        super::export_buffers("momentum", &self.momentum_buf, &mut buffers);
+        super::OptimizerState { steps: 0, buffers }
+    }
+    fn load_state(&mut self, state: &super::OptimizerState) -> Result<()> {
+        super::import_buffers("momentum", &self.params, &mut self.momentum_buf, state)
     }
 }

@@ -53,6 +53,26 @@ impl Sgd {
     }
 }
 
+impl super::Optimizer for Sgd {
+    fn step(&mut self) -> Result<()> {
+        Sgd::step(self)
+    }
+    fn zero_grad(&self) {
+        Sgd::zero_grad(self)
+    }
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+    fn state(&self) -> super::OptimizerState {
+        let mut buffers = Vec::new();
+        super::export_buffers("velocity", &self.velocity, &mut buffers);
+        super::OptimizerState { steps: 0, buffers }
+    }
+    fn load_state(&mut self, state: &super::OptimizerState) -> Result<()> {
+        super::import_buffers("velocity", &self.params, &mut self.velocity, state)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

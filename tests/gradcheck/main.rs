@@ -7,6 +7,7 @@
 
 mod cases_attention_losses;
 mod cases_conv_pool_bn;
+mod cases_dist;
 mod cases_elementwise;
 mod cases_shape;
 mod common;
@@ -21,6 +22,7 @@ fn all_cases() -> Vec<Case> {
     v.extend(cases_elementwise::cases());
     v.extend(cases_conv_pool_bn::cases());
     v.extend(cases_attention_losses::cases());
+    v.extend(cases_dist::cases());
     v
 }
 

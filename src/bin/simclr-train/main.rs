@@ -1,0 +1,179 @@
+//! `simclr-train`: SimCLR training on preprocessed video shards.
+//!
+//! ```text
+//! simclr-train                                   # the quick CPU demo (see demo.rs)
+//! simclr-train --processed_dir data/bouncing --epochs 100 --batch_size 256 --lr 3e-4 --base_model resnet18
+//! simclr-train --config run.toml --seed 3        # a TOML file of the same keys; flags win
+//! simclr-train --resume runs/checkpoint_epoch_50.safetensors   # continues exactly where it stopped
+//! ```
+//!
+//! Settings are resolved as: defaults (the PyTorch baseline's) → the resumed
+//! checkpoint's saved config → `--config` file → flags.
+
+mod demo;
+
+use clap::Parser;
+use simclr::config::{resolve, TrainConfig};
+use simclr::train::{train, TrainOptions};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "simclr-train",
+    about = "SimCLR training (no arguments: a quick CPU demo)",
+    args_override_self = true,
+    allow_negative_numbers = true
+)]
+struct Cli {
+    /// Preprocessed shards (made by `simclr-data bouncing` or `simclr-data clevrer`).
+    #[arg(long = "processed_dir")]
+    processed_dir: Option<PathBuf>,
+    /// Number of epochs [default: 100].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Clips per step, global across GPUs [default: 256].
+    #[arg(long = "batch_size")]
+    batch_size: Option<usize>,
+    /// Peak learning rate [default: 3e-4].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// resnet18 | resnet34 | resnet50 | vivit_tiny | vivit_small | vivit_base [default: resnet18].
+    #[arg(long = "base_model")]
+    base_model: Option<String>,
+    /// Continue from OUT/checkpoint_epoch_N.safetensors (its saved settings are the base).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// TOML file with any of the settings (flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// NT-Xent temperature [default: 0.5].
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Frames per clip, evenly spaced over the stored clip [default: 20].
+    #[arg(long = "num_frames")]
+    num_frames: Option<usize>,
+    /// Side of the augmented views in pixels [default: 128].
+    #[arg(long = "image_size")]
+    image_size: Option<usize>,
+    /// Output dimension of the projection head [default: 128].
+    #[arg(long = "projection_dim")]
+    projection_dim: Option<usize>,
+    /// ResNet width multiplier (1.0 = torchvision) [default: 1.0].
+    #[arg(long)]
+    width: Option<f64>,
+    /// ResNet stem for small frames: 3×3 stride-1 conv, no max-pool (`--small_stem false` turns it off).
+    #[arg(long = "small_stem", num_args = 0..=1, default_missing_value = "true")]
+    small_stem: Option<bool>,
+    /// adam | adamw | sgd | lars [default: adam].
+    #[arg(long)]
+    optimizer: Option<String>,
+    #[arg(long = "weight_decay")]
+    weight_decay: Option<f64>,
+    #[arg(long)]
+    momentum: Option<f64>,
+    /// Fraction of training spent warming the learning rate up [default: 0.1].
+    #[arg(long = "warmup_fraction")]
+    warmup_fraction: Option<f64>,
+    /// Clip the global gradient norm to this value.
+    #[arg(long = "grad_clip")]
+    grad_clip: Option<f64>,
+    /// Checkpoint every N epochs (and at the end) [default: 10].
+    #[arg(long = "checkpoint_every")]
+    checkpoint_every: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Output directory [default: runs].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// cpu | cuda [default: cpu].
+    #[arg(long)]
+    device: Option<String>,
+    /// Data-loading threads [default: 2].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Data-parallel training over the local GPUs.
+    #[arg(long)]
+    ddp: bool,
+    /// Use at most N GPUs with --ddp.
+    #[arg(long = "num_gpus")]
+    num_gpus: Option<usize>,
+    /// Synchronise batch-norm statistics across GPUs.
+    #[arg(long = "sync_bn")]
+    sync_bn: bool,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Hide the progress bar and per-epoch lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl Cli {
+    /// The settings given on the command line, as a TOML table to merge.
+    fn flags(&self) -> toml::Table {
+        let mut t = toml::Table::new();
+        let mut set = |k: &str, v: Option<toml::Value>| {
+            if let Some(v) = v {
+                t.insert(k.to_string(), v);
+            }
+        };
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| toml::Value::String(p.display().to_string()));
+        let int = |v: Option<usize>| v.map(|v| toml::Value::Integer(v as i64));
+        set("processed_dir", path(&self.processed_dir));
+        set("epochs", int(self.epochs));
+        set("batch_size", int(self.batch_size));
+        set("lr", self.lr.map(toml::Value::Float));
+        set("base_model", self.base_model.clone().map(toml::Value::String));
+        set("temperature", self.temperature.map(toml::Value::Float));
+        set("num_frames", int(self.num_frames));
+        set("image_size", int(self.image_size));
+        set("projection_dim", int(self.projection_dim));
+        set("width", self.width.map(toml::Value::Float));
+        set("small_stem", self.small_stem.map(toml::Value::Boolean));
+        set("optimizer", self.optimizer.clone().map(toml::Value::String));
+        set("weight_decay", self.weight_decay.map(toml::Value::Float));
+        set("momentum", self.momentum.map(toml::Value::Float));
+        set("warmup_fraction", self.warmup_fraction.map(toml::Value::Float));
+        set("grad_clip", self.grad_clip.map(toml::Value::Float));
+        set("checkpoint_every", int(self.checkpoint_every));
+        set("seed", self.seed.map(|s| toml::Value::Integer(s as i64)));
+        set("out", path(&self.out));
+        set("device", self.device.clone().map(toml::Value::String));
+        set("workers", int(self.workers));
+        set("ddp", self.ddp.then_some(toml::Value::Boolean(true)));
+        set("num_gpus", int(self.num_gpus));
+        set("sync_bn", self.sync_bn.then_some(toml::Value::Boolean(true)));
+        t
+    }
+}
+
+fn run(cli: Cli) -> simclr::Result<()> {
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            return Err(simclr::Error::invalid("--threads", "must be at least 1"));
+        }
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
+    }
+    let base = match &cli.resume {
+        Some(path) => simclr::checkpoint::load_train_state(path)?.0.config,
+        None => TrainConfig::default(),
+    };
+    let cfg = resolve(&base, cli.config.as_deref(), cli.flags())?;
+    let outcome = train(&cfg, &TrainOptions { resume: cli.resume.clone(), verbose: !cli.quiet })?;
+    println!(
+        "trained {} epochs ({} steps, {:.1} clips/s); final model: {}",
+        outcome.epochs_done,
+        outcome.global_step,
+        outcome.clips_per_s,
+        outcome.final_model.display()
+    );
+    Ok(())
+}
+
+fn main() {
+    let result = if std::env::args().len() <= 1 { demo::run() } else { run(Cli::parse()) };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+}

@@ -1,0 +1,218 @@
+//! Checkpoints: model weights in safetensors (torchvision names, so a ResNet
+//! encoder loads into `torchvision.models.resnetNN`), and beside them the
+//! training state needed to continue exactly.
+//!
+//! ```text
+//! checkpoint_epoch_N.safetensors        model: encoder.* + projector.*, metadata
+//!                                       {"format": "simclr-model", "model": ModelSpec, "epoch": N}
+//! checkpoint_epoch_N.state.safetensors  optimiser buffers + metadata {"state": TrainState}
+//! final_model.safetensors               model at the end of training
+//! ```
+//!
+//! The state file is written first and the model file last (each atomically),
+//! so a model file whose state file exists is a complete checkpoint; a run
+//! killed in between leaves the previous checkpoint untouched.
+//!
+//! Data position: checkpoints are taken at epoch boundaries, and batch
+//! (epoch, step) is a pure function of the seed (`data::loader`), so "epochs
+//! done" is the whole data state. The seed is in the saved config.
+
+use crate::config::TrainConfig;
+use crate::error::{Error, Result};
+use crate::nn::simclr::{Encoder, SimClr};
+use crate::nn::{load_state_dict, state_dict};
+use crate::optim::OptimizerState;
+use crate::rng::Rng;
+use crate::tensor::safetensors_io::{load_safetensors, save_safetensors};
+use crate::tensor::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+const MODEL_FORMAT: &str = "simclr-model";
+const STATE_FORMAT: &str = "simclr-train-state";
+
+/// Everything needed to rebuild the model from its weights file alone.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ModelSpec {
+    pub base_model: String,
+    pub num_frames: usize,
+    pub image_size: usize,
+    pub width: f64,
+    pub small_stem: bool,
+    pub projection_dim: usize,
+    pub temperature: f64,
+}
+
+impl ModelSpec {
+    pub fn from_config(c: &TrainConfig) -> ModelSpec {
+        ModelSpec {
+            base_model: c.base_model.clone(),
+            num_frames: c.num_frames,
+            image_size: c.image_size,
+            width: c.width,
+            small_stem: c.small_stem,
+            projection_dim: c.projection_dim,
+            temperature: c.temperature,
+        }
+    }
+
+    /// A freshly initialised model (f32) drawn from `rng`.
+    pub fn build(&self, rng: &mut Rng) -> Result<SimClr> {
+        let encoder = Encoder::named(
+            &self.base_model,
+            self.num_frames,
+            self.image_size,
+            self.width,
+            self.small_stem,
+            DType::F32,
+            rng,
+        )?;
+        SimClr::new(encoder, self.projection_dim, self.temperature, DType::F32, rng)
+    }
+}
+
+/// Where training stands after `epochs_done` epochs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainState {
+    pub epochs_done: usize,
+    pub global_step: u64,
+    pub config: TrainConfig,
+    /// The dataset trained on (clip count and geometry), to refuse resuming on another.
+    pub dataset: DatasetIdentity,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DatasetIdentity {
+    pub clips: usize,
+    pub frames: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+pub fn checkpoint_path(out: &Path, epoch: usize) -> PathBuf {
+    out.join(format!("checkpoint_epoch_{epoch}.safetensors"))
+}
+
+pub fn final_model_path(out: &Path) -> PathBuf {
+    out.join("final_model.safetensors")
+}
+
+/// `x.safetensors` → `x.state.safetensors`.
+pub fn state_path(model_path: &Path) -> PathBuf {
+    let name = model_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = name.strip_suffix(".safetensors").unwrap_or(&name);
+    model_path.with_file_name(format!("{stem}.state.safetensors"))
+}
+
+/// Writes the model's parameters and buffers with its spec (atomically).
+pub fn save_model(path: &Path, model: &SimClr, spec: &ModelSpec, epoch: usize) -> Result<()> {
+    let tensors = state_dict(model);
+    let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let meta = HashMap::from([
+        ("format".to_string(), MODEL_FORMAT.to_string()),
+        ("model".to_string(), serde_json::to_string(spec).expect("ModelSpec serialises")),
+        ("epoch".to_string(), epoch.to_string()),
+    ]);
+    save_safetensors(path, &named, Some(meta))
+}
+
+/// A model file's tensors and spec, with errors that say what the file is.
+fn read_model_file(path: &Path) -> Result<(Vec<(String, Tensor)>, ModelSpec, usize)> {
+    if path.extension().is_some_and(|e| e == "pth" || e == "pt") {
+        return Err(Error::invalid(
+            "--checkpoint",
+            format!(
+                "{}: PyTorch pickles cannot be read; point at a simclr checkpoint such as runs/checkpoint_epoch_50.safetensors",
+                path.display()
+            ),
+        ));
+    }
+    if !path.exists() {
+        return Err(Error::invalid(
+            "--checkpoint",
+            format!("{}: no such file (simclr-train writes OUT/checkpoint_epoch_N.safetensors and OUT/final_model.safetensors)", path.display()),
+        ));
+    }
+    let (tensors, meta) = load_safetensors(path)?;
+    if meta.get("format").map(String::as_str) != Some(MODEL_FORMAT) {
+        return Err(Error::format(path, "a safetensors file, but not a simclr-train model (no simclr-model metadata)"));
+    }
+    let spec: ModelSpec = meta
+        .get("model")
+        .and_then(|m| serde_json::from_str(m).ok())
+        .ok_or_else(|| Error::format(path, "the model description in the metadata is missing or unreadable"))?;
+    let epoch = meta.get("epoch").and_then(|e| e.parse().ok()).unwrap_or(0);
+    Ok((tensors, spec, epoch))
+}
+
+/// Rebuilds a saved model: (model, spec, epochs it was trained).
+pub fn load_model(path: &Path) -> Result<(SimClr, ModelSpec, usize)> {
+    let (tensors, spec, epoch) = read_model_file(path)?;
+    let model = spec.build(&mut Rng::new(0))?;
+    load_state_dict(&model, &tensors, true)
+        .map_err(|e| Error::format(path, format!("weights do not fit the model: {e}")))?;
+    Ok((model, spec, epoch))
+}
+
+/// Loads saved weights into an existing model of the same spec.
+pub fn load_weights_into(path: &Path, model: &SimClr, expected: &ModelSpec) -> Result<usize> {
+    let (tensors, spec, epoch) = read_model_file(path)?;
+    if &spec != expected {
+        return Err(Error::invalid(
+            "--resume",
+            format!(
+                "{} holds a different model ({spec:?}) than this run asks for ({expected:?}); drop the conflicting flags",
+                path.display()
+            ),
+        ));
+    }
+    load_state_dict(model, &tensors, true)
+        .map_err(|e| Error::format(path, format!("weights do not fit the model: {e}")))?;
+    Ok(epoch)
+}
+
+/// Writes `checkpoint_epoch_N` (state first, then model; each atomic).
+pub fn save_checkpoint(
+    out: &Path,
+    model: &SimClr,
+    spec: &ModelSpec,
+    optimizer: &OptimizerState,
+    state: &TrainState,
+) -> Result<PathBuf> {
+    let path = checkpoint_path(out, state.epochs_done);
+    let named: Vec<(&str, &Tensor)> = optimizer.buffers.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let meta = HashMap::from([
+        ("format".to_string(), STATE_FORMAT.to_string()),
+        ("state".to_string(), serde_json::to_string(state).expect("TrainState serialises")),
+        ("optimizer_steps".to_string(), optimizer.steps.to_string()),
+    ]);
+    save_safetensors(&state_path(&path), &named, Some(meta))?;
+    save_model(&path, model, spec, state.epochs_done)?;
+    Ok(path)
+}
+
+/// The training state saved beside a checkpoint's model file.
+pub fn load_train_state(model_path: &Path) -> Result<(TrainState, OptimizerState)> {
+    let path = state_path(model_path);
+    if !path.exists() {
+        return Err(Error::invalid(
+            "--resume",
+            format!(
+                "{} has no training state beside it ({} is missing); resume from a checkpoint_epoch_N.safetensors, not final_model",
+                model_path.display(),
+                path.display()
+            ),
+        ));
+    }
+    let (buffers, meta) = load_safetensors(&path)?;
+    if meta.get("format").map(String::as_str) != Some(STATE_FORMAT) {
+        return Err(Error::format(&path, "not a simclr-train state file"));
+    }
+    let state: TrainState =
+        meta.get("state").ok_or_else(|| Error::format(&path, "no training state in the metadata")).and_then(|s| {
+            serde_json::from_str(s).map_err(|e| Error::format(&path, format!("unreadable training state: {e}")))
+        })?;
+    let steps = meta.get("optimizer_steps").and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((state, OptimizerState { steps, buffers }))
+}

@@ -1,0 +1,275 @@
+//! The training loop behind `simclr-train`.
+//!
+//! One step, following a batch from shard to update:
+//! 1. `data::loader` picks this step's clips (a seeded permutation per epoch),
+//!    reads them from the memory-mapped shards and augments each clip twice
+//!    (one random crop/flip/colour draw per view, applied to every frame):
+//!    two tensors `[B, T, 3, S, S]`;
+//! 2. `SimClr::loss` runs both views through the encoder as one batch of 2B
+//!    clips (ResNet per frame + mean over time, or ViViT), the projection head,
+//!    and NT-Xent, which asks each clip's view to find its partner among 2B − 1;
+//! 3. `backward` walks the tape; the gradient norm is checked (and clipped on
+//!    request); the optimiser steps with the learning rate of the warm-up +
+//!    cosine schedule at this step.
+//!
+//! Around it: metrics per step in `OUT/metrics.jsonl`, plots per epoch,
+//! checkpoints every `checkpoint_every` epochs, and an exact resume.
+
+use crate::checkpoint::{
+    final_model_path, load_train_state, load_weights_into, save_checkpoint, save_model, DatasetIdentity, ModelSpec,
+    TrainState,
+};
+use crate::config::TrainConfig;
+use crate::data::loader::{Loader, LoaderConfig};
+use crate::data::shards::ShardDataset;
+use crate::error::{Error, Result};
+use crate::metrics::MetricsLog;
+use crate::nn::{parameter_count, parameters, Module};
+use crate::optim::{clip_grad_norm, warmup_cosine, AdamW, Lars, Optimizer, Sgd};
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// RNG stream of the model's initial weights (the loader uses its own
+/// streams); `eval` rebuilds the same initial model as its random-init baseline.
+pub const MODEL_INIT_STREAM: u64 = 0x1417;
+/// LARS trust coefficient (SimCLR's value).
+const LARS_ETA: f64 = 1e-3;
+
+pub struct TrainOptions {
+    /// A `checkpoint_epoch_N.safetensors` to continue from.
+    pub resume: Option<PathBuf>,
+    /// Draw a progress bar (on a terminal) and print one line per epoch.
+    pub verbose: bool,
+}
+
+#[derive(Debug)]
+pub struct TrainOutcome {
+    pub final_model: PathBuf,
+    pub epochs_done: usize,
+    pub global_step: u64,
+    /// Mean loss of the last epoch trained in this run (NaN if none ran).
+    pub last_epoch_loss: f64,
+    /// Training throughput of this run (clips per second, data loading included).
+    pub clips_per_s: f64,
+}
+
+pub fn build_optimizer(cfg: &TrainConfig, params: Vec<Tensor>) -> Result<Box<dyn Optimizer>> {
+    let (lr, wd) = (cfg.lr, cfg.weight_decay);
+    Ok(match cfg.optimizer.as_str() {
+        "adam" => Box::new(AdamW::new(params, lr, wd, false)?),
+        "adamw" => Box::new(AdamW::new(params, lr, wd, true)?),
+        "sgd" => Box::new(Sgd::new(params, lr, cfg.momentum, wd)?),
+        "lars" => Box::new(Lars::new(params, lr, cfg.momentum, wd, LARS_ETA)?),
+        other => return Err(Error::invalid("--optimizer", format!("unknown optimizer `{other}`"))),
+    })
+}
+
+/// The global L2 norm of the parameters' gradients.
+fn grad_norm(params: &[Tensor]) -> Result<f64> {
+    let mut total = 0.0;
+    for g in params.iter().filter_map(Tensor::grad) {
+        total += g.host_data::<f32>()?.iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
+    }
+    Ok(total.sqrt())
+}
+
+/// Training stopped on a NaN/inf: say where, what was kept, and what to try.
+fn non_finite(what: &str, value: f64, epoch: usize, step: u64, last_checkpoint: &Option<PathBuf>) -> Error {
+    let kept = match last_checkpoint {
+        Some(p) => format!("the last good checkpoint is {}", p.display()),
+        None => "no checkpoint was written yet".to_string(),
+    };
+    Error::NonFinite(format!(
+        "{what} is {value} at epoch {} (global step {step}); training stopped before updating the weights, {kept}. \
+         Try a lower --lr, or --grad_clip 1.0",
+        epoch + 1
+    ))
+}
+
+fn progress_bar(total: u64, done: u64, verbose: bool) -> ProgressBar {
+    if !verbose {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total).with_position(done);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}").expect("valid template"),
+    );
+    bar
+}
+
+/// Trains as `cfg` says (optionally continuing a checkpoint) and writes
+/// checkpoints, the final model, metrics and plots under `cfg.out`.
+pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
+    cfg.validate()?;
+    let ds = Arc::new(ShardDataset::open(&cfg.processed_dir)?);
+    let m = ds.manifest().clone();
+    let dataset = DatasetIdentity { clips: m.clips, frames: m.frames, height: m.height, width: m.width };
+    let loader = Loader::new(
+        ds.clone(),
+        LoaderConfig {
+            batch_size: cfg.batch_size,
+            seed: cfg.seed,
+            rank: 0,
+            world: 1,
+            workers: cfg.workers,
+            prefetch: 2 * cfg.workers,
+            augment: cfg.augment_config(),
+            frames: Some(cfg.num_frames),
+        },
+    )?;
+    // Loader::new already refused a dataset smaller than one batch.
+    let steps_per_epoch = loader.sampler().steps_per_epoch();
+    let total_steps = (cfg.epochs * steps_per_epoch) as u64;
+    let warmup_steps = (total_steps as f64 * cfg.warmup_fraction).round() as usize;
+
+    let spec = ModelSpec::from_config(cfg);
+    let mut model = spec.build(&mut Rng::fork(cfg.seed, MODEL_INIT_STREAM))?;
+    let params: Vec<Tensor> = parameters(&model).into_iter().map(|(_, p)| p).collect();
+    let mut optimizer = build_optimizer(cfg, params.clone())?;
+
+    let (mut epochs_done, mut global_step, mut last_checkpoint) = (0usize, 0u64, None);
+    if let Some(path) = &opts.resume {
+        let (state, opt_state) = load_train_state(path)?;
+        if state.dataset != dataset {
+            return Err(Error::invalid(
+                "--resume",
+                format!(
+                    "{} was trained on a different dataset ({:?}) than {} ({:?})",
+                    path.display(),
+                    state.dataset,
+                    cfg.processed_dir.display(),
+                    dataset
+                ),
+            ));
+        }
+        let epoch = load_weights_into(path, &model, &spec)?;
+        if epoch != state.epochs_done {
+            return Err(Error::format(
+                path,
+                format!("model file says epoch {epoch} but its state file says {}", state.epochs_done),
+            ));
+        }
+        optimizer.load_state(&opt_state)?;
+        (epochs_done, global_step, last_checkpoint) = (state.epochs_done, state.global_step, Some(path.clone()));
+    }
+
+    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io("creating the output directory", &cfg.out, e))?;
+    crate::atomic_file::write_atomic(&cfg.out.join("config.toml"), cfg.to_toml().as_bytes())?;
+    let mut metrics = MetricsLog::open(&cfg.out, opts.resume.as_ref().map(|_| global_step))?;
+    if opts.verbose {
+        println!(
+            "{}: {} parameters, {} clips of {}×{}×{} from {}, {} steps/epoch, {} epochs{}",
+            cfg.base_model,
+            parameter_count(&model),
+            m.clips,
+            m.frames,
+            m.height,
+            m.width,
+            cfg.processed_dir.display(),
+            steps_per_epoch,
+            cfg.epochs,
+            if epochs_done > 0 { format!(" (resuming after epoch {epochs_done})") } else { String::new() }
+        );
+    }
+
+    let bar = progress_bar(total_steps, global_step, opts.verbose);
+    let run_start = Instant::now();
+    let (mut clips_seen, mut last_epoch_loss) = (0usize, f64::NAN);
+    model.set_training(true);
+    for epoch in epochs_done..cfg.epochs {
+        let epoch_start = Instant::now();
+        let mut loss_sum = 0.0;
+        let mut batches = loader.epoch(epoch, 0);
+        for step in 0..steps_per_epoch {
+            let wait = Instant::now();
+            let batch = batches.next().ok_or_else(|| Error::invalid("loader", "epoch ended early"))??;
+            let data_s = wait.elapsed().as_secs_f64();
+
+            let lr = warmup_cosine(global_step as usize, total_steps as usize, warmup_steps, cfg.lr, 0.0);
+            optimizer.set_lr(lr);
+            optimizer.zero_grad();
+            let t = Instant::now();
+            let loss = model.loss(&batch.view1, &batch.view2)?;
+            let loss_value = loss.item()?;
+            let forward_s = t.elapsed().as_secs_f64();
+            if !loss_value.is_finite() {
+                return Err(non_finite("the loss", loss_value, epoch, global_step, &last_checkpoint));
+            }
+            let t = Instant::now();
+            loss.backward()?;
+            drop(loss);
+            let norm = match cfg.grad_clip {
+                Some(max) => clip_grad_norm(&params, max)?,
+                None => grad_norm(&params)?,
+            };
+            if !norm.is_finite() {
+                return Err(non_finite("the gradient norm", norm, epoch, global_step, &last_checkpoint));
+            }
+            let backward_s = t.elapsed().as_secs_f64(); // includes the gradient-norm check
+            let t = Instant::now();
+            optimizer.step()?;
+            let optimizer_s = t.elapsed().as_secs_f64();
+
+            global_step += 1;
+            clips_seen += batch.clips.len();
+            loss_sum += loss_value;
+            let step_s = data_s + forward_s + backward_s + optimizer_s;
+            let clips_per_s = batch.clips.len() as f64 / step_s;
+            metrics.append(&json!({
+                "epoch": epoch, "step": global_step, "epoch_step": step, "loss": loss_value, "lr": lr,
+                "grad_norm": norm, "clips_per_s": clips_per_s, "time_s": run_start.elapsed().as_secs_f64(),
+                "data_s": data_s, "forward_s": forward_s, "backward_s": backward_s, "optimizer_s": optimizer_s,
+            }))?;
+            bar.set_message(format!(
+                "epoch {}/{}  loss {loss_value:.4}  lr {lr:.2e}  {clips_per_s:.1} clips/s",
+                epoch + 1,
+                cfg.epochs
+            ));
+            bar.inc(1);
+        }
+        drop(batches);
+        epochs_done = epoch + 1;
+        last_epoch_loss = loss_sum / steps_per_epoch as f64;
+        let epoch_s = epoch_start.elapsed().as_secs_f64();
+        metrics.append(&json!({
+            "epoch": epoch, "step": global_step, "epoch_loss": last_epoch_loss, "epoch_time_s": epoch_s,
+            "epoch_clips_per_s": (steps_per_epoch * cfg.batch_size) as f64 / epoch_s,
+        }))?;
+        metrics.write_plots()?;
+        let mut saved = String::new();
+        if epochs_done % cfg.checkpoint_every == 0 || epochs_done == cfg.epochs {
+            let state = TrainState { epochs_done, global_step, config: cfg.clone(), dataset: dataset.clone() };
+            let path = save_checkpoint(&cfg.out, &model, &spec, &optimizer.state(), &state)?;
+            saved = format!("  → {}", path.display());
+            last_checkpoint = Some(path);
+        }
+        if opts.verbose {
+            let line = format!(
+                "epoch {epochs_done}/{}  loss {last_epoch_loss:.4}  {:.1} clips/s  {epoch_s:.1} s{saved}",
+                cfg.epochs,
+                (steps_per_epoch * cfg.batch_size) as f64 / epoch_s
+            );
+            // On a terminal the line goes above the bar; in a log it is the only output.
+            if bar.is_hidden() {
+                println!("{line}");
+            } else {
+                bar.println(line);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let final_model = final_model_path(&cfg.out);
+    save_model(&final_model, &model, &spec, epochs_done)?;
+    Ok(TrainOutcome {
+        final_model,
+        epochs_done,
+        global_step,
+        last_epoch_loss,
+        clips_per_s: clips_seen as f64 / run_start.elapsed().as_secs_f64().max(1e-9),
+    })
+}
