@@ -1,7 +1,8 @@
 //! CPU benchmark of one SimCLR training step, as `src/train.rs` runs it
 //! (zero_grad → `model.loss(&v1, &v2)` → `loss.backward()` → `opt.step()`,
 //! Adam), for two models:
-//! 1. the quick demo's (resnet18 at width 0.25, 2 frames of 64×64, batch 64);
+//! 1. the quick demo's (resnet18 at width 0.25, 1 frame of 48×48, batch 128;
+//!    `src/bin/simclr-train/demo.rs`);
 //! 2. full-width resnet18 on 20 frames of 64×64 (the baseline's clip length), batch 8.
 //!
 //! The views are random `[B, T, 3, S, S]` tensors: data loading and
@@ -245,15 +246,15 @@ fn main() {
             name: "demo model (cargo run --release)",
             spec: ModelSpec {
                 base_model: "resnet18".into(),
-                num_frames: 2,
-                image_size: 64,
+                num_frames: 1,
+                image_size: 48,
                 width: 0.25,
                 small_stem: false,
                 projection_dim: 128,
-                temperature: 0.5,
+                temperature: 0.2,
             },
-            batch: 64,
-            lr: 2e-3,
+            batch: 128,
+            lr: 3e-3,
             steps: 5,
         },
         Case {
