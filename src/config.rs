@@ -56,8 +56,11 @@ pub struct TrainConfig {
     pub device: String,
     /// Data-loading worker threads.
     pub workers: usize,
+    /// Data-parallel training over the local GPUs (needs the CUDA backend; the
+    /// training loop itself takes any `dist::Communicator`).
     pub ddp: bool,
     pub num_gpus: Option<usize>,
+    /// Batch-norm statistics over every rank's batch instead of each rank's own.
     pub sync_bn: bool,
     pub augment: AugmentSettings,
 }
@@ -216,14 +219,6 @@ impl TrainConfig {
                 )
             }
             other => return bad("--device", format!("unknown device `{other}`; use cpu or cuda")),
-        }
-        if self.ddp || self.num_gpus.is_some() || self.sync_bn {
-            return bad(
-                "--ddp",
-                "multi-GPU data-parallel training needs the CUDA backend, which is not implemented yet; \
-                 train on one device without --ddp/--num_gpus/--sync_bn"
-                    .into(),
-            );
         }
         self.augment_config().validate()
     }

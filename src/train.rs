@@ -14,6 +14,13 @@
 //!
 //! Around it: metrics per step in `OUT/metrics.jsonl`, plots per epoch,
 //! checkpoints every `checkpoint_every` epochs, and an exact resume.
+//!
+//! Data parallel (a communicator of W ranks in `TrainOptions`): the global
+//! batch is split over ranks by the sampler, the loss is NT-Xent over the
+//! whole global batch (`dist::global_nt_xent`), gradients are averaged in
+//! buckets after backward, the learning rate is scaled by W (the baseline's
+//! linear rule), batch norm is per rank unless `sync_bn`, and only rank 0
+//! writes files. The CPU tests run this with in-process thread ranks.
 
 use crate::checkpoint::{
     final_model_path, load_train_state, load_weights_into, save_checkpoint, save_model, DatasetIdentity, ModelSpec,
@@ -22,6 +29,7 @@ use crate::checkpoint::{
 use crate::config::TrainConfig;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::shards::ShardDataset;
+use crate::dist::{convert_sync_batch_norm, global_nt_xent, Communicator, GradientBuckets, SingleProcess};
 use crate::error::{Error, Result};
 use crate::metrics::MetricsLog;
 use crate::nn::{parameter_count, parameters, Module};
@@ -45,7 +53,12 @@ pub struct TrainOptions {
     pub resume: Option<PathBuf>,
     /// Draw a progress bar (on a terminal) and print one line per epoch.
     pub verbose: bool,
+    /// This process's data-parallel group (`None`: one process).
+    pub comm: Option<Arc<dyn Communicator>>,
 }
+
+/// Gradient bucket size for the all-reduce (PyTorch DDP's default).
+const BUCKET_MB: f64 = 25.0;
 
 #[derive(Debug)]
 pub struct TrainOutcome {
@@ -106,6 +119,11 @@ fn progress_bar(total: u64, done: u64, verbose: bool) -> ProgressBar {
 /// checkpoints, the final model, metrics and plots under `cfg.out`.
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     cfg.validate()?;
+    let comm: Arc<dyn Communicator> = opts.comm.clone().unwrap_or_else(|| Arc::new(SingleProcess));
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let writer = rank == 0; // files and console output come from rank 0 only
+    let verbose = opts.verbose && writer;
+    let base_lr = cfg.lr * world as f64;
     let ds = Arc::new(ShardDataset::open(&cfg.processed_dir)?);
     let m = ds.manifest().clone();
     let dataset = DatasetIdentity { clips: m.clips, frames: m.frames, height: m.height, width: m.width };
@@ -114,8 +132,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         LoaderConfig {
             batch_size: cfg.batch_size,
             seed: cfg.seed,
-            rank: 0,
-            world: 1,
+            rank,
+            world,
             workers: cfg.workers,
             prefetch: 2 * cfg.workers,
             augment: cfg.augment_config(),
@@ -131,6 +149,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     let mut model = spec.build(&mut Rng::fork(cfg.seed, MODEL_INIT_STREAM))?;
     let params: Vec<Tensor> = parameters(&model).into_iter().map(|(_, p)| p).collect();
     let mut optimizer = build_optimizer(cfg, params.clone())?;
+    let buckets = GradientBuckets::new(&params, BUCKET_MB)?;
+    if world > 1 && cfg.sync_bn {
+        convert_sync_batch_norm(&mut model, Some(comm.clone()));
+    }
 
     let (mut epochs_done, mut global_step, mut last_checkpoint) = (0usize, 0u64, None);
     if let Some(path) = &opts.resume {
@@ -158,10 +180,13 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         (epochs_done, global_step, last_checkpoint) = (state.epochs_done, state.global_step, Some(path.clone()));
     }
 
-    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io("creating the output directory", &cfg.out, e))?;
-    crate::atomic_file::write_atomic(&cfg.out.join("config.toml"), cfg.to_toml().as_bytes())?;
-    let mut metrics = MetricsLog::open(&cfg.out, opts.resume.as_ref().map(|_| global_step))?;
-    if opts.verbose {
+    let mut metrics = None;
+    if writer {
+        std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io("creating the output directory", &cfg.out, e))?;
+        crate::atomic_file::write_atomic(&cfg.out.join("config.toml"), cfg.to_toml().as_bytes())?;
+        metrics = Some(MetricsLog::open(&cfg.out, opts.resume.as_ref().map(|_| global_step))?);
+    }
+    if verbose {
         println!(
             "{}: {} parameters, {} clips of {}×{}×{} from {}, {} steps/epoch, {} epochs{}",
             cfg.base_model,
@@ -175,9 +200,12 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
             cfg.epochs,
             if epochs_done > 0 { format!(" (resuming after epoch {epochs_done})") } else { String::new() }
         );
+        if world > 1 {
+            println!("{world} ranks, {} clips each per step, lr {} × {world}", cfg.batch_size / world, cfg.lr);
+        }
     }
 
-    let bar = progress_bar(total_steps, global_step, opts.verbose);
+    let bar = progress_bar(total_steps, global_step, verbose);
     let run_start = Instant::now();
     let (mut clips_seen, mut last_epoch_loss) = (0usize, f64::NAN);
     model.set_training(true);
@@ -190,11 +218,17 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
             let batch = batches.next().ok_or_else(|| Error::invalid("loader", "epoch ended early"))??;
             let data_s = wait.elapsed().as_secs_f64();
 
-            let lr = warmup_cosine(global_step as usize, total_steps as usize, warmup_steps, cfg.lr, 0.0);
+            let lr = warmup_cosine(global_step as usize, total_steps as usize, warmup_steps, base_lr, 0.0);
             optimizer.set_lr(lr);
             optimizer.zero_grad();
             let t = Instant::now();
-            let loss = model.loss(&batch.view1, &batch.view2)?;
+            let loss = if world == 1 {
+                model.loss(&batch.view1, &batch.view2)?
+            } else {
+                // This rank's projections; the loss sees every rank's as negatives.
+                let z = model.forward(&Tensor::cat(&[&batch.view1, &batch.view2], 0)?)?;
+                global_nt_xent(&z, cfg.temperature, &comm)?
+            };
             let loss_value = loss.item()?;
             let forward_s = t.elapsed().as_secs_f64();
             if !loss_value.is_finite() {
@@ -203,6 +237,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
             let t = Instant::now();
             loss.backward()?;
             drop(loss);
+            if world > 1 {
+                buckets.all_reduce_mean(&*comm)?;
+            }
             let norm = match cfg.grad_clip {
                 Some(max) => clip_grad_norm(&params, max)?,
                 None => grad_norm(&params)?,
@@ -216,15 +253,17 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
             let optimizer_s = t.elapsed().as_secs_f64();
 
             global_step += 1;
-            clips_seen += batch.clips.len();
+            clips_seen += batch.clips.len() * world;
             loss_sum += loss_value;
             let step_s = data_s + forward_s + backward_s + optimizer_s;
-            let clips_per_s = batch.clips.len() as f64 / step_s;
-            metrics.append(&json!({
-                "epoch": epoch, "step": global_step, "epoch_step": step, "loss": loss_value, "lr": lr,
-                "grad_norm": norm, "clips_per_s": clips_per_s, "time_s": run_start.elapsed().as_secs_f64(),
-                "data_s": data_s, "forward_s": forward_s, "backward_s": backward_s, "optimizer_s": optimizer_s,
-            }))?;
+            let clips_per_s = (batch.clips.len() * world) as f64 / step_s;
+            if let Some(metrics) = metrics.as_mut() {
+                metrics.append(&json!({
+                    "epoch": epoch, "step": global_step, "epoch_step": step, "loss": loss_value, "lr": lr,
+                    "grad_norm": norm, "clips_per_s": clips_per_s, "time_s": run_start.elapsed().as_secs_f64(),
+                    "data_s": data_s, "forward_s": forward_s, "backward_s": backward_s, "optimizer_s": optimizer_s,
+                }))?;
+            }
             bar.set_message(format!(
                 "epoch {}/{}  loss {loss_value:.4}  lr {lr:.2e}  {clips_per_s:.1} clips/s",
                 epoch + 1,
@@ -236,19 +275,21 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         epochs_done = epoch + 1;
         last_epoch_loss = loss_sum / steps_per_epoch as f64;
         let epoch_s = epoch_start.elapsed().as_secs_f64();
-        metrics.append(&json!({
-            "epoch": epoch, "step": global_step, "epoch_loss": last_epoch_loss, "epoch_time_s": epoch_s,
-            "epoch_clips_per_s": (steps_per_epoch * cfg.batch_size) as f64 / epoch_s,
-        }))?;
-        metrics.write_plots()?;
+        if let Some(metrics) = metrics.as_mut() {
+            metrics.append(&json!({
+                "epoch": epoch, "step": global_step, "epoch_loss": last_epoch_loss, "epoch_time_s": epoch_s,
+                "epoch_clips_per_s": (steps_per_epoch * cfg.batch_size) as f64 / epoch_s,
+            }))?;
+            metrics.write_plots()?;
+        }
         let mut saved = String::new();
-        if epochs_done % cfg.checkpoint_every == 0 || epochs_done == cfg.epochs {
+        if writer && (epochs_done % cfg.checkpoint_every == 0 || epochs_done == cfg.epochs) {
             let state = TrainState { epochs_done, global_step, config: cfg.clone(), dataset: dataset.clone() };
             let path = save_checkpoint(&cfg.out, &model, &spec, &optimizer.state(), &state)?;
             saved = format!("  → {}", path.display());
             last_checkpoint = Some(path);
         }
-        if opts.verbose {
+        if verbose {
             let line = format!(
                 "epoch {epochs_done}/{}  loss {last_epoch_loss:.4}  {:.1} clips/s  {epoch_s:.1} s{saved}",
                 cfg.epochs,
@@ -264,7 +305,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     }
     bar.finish_and_clear();
     let final_model = final_model_path(&cfg.out);
-    save_model(&final_model, &model, &spec, epochs_done)?;
+    if writer {
+        save_model(&final_model, &model, &spec, epochs_done)?;
+    }
     Ok(TrainOutcome {
         final_model,
         epochs_done,

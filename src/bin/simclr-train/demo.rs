@@ -81,7 +81,7 @@ pub fn run() -> Result<()> {
         cfg.image_size,
         cfg.temperature
     );
-    let outcome = train(&cfg, &TrainOptions { resume: None, verbose: true })?;
+    let outcome = train(&cfg, &TrainOptions { resume: None, verbose: true, comm: None })?;
 
     println!("\nevaluating frozen features with linear probes (held-out 30 % of the clips)");
     let (mut model, spec, epoch) = load_model(&outcome.final_model)?;

@@ -159,7 +159,16 @@ fn run(cli: Cli) -> simclr::Result<()> {
         None => TrainConfig::default(),
     };
     let cfg = resolve(&base, cli.config.as_deref(), cli.flags())?;
-    let outcome = train(&cfg, &TrainOptions { resume: cli.resume.clone(), verbose: !cli.quiet })?;
+    if cfg.ddp || cfg.num_gpus.is_some() {
+        // The loop is data-parallel already (tested with thread ranks); what is
+        // missing is a GPU communicator and one process per GPU.
+        return Err(simclr::Error::invalid(
+            "--ddp",
+            "multi-GPU training needs the CUDA backend and NCCL, which are not implemented yet; \
+             train on one device without --ddp/--num_gpus",
+        ));
+    }
+    let outcome = train(&cfg, &TrainOptions { resume: cli.resume.clone(), verbose: !cli.quiet, comm: None })?;
     println!(
         "trained {} epochs ({} steps, {:.1} clips/s); final model: {}",
         outcome.epochs_done,
