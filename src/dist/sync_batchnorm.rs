@@ -24,7 +24,7 @@ use crate::autograd::{no_grad, record};
 use crate::error::{Error, Result};
 use crate::float_dispatch;
 use crate::nn::Module;
-use crate::ops::batchnorm::{batch_norm_2d, RunningStats};
+use crate::ops::batchnorm::{affine, batch_norm_2d, check_inputs, push_affine_grads, RunningStats};
 use crate::tensor::{Float, StorageElement, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -108,21 +108,7 @@ pub fn sync_batch_norm_2d(
     if !training {
         return batch_norm_2d(x, weight, bias, stats, false, eps);
     }
-    if x.rank() != 4 {
-        return Err(Error::shape(OP, format!("input must be [N, C, H, W], got {:?}", x.shape())));
-    }
-    let (n, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
-    for t in [weight, bias].into_iter().flatten().chain([&stats.mean, &stats.var]) {
-        if t.shape() != [c] {
-            return Err(Error::shape(OP, format!("weight, bias and running stats must be [{c}], got {:?}", t.shape())));
-        }
-        if t.dtype() != x.dtype() {
-            return Err(Error::dtype(OP, format!("input is {}, parameter is {}", x.dtype(), t.dtype())));
-        }
-    }
-    if eps.is_nan() || eps <= 0.0 {
-        return Err(Error::invalid(OP, format!("eps must be > 0, got {eps}")));
-    }
+    let (n, c, h, w) = check_inputs(OP, x, weight, bias, stats, eps)?;
     if n * h * w == 0 {
         return Err(Error::shape(OP, format!("every rank needs at least one value per channel, got {:?}", x.shape())));
     }
@@ -145,20 +131,11 @@ pub fn sync_batch_norm_2d(
     let unbiased: Vec<f64> = m2.iter().map(|s| s / (total - 1.0)).collect();
     let xd = x.detach();
     let (out, xhat, rstd) = no_grad(|| -> Result<(Tensor, Tensor, Tensor)> {
-        let mo = stats.momentum;
-        stats.mean = stats.mean.mul_scalar(1.0 - mo)?.add(&Tensor::from_f64s(&mean, &[c], dtype)?.mul_scalar(mo)?)?;
-        stats.var = stats.var.mul_scalar(1.0 - mo)?.add(&Tensor::from_f64s(&unbiased, &[c], dtype)?.mul_scalar(mo)?)?;
+        stats.update(&Tensor::from_f64s(&mean, &[c], dtype)?, &Tensor::from_f64s(&unbiased, &[c], dtype)?)?;
         let rstd_v: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
         let rstd = per_channel(&rstd_v)?;
         let xhat = xd.sub(&per_channel(&mean)?)?.mul(&rstd)?;
-        let mut y = xhat.clone();
-        if let Some(wt) = weight {
-            y = y.mul(&wt.detach().reshape(&[1, c, 1, 1])?)?;
-        }
-        if let Some(b) = bias {
-            y = y.add(&b.detach().reshape(&[1, c, 1, 1])?)?;
-        }
-        Ok((y, xhat, rstd))
+        Ok((affine(&xhat, weight, bias, c)?, xhat, rstd))
     })?;
     let gamma = weight.map(|t| t.detach());
     let has_weight = weight.is_some();
@@ -184,14 +161,7 @@ pub fn sync_batch_norm_2d(
         } else {
             None
         });
-        let mut next = 1;
-        if has_weight {
-            grads.push(if needs[next] { Some(g.mul(&xhat)?.sum(&[0, 2, 3], false)?) } else { None });
-            next += 1;
-        }
-        if needs.len() > next {
-            grads.push(if needs[next] { Some(g.sum(&[0, 2, 3], false)?) } else { None });
-        }
+        push_affine_grads(&mut grads, g, &xhat, has_weight, needs)?;
         Ok(grads)
     }))
 }

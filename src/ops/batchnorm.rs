@@ -30,6 +30,76 @@ impl RunningStats {
             momentum: 0.1,
         })
     }
+
+    /// running ← (1 − momentum)·running + momentum·batch, for the batch's
+    /// per-channel mean and unbiased variance (both [C]).
+    pub(crate) fn update(&mut self, batch_mean: &Tensor, batch_unbiased_var: &Tensor) -> Result<()> {
+        let mo = self.momentum;
+        self.mean = self.mean.mul_scalar(1.0 - mo)?.add(&batch_mean.mul_scalar(mo)?)?;
+        self.var = self.var.mul_scalar(1.0 - mo)?.add(&batch_unbiased_var.mul_scalar(mo)?)?;
+        Ok(())
+    }
+}
+
+/// Checks `x: [N, C, H, W]`, the [C] parameters and running statistics (shape
+/// and dtype) and eps; returns (N, C, H, W). Shared with the synchronised
+/// batch norm of `dist`.
+pub(crate) fn check_inputs(
+    op: &'static str,
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    stats: &RunningStats,
+    eps: f64,
+) -> Result<(usize, usize, usize, usize)> {
+    if x.rank() != 4 {
+        return Err(Error::shape(op, format!("input must be [N, C, H, W], got {:?}", x.shape())));
+    }
+    let (n, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+    for t in [weight, bias].into_iter().flatten().chain([&stats.mean, &stats.var]) {
+        if t.shape() != [c] {
+            return Err(Error::shape(op, format!("weight, bias and running stats must be [{c}], got {:?}", t.shape())));
+        }
+        if t.dtype() != x.dtype() {
+            return Err(Error::dtype(op, format!("input is {}, parameter is {}", x.dtype(), t.dtype())));
+        }
+    }
+    if !(eps > 0.0) {
+        return Err(Error::invalid(op, format!("eps must be > 0, got {eps}")));
+    }
+    Ok((n, c, h, w))
+}
+
+/// y = γ·x̂ + β (either optional), per channel of `xhat: [N, C, H, W]`.
+pub(crate) fn affine(xhat: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, c: usize) -> Result<Tensor> {
+    let mut y = xhat.clone();
+    if let Some(wt) = weight {
+        y = y.mul(&wt.detach().reshape(&[1, c, 1, 1])?)?;
+    }
+    if let Some(b) = bias {
+        y = y.add(&b.detach().reshape(&[1, c, 1, 1])?)?;
+    }
+    Ok(y)
+}
+
+/// Appends dγ = Σ g·x̂ and dβ = Σ g (over N, H, W) for the affine inputs that
+/// exist, `needs[1..]` saying which are wanted.
+pub(crate) fn push_affine_grads(
+    grads: &mut Vec<Option<Tensor>>,
+    g: &Tensor,
+    xhat: &Tensor,
+    has_weight: bool,
+    needs: &[bool],
+) -> Result<()> {
+    let mut next = 1;
+    if has_weight {
+        grads.push(if needs[next] { Some(g.mul(xhat)?.sum(&[0, 2, 3], false)?) } else { None });
+        next += 1;
+    }
+    if needs.len() > next {
+        grads.push(if needs[next] { Some(g.sum(&[0, 2, 3], false)?) } else { None });
+    }
+    Ok(())
 }
 
 /// Batch norm for `x: [N, C, H, W]` with optional affine `weight` (γ) and `bias` (β), both [C].
@@ -42,21 +112,7 @@ pub fn batch_norm_2d(
     eps: f64,
 ) -> Result<Tensor> {
     const OP: &str = "batch_norm_2d";
-    if x.rank() != 4 {
-        return Err(Error::shape(OP, format!("input must be [N, C, H, W], got {:?}", x.shape())));
-    }
-    let (n, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
-    for t in [weight, bias].into_iter().flatten().chain([&stats.mean, &stats.var]) {
-        if t.shape() != [c] {
-            return Err(Error::shape(OP, format!("weight, bias and running stats must be [{c}], got {:?}", t.shape())));
-        }
-        if t.dtype() != x.dtype() {
-            return Err(Error::dtype(OP, format!("input is {}, parameter is {}", x.dtype(), t.dtype())));
-        }
-    }
-    if !(eps > 0.0) {
-        return Err(Error::invalid(OP, format!("eps must be > 0, got {eps}")));
-    }
+    let (n, c, h, w) = check_inputs(OP, x, weight, bias, stats, eps)?;
     let m = n * h * w;
     if training && m < 2 {
         return Err(Error::shape(OP, format!("training needs more than one value per channel, got {:?}", x.shape())));
@@ -68,24 +124,15 @@ pub fn batch_norm_2d(
             let mean = xd.mean(&[0, 2, 3], true)?;
             let var = xd.var(&[0, 2, 3], 0, true)?;
             // Running statistics follow the batch (unbiased variance, as PyTorch).
-            let mo = stats.momentum;
             let unbiased = var.reshape(&[c])?.mul_scalar(m as f64 / (m - 1) as f64)?;
-            stats.mean = stats.mean.mul_scalar(1.0 - mo)?.add(&mean.reshape(&[c])?.mul_scalar(mo)?)?;
-            stats.var = stats.var.mul_scalar(1.0 - mo)?.add(&unbiased.mul_scalar(mo)?)?;
+            stats.update(&mean.reshape(&[c])?, &unbiased)?;
             (mean, var)
         } else {
             (per_channel(&stats.mean)?, per_channel(&stats.var)?)
         };
         let rstd = var.add_scalar(eps)?.pow(-0.5)?;
         let xhat = xd.sub(&mean)?.mul(&rstd)?;
-        let mut y = xhat.clone();
-        if let Some(wt) = weight {
-            y = y.mul(&per_channel(&wt.detach())?)?;
-        }
-        if let Some(b) = bias {
-            y = y.add(&per_channel(&b.detach())?)?;
-        }
-        Ok((y, xhat, rstd))
+        Ok((affine(&xhat, weight, bias, c)?, xhat, rstd))
     })?;
     let gamma = weight.map(|t| t.detach());
     let has_weight = weight.is_some();
@@ -108,14 +155,7 @@ pub fn batch_norm_2d(
         } else {
             Some(gh.mul(&rstd)?)
         });
-        let mut next = 1;
-        if has_weight {
-            grads.push(if needs[next] { Some(g.mul(&xhat)?.sum(&[0, 2, 3], false)?) } else { None });
-            next += 1;
-        }
-        if needs.len() > next {
-            grads.push(if needs[next] { Some(g.sum(&[0, 2, 3], false)?) } else { None });
-        }
+        push_affine_grads(&mut grads, g, &xhat, has_weight, needs)?;
         Ok(grads)
     }))
 }
