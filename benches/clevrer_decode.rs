@@ -11,6 +11,8 @@
 #[path = "../tests/clevrer/fixture.rs"]
 mod fixture;
 
+mod common;
+
 use fixture::{clevrer_like, write_mp4, Codec, VideoSpec};
 use simclr::data::clevrer::{preprocess, ClevrerOptions};
 use std::path::Path;
@@ -30,44 +32,11 @@ const SPEC: VideoSpec = VideoSpec {
 };
 
 fn header() {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let run = |cmd: &str, args: &[&str]| {
-        std::process::Command::new(cmd)
-            .args(args)
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
-    // Uncommitted changes to the code measured are flagged, so a number is never
-    // attributed to a commit that did not produce it.
-    let dirty = std::process::Command::new("git")
-        .args(["diff", "--quiet", "HEAD", "--", "src/data", "benches/clevrer_decode.rs", "tests/clevrer", "Cargo.toml"])
-        .status()
-        .map(|s| !s.success())
-        .unwrap_or(false);
-    let untracked = run("git", &["ls-files", "--others", "--exclude-standard", "src/data/clevrer.rs"]);
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("# simclr CLEVRER decode benchmark");
-    println!("# machine: {cpu}, nproc {}", run("nproc", &[]));
-    println!(
-        "# date: {}  commit: {}{}",
-        run("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
-        run("git", &["rev-parse", "--short", "HEAD"]),
-        if dirty || !untracked.is_empty() { " + uncommitted changes" } else { "" }
+    common::print_header(
+        "CLEVRER decode benchmark",
+        &["src/data", "benches/clevrer_decode.rs", "tests/clevrer", "Cargo.toml"],
     );
     println!("# ffmpeg: libavcodec {}", ffmpeg_next::codec::version() >> 16);
-    println!(
-        "# load average at start (the cores may be shared): {}",
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-    );
 }
 
 /// Writes the synthetic videos; returns their mean size in kB.

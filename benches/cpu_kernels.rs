@@ -8,6 +8,8 @@
 //! Run: `cargo bench --bench cpu_kernels` (tools/bench_cpu.sh saves the output
 //! under benches/results/ with the machine, date and commit).
 
+mod common;
+
 use simclr::ops::conv2d::conv2d;
 use simclr::{DType, Rng, Tensor};
 use std::time::Instant;
@@ -49,30 +51,7 @@ const RESNET18_64PX: &[ConvShape] = &[
 ];
 
 fn header() {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let date = std::process::Command::new("date")
-        .arg("-u")
-        .arg("+%Y-%m-%dT%H:%M:%SZ")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    println!("# simclr CPU kernel benchmark");
-    println!("# machine: {cpu}, {} rayon threads", rayon::current_num_threads());
-    println!("# date: {date}  commit: {commit}");
+    common::print_header("CPU kernel benchmark", &["src", "benches/cpu_kernels.rs", "Cargo.toml"]);
     println!("# dtype f32; times are medians; GFLOP/s counts 2 flops per multiply-add");
 }
 

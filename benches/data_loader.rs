@@ -5,6 +5,8 @@
 //!
 //! Run: `cargo bench --bench data_loader` (tools/bench_data.sh saves the output).
 
+mod common;
+
 use simclr::data::augment::AugmentConfig;
 use simclr::data::loader::{Loader, LoaderConfig};
 use simclr::data::shards::ShardDataset;
@@ -12,47 +14,8 @@ use simclr::data::synthetic::{write_bouncing, BouncingConfig, BouncingDataset};
 use std::sync::Arc;
 use std::time::Instant;
 
-fn header() {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let run = |cmd: &str, args: &[&str]| {
-        std::process::Command::new(cmd)
-            .args(args)
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
-    // Uncommitted changes to the code measured are flagged, so a number is never
-    // attributed to a commit that did not produce it.
-    let dirty = std::process::Command::new("git")
-        .args(["diff", "--quiet", "HEAD", "--", "src", "benches/data_loader.rs", "Cargo.toml"])
-        .status()
-        .map(|s| !s.success())
-        .unwrap_or(false);
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("# simclr data loader benchmark");
-    println!("# machine: {cpu}, nproc {}", run("nproc", &[]));
-    println!(
-        "# date: {}  commit: {}{}",
-        run("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
-        run("git", &["rev-parse", "--short", "HEAD"]),
-        if dirty { " + uncommitted changes" } else { "" }
-    );
-    println!(
-        "# load average at start (the cores may be shared): {}",
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-    );
-}
-
 fn main() {
-    header();
+    common::print_header("data loader benchmark", &["src", "benches/data_loader.rs", "Cargo.toml"]);
     let (clips, frames, size) = (96, 20, 128);
     let dir = std::env::temp_dir().join(format!("simclr-bench-data-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

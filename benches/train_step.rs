@@ -24,6 +24,8 @@
 //! Run: `cargo bench --bench train_step` (tools/bench_train.sh saves the output
 //! under benches/results/ with the machine, date and commit).
 
+mod common;
+
 use simclr::checkpoint::ModelSpec;
 use simclr::config::TrainConfig;
 use simclr::nn::{parameter_count, parameters, Module};
@@ -32,42 +34,7 @@ use simclr::{DType, Rng, Tensor};
 use std::time::Instant;
 
 fn header() {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let run = |cmd: &str, args: &[&str]| {
-        std::process::Command::new(cmd)
-            .args(args)
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
-    // Uncommitted changes to the code measured are flagged, so a number is never
-    // attributed to a commit that did not produce it.
-    let dirty = std::process::Command::new("git")
-        .args(["diff", "--quiet", "HEAD", "--", "src", "benches/train_step.rs", "Cargo.toml"])
-        .status()
-        .map(|s| !s.success())
-        .unwrap_or(false);
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("# simclr CPU training-step benchmark");
-    println!("# machine: {cpu}, nproc {}, {} rayon threads", run("nproc", &[]), rayon::current_num_threads());
-    println!(
-        "# date: {}  commit: {}{}",
-        run("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
-        run("git", &["rev-parse", "--short", "HEAD"]),
-        if dirty { " + uncommitted changes" } else { "" }
-    );
-    println!(
-        "# load average at start (the cores may be shared): {}",
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-    );
+    common::print_header("CPU training-step benchmark", &["src", "benches/train_step.rs", "Cargo.toml"]);
     println!("# dtype f32; times are medians; GFLOP/s counts 2 flops per multiply-add");
 }
 
