@@ -6,28 +6,20 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_simclr-data"))
 }
 
+/// `simclr-data bouncing` with the settings this file checks (10 clips, seed 4, 3 shards).
+fn generate_ten_clips(dir: &std::path::Path) -> std::process::Output {
+    bin()
+        .args(["bouncing", "--out", dir.to_str().unwrap(), "--clips", "10", "--frames", "6", "--size", "32"])
+        .args(["--seed", "4", "--clips-per-shard", "4"])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn generate_inspect_and_contact_sheet() {
     let dir = std::env::temp_dir().join(format!("simclr-cli-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let out = bin()
-        .args([
-            "bouncing",
-            "--out",
-            dir.to_str().unwrap(),
-            "--clips",
-            "10",
-            "--frames",
-            "6",
-            "--size",
-            "32",
-            "--seed",
-            "4",
-            "--clips-per-shard",
-            "4",
-        ])
-        .output()
-        .unwrap();
+    let out = generate_ten_clips(&dir);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("wrote 10 clips (3 shards"));
     let png = dir.join("sheet.png");
@@ -40,24 +32,7 @@ fn generate_inspect_and_contact_sheet() {
     // Same seed again into another directory: byte-identical shards.
     let dir2 = dir.with_extension("again");
     let _ = std::fs::remove_dir_all(&dir2);
-    let out = bin()
-        .args([
-            "bouncing",
-            "--out",
-            dir2.to_str().unwrap(),
-            "--clips",
-            "10",
-            "--frames",
-            "6",
-            "--size",
-            "32",
-            "--seed",
-            "4",
-            "--clips-per-shard",
-            "4",
-        ])
-        .output()
-        .unwrap();
+    let out = generate_ten_clips(&dir2);
     assert!(out.status.success());
     assert_eq!(
         std::fs::read(dir.join("shard-00002.bin")).unwrap(),
