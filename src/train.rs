@@ -33,7 +33,7 @@ use crate::dist::{convert_sync_batch_norm, global_nt_xent, Communicator, Gradien
 use crate::error::{Error, Result};
 use crate::metrics::MetricsLog;
 use crate::nn::{parameter_count, parameters, Module};
-use crate::optim::{clip_grad_norm, warmup_cosine, AdamW, Lars, Optimizer, Sgd};
+use crate::optim::{clip_grad_norm, grad_norm, warmup_cosine, AdamW, Lars, Optimizer, Sgd};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -80,15 +80,6 @@ pub fn build_optimizer(cfg: &TrainConfig, params: Vec<Tensor>) -> Result<Box<dyn
         "lars" => Box::new(Lars::new(params, lr, cfg.momentum, wd, LARS_ETA)?),
         other => return Err(Error::invalid("--optimizer", format!("unknown optimizer `{other}`"))),
     })
-}
-
-/// The global L2 norm of the parameters' gradients.
-fn grad_norm(params: &[Tensor]) -> Result<f64> {
-    let mut total = 0.0;
-    for g in params.iter().filter_map(Tensor::grad) {
-        total += g.host_data::<f32>()?.iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
-    }
-    Ok(total.sqrt())
 }
 
 /// Training stopped on a NaN/inf: say where, what was kept, and what to try.

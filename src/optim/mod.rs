@@ -8,7 +8,7 @@ pub mod sgd;
 
 pub use adamw::AdamW;
 pub use lars::Lars;
-pub use schedule::{clip_grad_norm, warmup_cosine};
+pub use schedule::{clip_grad_norm, grad_norm, warmup_cosine};
 pub use sgd::Sgd;
 
 use crate::error::{Error, Result};

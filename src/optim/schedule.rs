@@ -15,17 +15,22 @@ pub fn warmup_cosine(step: usize, total: usize, warmup: usize, base_lr: f64, fin
     final_lr + 0.5 * (base_lr - final_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
 }
 
+/// The joint L2 norm of the parameters' gradients (missing ones count as 0).
+pub fn grad_norm(params: &[Tensor]) -> Result<f64> {
+    no_grad(|| {
+        let mut total = 0.0;
+        for g in params.iter().filter_map(Tensor::grad) {
+            total += g.mul(&g)?.sum_all()?.item()?;
+        }
+        Ok(total.sqrt())
+    })
+}
+
 /// Scales all gradients so their joint L2 norm is at most `max_norm`.
 /// Returns the norm before clipping.
 pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Result<f64> {
+    let norm = grad_norm(params)?;
     no_grad(|| {
-        let mut total = 0.0;
-        for p in params {
-            if let Some(g) = p.grad() {
-                total += g.mul(&g)?.sum_all()?.item()?;
-            }
-        }
-        let norm = total.sqrt();
         if norm > max_norm && norm > 0.0 {
             let scale = max_norm / norm;
             for p in params {
