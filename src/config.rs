@@ -213,10 +213,14 @@ impl TrainConfig {
         match self.device.as_str() {
             "cpu" => {}
             "cuda" => {
-                return bad(
-                    "--device",
-                    "the CUDA backend is not implemented yet in this build; use --device cpu".into(),
-                )
+                // The kernels and runtime exist (feature `cuda`), but the tensor/autograd layer does
+                // not dispatch to them yet: training on the GPU is the next step (docs/ARCHITECTURE.md).
+                let built = if cfg!(feature = "cuda") {
+                    "this build has the CUDA kernels, but training does not run on them yet"
+                } else {
+                    "this build has no CUDA backend (build with --features cuda), and training does not run on it yet"
+                };
+                return bad("--device", format!("{built}; use --device cpu"));
             }
             other => return bad("--device", format!("unknown device `{other}`; use cpu or cuda")),
         }

@@ -55,6 +55,14 @@ pub enum Error {
     #[error("non-finite value: {0}")]
     NonFinite(String),
 
+    /// The GPU ran out of memory even after the caching allocator released its cache.
+    #[error(
+        "CUDA out of memory on {device}: could not allocate {requested_mib:.1} MiB \
+         ({in_use_mib:.1} MiB in use by tensors, {reserved_mib:.1} MiB reserved in total): \
+         reduce --batch_size (or --num_frames / --image_size)."
+    )]
+    OutOfMemory { device: String, requested_mib: f64, in_use_mib: f64, reserved_mib: f64 },
+
     /// A distributed collective or rendezvous failed: a rank left, timed out,
     /// or called a different collective (see `dist`).
     #[error("distributed {op}: {msg}")]

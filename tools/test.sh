@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the build needs,
-# then runs `cargo test --release --features video`.
+# then runs `cargo test --release --features video,cuda`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,4 +37,18 @@ if ! have_video_deps; then
     fi
 fi
 
-cargo test --release --features video "$@"
+# The `cuda` feature: build.rs compiles kernels/*.cu with nvcc (a pip-packaged CUDA 13.0
+# compiler; no GPU or CUDA toolkit needed) and, for the kernel emulator the parity tests run
+# here, with the C++ compiler. The GPU halves of those tests are #[ignore]d (tools/gpu/).
+if ! command -v c++ >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends g++
+    else
+        echo "error: no C++ compiler (c++) found; install g++ (the CUDA kernel emulator needs C++20)." >&2
+        exit 1
+    fi
+fi
+NVCC="$(bash tools/install_nvcc.sh)"
+export NVCC
+
+cargo test --release --features video,cuda "$@"

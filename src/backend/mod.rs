@@ -5,6 +5,8 @@
 //! will implement the same kernel surface and be parity-tested against this one.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Device {

@@ -1,0 +1,239 @@
+//! Build script: with feature `cuda`, compiles the hand-written kernels in `kernels/*.cu` twice.
+//!
+//! 1. With nvcc, into one fatbin per file (SASS for sm_80 and sm_90, plus compute_90 PTX the
+//!    driver can JIT for newer GPUs) that the crate embeds and loads with `cuModuleLoadData`.
+//!    The kernel names come from the PTX's `.entry` lines, so the runtime knows which module
+//!    holds which kernel.
+//! 2. With the host C++ compiler and `kernels/emu/cuda_emu.h` force-included, into a static
+//!    library that runs the same kernels on the CPU (one OS thread per CUDA thread). The parity
+//!    tests use it on machines without a GPU, so CI executes every kernel, not just compiles it.
+//!
+//! Without feature `cuda` this script does nothing and the build needs no CUDA at all.
+
+use std::env;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The GPU code each fatbin carries: SASS for A100 (sm_80) and H100/H200 (sm_90), PTX for later ones.
+const GENCODE: &[&str] = &[
+    "-gencode=arch=compute_80,code=sm_80",
+    "-gencode=arch=compute_90,code=sm_90",
+    "-gencode=arch=compute_90,code=compute_90",
+];
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    if env::var_os("CARGO_FEATURE_CUDA").is_none() {
+        return;
+    }
+    println!("cargo:rerun-if-changed=kernels");
+    for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "SIMCLR_NVCC_HOME", "PATH"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
+    let kernel_dir = manifest_dir.join("kernels");
+
+    let sources = kernel_sources(&kernel_dir);
+    let nvcc = find_nvcc().unwrap_or_else(|| {
+        fail(
+            "feature `cuda` needs nvcc (the CUDA compiler) and none was found.\n\
+             Install one without a CUDA toolkit:   bash tools/install_nvcc.sh\n\
+             or point at one:                      NVCC=/path/to/nvcc  (or CUDA_HOME=/usr/local/cuda)\n\
+             Builds without `--features cuda` need no CUDA.",
+        )
+    });
+
+    // nvcc is slow and single-threaded: one thread per source file.
+    let modules: Vec<Module> = std::thread::scope(|scope| {
+        let handles: Vec<_> =
+            sources.iter().map(|src| scope.spawn(|| compile_for_gpu(&nvcc, &kernel_dir, src, &out_dir))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    check_unique_entries(&modules);
+    compile_emulator(&kernel_dir, &modules, &out_dir);
+    write_rust_table(&modules, &out_dir);
+}
+
+struct Module {
+    /// File stem: `layernorm` for kernels/layernorm.cu.
+    stem: String,
+    fatbin: PathBuf,
+    source: PathBuf,
+    entries: Vec<String>,
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("\nerror: {msg}\n");
+    std::process::exit(1);
+}
+
+fn kernel_sources(dir: &Path) -> Vec<PathBuf> {
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", dir.display())))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "cu"))
+        .collect();
+    sources.sort();
+    sources
+}
+
+/// `NVCC`, then `$CUDA_HOME/bin/nvcc` (or `CUDA_PATH`), then `nvcc` on `PATH`, then the
+/// pip-packaged compiler that tools/install_nvcc.sh puts in the user's cache.
+fn find_nvcc() -> Option<PathBuf> {
+    let works = |p: &Path| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success());
+    if let Some(p) = env::var_os("NVCC") {
+        let p = PathBuf::from(p);
+        if works(&p) {
+            return Some(p);
+        }
+        fail(&format!("NVCC={} does not run (`nvcc --version` failed)", p.display()));
+    }
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Some(home) = env::var_os(var) {
+            let p = PathBuf::from(home).join("bin").join("nvcc");
+            if works(&p) {
+                return Some(p);
+            }
+        }
+    }
+    if works(Path::new("nvcc")) {
+        return Some(PathBuf::from("nvcc"));
+    }
+    let home = env::var_os("SIMCLR_NVCC_HOME").map(PathBuf::from).or_else(|| {
+        let cache = env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        Some(cache.join("simclr").join("nvcc-13.0"))
+    })?;
+    let lib = home.join("venv").join("lib");
+    let mut pythons: Vec<PathBuf> = std::fs::read_dir(&lib).ok()?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    pythons.sort();
+    pythons.into_iter().map(|py| py.join("site-packages/nvidia/cu13/bin/nvcc")).find(|p| works(p))
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| fail(&format!("{what}: cannot run {:?}: {e}", cmd.get_program())));
+    if !out.status.success() {
+        fail(&format!(
+            "{what} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    // Warnings from nvcc are worth seeing; cargo shows these lines.
+    for line in String::from_utf8_lossy(&out.stderr).lines().filter(|l| !l.trim().is_empty()) {
+        println!("cargo:warning={what}: {line}");
+    }
+}
+
+fn compile_for_gpu(nvcc: &Path, kernel_dir: &Path, src: &Path, out_dir: &Path) -> Module {
+    let stem = src.file_stem().unwrap().to_string_lossy().into_owned();
+    let ptx = out_dir.join(format!("{stem}.ptx"));
+    let fatbin = out_dir.join(format!("{stem}.fatbin"));
+    let common = |cmd: &mut Command| {
+        cmd.arg("-std=c++17").arg("-O3").arg("-lineinfo").arg("-I").arg(kernel_dir).arg(src);
+    };
+    let mut cmd = Command::new(nvcc);
+    cmd.arg("-ptx").arg("-arch=compute_80");
+    common(&mut cmd);
+    run(cmd.arg("-o").arg(&ptx), &format!("nvcc -ptx {}", src.display()));
+    let mut cmd = Command::new(nvcc);
+    cmd.arg("-fatbin").args(GENCODE);
+    common(&mut cmd);
+    run(cmd.arg("-o").arg(&fatbin), &format!("nvcc -fatbin {}", src.display()));
+
+    let text = std::fs::read_to_string(&ptx).unwrap();
+    let entries = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(".visible .entry "))
+        .map(|rest| rest.split('(').next().unwrap().trim().to_string())
+        .collect::<Vec<_>>();
+    for e in &entries {
+        if e.starts_with("_Z") {
+            fail(&format!(
+                "kernel {e} in {} has a C++-mangled name: declare kernels `extern \"C\" __global__`",
+                src.display()
+            ));
+        }
+    }
+    Module { stem, fatbin, source: src.to_path_buf(), entries }
+}
+
+fn check_unique_entries(modules: &[Module]) {
+    let mut seen = std::collections::HashMap::new();
+    for m in modules {
+        for e in &m.entries {
+            if let Some(other) = seen.insert(e.clone(), m.stem.clone()) {
+                fail(&format!("kernel {e} is defined in both {other}.cu and {}.cu", m.stem));
+            }
+        }
+    }
+}
+
+/// One C++ translation unit per kernel file: the file itself plus a table of trampolines
+/// (`simclr_emu_kernels_<stem>`) that unpack a cuLaunchKernel-style argument array.
+fn compile_emulator(kernel_dir: &Path, modules: &[Module], out_dir: &Path) {
+    let emu_dir = kernel_dir.join("emu");
+    let header = emu_dir.join("cuda_emu.h");
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .std("c++20")
+        .opt_level(2)
+        .debug(false)
+        .warnings(false)
+        .flag("-pthread")
+        .flag("-Wno-unknown-pragmas")
+        .flag("-include")
+        .flag(header.to_str().unwrap())
+        .include(kernel_dir)
+        .file(emu_dir.join("emu_runtime.cpp"));
+    for m in modules {
+        let mut unit = format!("#include \"{}\"\n", m.source.display());
+        writeln!(unit, "extern \"C\" const simclr_emu_kernel simclr_emu_kernels_{}[] = {{", m.stem).unwrap();
+        for e in &m.entries {
+            writeln!(unit, "    {{\"{e}\", &simclr_emu_trampoline_for<&{e}>}},").unwrap();
+        }
+        unit.push_str("    {nullptr, nullptr}};\n");
+        let path = out_dir.join(format!("emu_{}.cpp", m.stem));
+        write_if_changed(&path, &unit);
+        build.file(path);
+    }
+    build.compile("simclr_cuda_emu");
+}
+
+fn write_rust_table(modules: &[Module], out_dir: &Path) {
+    let mut rs =
+        String::from("// Generated by build.rs: the embedded kernel modules and the emulator's kernel tables.\n\n");
+    rs.push_str("pub const MODULES: &[KernelModule] = &[\n");
+    for m in modules {
+        writeln!(
+            rs,
+            "    KernelModule {{ name: {:?}, fatbin: include_bytes!({:?}), entries: &{:?} }},",
+            m.stem,
+            m.fatbin.display().to_string(),
+            m.entries
+        )
+        .unwrap();
+    }
+    rs.push_str("];\n\nextern \"C\" {\n");
+    for m in modules {
+        writeln!(rs, "    static simclr_emu_kernels_{}: EmuKernel;", m.stem).unwrap();
+    }
+    rs.push_str("}\n\n/// The first entry of each module's emulator table (a table ends at a null name).\n");
+    rs.push_str("pub fn emu_tables() -> Vec<*const EmuKernel> {\n    vec![");
+    for m in modules {
+        write!(rs, "&raw const simclr_emu_kernels_{}, ", m.stem).unwrap();
+    }
+    rs.push_str("]\n}\n");
+    write_if_changed(&out_dir.join("cuda_kernels.rs"), &rs);
+}
+
+fn write_if_changed(path: &Path, text: &str) {
+    if std::fs::read_to_string(path).ok().as_deref() != Some(text) {
+        std::fs::write(path, text).unwrap();
+    }
+}

@@ -1,0 +1,27 @@
+//! The CUDA backend (feature `cuda`): device memory, kernel launches and the hand-written
+//! kernels of `kernels/*.cu`, each with a typed launcher here and a parity test against
+//! the CPU reference op (tests/cuda_parity.rs).
+//!
+//! - [`Gpu`]: a device handle: a real GPU through the CUDA driver ([`Gpu::open`]), or the
+//!   CPU emulator of the same kernels ([`Gpu::emulated`]) that runs them where there is no GPU;
+//! - [`DeviceBuffer`]: typed device memory from the caching allocator (`allocator.rs`);
+//! - [`Gpu::launch`] with [`LaunchConfig`] and [`Arg`]s: the untyped launch both share;
+//! - [`gemm`]: cuBLAS GEMM;
+//! - [`kernels`]: one module per kernel file, the typed entry points the rest of the crate calls.
+
+mod allocator;
+mod buffer;
+mod driver;
+mod emulator;
+pub mod gemm;
+mod gpu;
+pub mod kernels;
+mod kernels_table;
+mod launch;
+
+pub use allocator::MemoryStats;
+pub use buffer::{DeviceBuffer, DeviceElement};
+pub use gemm::{gemm, GemmElement, GemmShape};
+pub use gpu::Gpu;
+pub use kernels_table::{KernelModule, MODULES};
+pub use launch::{Arg, LaunchConfig};

@@ -1,0 +1,19 @@
+//! Parity of every CUDA kernel with the CPU reference op.
+//!
+//! Each check runs twice: on the CPU emulator of the kernels (always, so CI executes every
+//! kernel) and on GPU 0 (`#[ignore]`d: run on a GPU machine with
+//! `cargo test --release --features cuda --test cuda_parity -- --ignored`).
+#![cfg(feature = "cuda")]
+
+#[macro_use]
+mod common;
+
+mod batchnorm;
+mod elementwise;
+mod emulator;
+mod layernorm;
+mod nt_xent;
+mod optim;
+mod reduce;
+mod runtime;
+mod softmax;

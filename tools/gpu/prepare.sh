@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Step 1 of a GPU session, on the development machine (no GPU, no CUDA toolkit needed):
+# builds everything with --features cuda and copies what the GPU machine runs into .gpu/
+# (ignored by git), which the device tool carries:
+#
+#   .gpu/bin/         release binaries (simclr-train, simclr-eval, simclr-data)
+#   .gpu/tests/       the test executables (cuda_parity and the rest), `cargo test --no-run`
+#   .gpu/benches/     the CUDA benchmark executables
+#   .gpu/tools/       the scripts and PyTorch references run there
+#   .gpu/commit       the commit (and whether the tree was dirty) the binaries come from
+#
+# Then call the device tool with carry [".gpu"] and the command `bash .gpu/tools/run.sh`
+# (tools/gpu/run.sh); it writes its logs under $OUT. Default features only besides
+# `cuda`: nothing carried links FFmpeg (the GPU machine has no FFmpeg libraries).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo '/.gpu/' >> .git/info/exclude; }
+rm -rf .gpu && mkdir -p .gpu/bin .gpu/tests .gpu/benches .gpu/tools
+
+cargo build --release --features cuda --bins
+cp target/release/simclr-train target/release/simclr-eval target/release/simclr-data .gpu/bin/
+
+# Test and bench executables: their paths come from cargo's JSON messages.
+executables() {
+    cargo "$@" --release --features cuda --no-run --message-format=json 2>/dev/null |
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] != ["bin"]:
+        print(m["target"]["name"], m["executable"])
+'
+}
+executables test --tests | while read -r name path; do cp "$path" ".gpu/tests/$name"; done
+executables bench --bench cuda_kernels | while read -r name path; do cp "$path" ".gpu/benches/$name"; done
+
+for exe in .gpu/bin/* .gpu/tests/* .gpu/benches/*; do
+    if ldd "$exe" | grep -q -E 'libav|libsw'; then
+        echo "error: $exe links FFmpeg; build the GPU binaries without --features video" >&2
+        exit 1
+    fi
+done
+cp tools/gpu/run.sh tools/gpu/torch_kernels.py .gpu/tools/
+{ git rev-parse --short HEAD; git status --porcelain | grep -q . && echo "(uncommitted changes)" || true; } > .gpu/commit
+du -sh .gpu
+echo "ready: device run with carry [\".gpu\"] and command: bash .gpu/tools/run.sh"

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Step 2 of a GPU session, on the GPU machine (carried there in .gpu/ by tools/gpu/prepare.sh).
+# Runs, in order, logging each step under $OUT (the device tool brings $OUT back):
+#   1. the GPU facts (nvidia-smi, driver, compute-sanitizer availability);
+#   2. the CUDA parity tests on the real GPU (the #[ignore]d `gpu` tests) and then the
+#      emulated ones too, so a GPU-only failure is told apart from a kernel bug;
+#   3. compute-sanitizer memcheck over the GPU parity tests;
+#   4. the PyTorch reference timings (tools/gpu/torch_kernels.py -> $OUT/torch_kernels.json)
+#      and the CUDA kernel benchmark, which prints ratios against them.
+# Usage: bash .gpu/tools/run.sh [steps...]   (steps: facts parity sanitizer bench; default all)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT="${OUT:-/tmp/simclr-gpu-out}"
+mkdir -p "$OUT"
+steps="${*:-facts parity sanitizer bench}"
+status=0
+step() { echo; echo "=== $1 ($(date -u +%H:%M:%S))"; }
+
+for s in $steps; do
+    case "$s" in
+    facts)
+        step facts
+        { cat .gpu/commit; nvidia-smi; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv;
+          command -v compute-sanitizer; python3 -c 'import torch; print("torch", torch.__version__, torch.version.cuda)'; } 2>&1 | tee "$OUT/facts.txt"
+        ;;
+    parity)
+        step "parity tests on the GPU"
+        .gpu/tests/cuda_parity --ignored --test-threads 1 2>&1 | tee "$OUT/parity_gpu.txt" || status=1
+        step "parity tests on the emulator (same machine)"
+        .gpu/tests/cuda_parity --test-threads 4 2>&1 | tail -n 30 | tee "$OUT/parity_emulated.txt" || status=1
+        ;;
+    sanitizer)
+        step "compute-sanitizer memcheck over the GPU parity tests"
+        compute-sanitizer --tool memcheck --error-exitcode 3 .gpu/tests/cuda_parity --ignored --test-threads 1 \
+            2>&1 | tail -n 60 | tee "$OUT/memcheck.txt" || status=1
+        ;;
+    bench)
+        step "PyTorch reference timings"
+        PYTHONUNBUFFERED=1 python3 .gpu/tools/torch_kernels.py --out "$OUT/torch_kernels.json" 2>&1 | tee "$OUT/torch_kernels.txt" || status=1
+        step "CUDA kernel benchmark"
+        SIMCLR_TORCH_REFERENCE="$OUT/torch_kernels.json" .gpu/benches/cuda_kernels 2>&1 | tee "$OUT/cuda_kernels.txt" || status=1
+        ;;
+    *) echo "unknown step $s (facts parity sanitizer bench)"; status=2 ;;
+    esac
+done
+echo; echo "run.sh finished with status $status; logs in $OUT"
+exit $status
