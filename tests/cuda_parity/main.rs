@@ -17,3 +17,4 @@ mod optim;
 mod reduce;
 mod runtime;
 mod softmax;
+mod tensor_core_probe;

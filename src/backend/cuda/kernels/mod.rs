@@ -9,6 +9,7 @@ pub mod nt_xent;
 pub mod optim;
 pub mod reduce;
 pub mod softmax;
+pub mod tensor_core_probe;
 
 use super::buffer::{DeviceBuffer, DeviceElement};
 use crate::error::{Error, Result};
