@@ -51,4 +51,7 @@ fi
 NVCC="$(bash tools/install_nvcc.sh)"
 export NVCC
 
+# The README's other command, `cargo run --release`, builds with the default features (no CUDA,
+# no FFmpeg): build that configuration too, so a change that only breaks it cannot pass.
+cargo build --release --bins
 cargo test --release --features video,cuda "$@"
