@@ -14,7 +14,7 @@
 use simclr::dist::rendezvous::{expand_nodelist, fetch_blob, first_host, serve_blob, share_from_rank0, Launcher};
 use simclr::dist::{
     all_gather, convert_sync_batch_norm, global_nt_xent, sync_batch_norm_2d, Communicator, DistEnv, GradientBuckets,
-    SingleProcess, ThreadGroup,
+    SingleProcess, TcpCommunicator, ThreadGroup,
 };
 use simclr::nn::simclr::{Encoder, SimClr};
 use simclr::nn::{parameters, Linear, Module};
@@ -29,15 +29,62 @@ use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How the ranks of a test talk: threads of this process, or TCP connections
+/// (each rank still a thread here, but joined only through sockets, exactly as
+/// separate processes are).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Transport {
+    Threads,
+    Tcp,
+}
+
+const TRANSPORTS: [Transport; 2] = [Transport::Threads, Transport::Tcp];
+
+/// A port nobody listens on right now (the OS picks it; the small race with
+/// other processes does not matter in a test).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// Runs `f(comm)` on `world` threads, one rank each; results in rank order.
 fn run_ranks<R: Send>(world: usize, timeout: Duration, f: impl Fn(Arc<dyn Communicator>) -> R + Sync) -> Vec<R> {
-    let comms = ThreadGroup::new(world, timeout).unwrap();
+    run_over(Transport::Threads, world, timeout, f)
+}
+
+fn run_over<R: Send>(
+    transport: Transport,
+    world: usize,
+    timeout: Duration,
+    f: impl Fn(Arc<dyn Communicator>) -> R + Sync,
+) -> Vec<R> {
+    let port = free_port();
+    let connect = move |rank: usize| -> Arc<dyn Communicator> {
+        let env = DistEnv {
+            rank,
+            world_size: world,
+            local_rank: rank,
+            master_addr: "127.0.0.1".into(),
+            master_port: port,
+            launcher: Launcher::Torchrun,
+        };
+        Arc::new(TcpCommunicator::connect(&env, timeout).unwrap())
+    };
+    let mut threads = match transport {
+        Transport::Threads => ThreadGroup::new(world, timeout).unwrap().into_iter().map(Some).collect(),
+        Transport::Tcp => Vec::new(),
+    };
     std::thread::scope(|s| {
-        let handles: Vec<_> = comms
-            .into_iter()
-            .map(|c| {
+        let handles: Vec<_> = (0..world)
+            .map(|rank| {
                 let f = &f;
-                s.spawn(move || f(Arc::new(c)))
+                let thread_comm = threads.get_mut(rank).and_then(Option::take);
+                s.spawn(move || {
+                    let comm: Arc<dyn Communicator> = match thread_comm {
+                        Some(c) => Arc::new(c),
+                        None => connect(rank),
+                    };
+                    f(comm)
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("rank panicked")).collect()
@@ -70,8 +117,8 @@ fn dist_err_msg<T: std::fmt::Debug>(r: simclr::Result<T>) -> String {
 
 #[test]
 fn collectives_give_rank_ordered_values_on_2_and_4_ranks() {
-    for world in [2, 4] {
-        let results = run_ranks(world, TIMEOUT, |comm| {
+    for (world, transport) in [2, 4].into_iter().flat_map(|w| TRANSPORTS.map(|t| (w, t))) {
+        let results = run_over(transport, world, TIMEOUT, |comm| {
             let r = comm.rank() as f64;
             let mine = Tensor::from_f64s(&[r, 10.0 * r, 100.0 + r], &[3], DType::F32).unwrap();
             let sum = comm.all_reduce_sum(&mine).unwrap();
@@ -87,7 +134,7 @@ fn collectives_give_rank_ordered_values_on_2_and_4_ranks() {
         let total: f64 = (0..world).map(|r| r as f64).sum();
         for (rank, (sum, gathered, b)) in results.iter().enumerate() {
             assert_eq!(sum.dtype(), DType::F32);
-            assert_eq!(sum.to_f64_vec(), vec![total, 10.0 * total, 100.0 * w + total], "rank {rank}");
+            assert_eq!(sum.to_f64_vec(), vec![total, 10.0 * total, 100.0 * w + total], "rank {rank} {transport:?}");
             assert_eq!(gathered.shape(), &[2 * world, 2]);
             let expect: Vec<f64> =
                 (0..world).flat_map(|r| [r as f64, r as f64 + 0.25, r as f64 + 0.5, r as f64 + 0.75]).collect();
@@ -111,8 +158,8 @@ fn all_reduce_is_deterministic_bitwise_identical_and_summed_in_rank_order() {
             .collect();
         Tensor::from_f64s(&v, &[10, 100], DType::F32).unwrap()
     };
-    let run = || run_ranks(world, TIMEOUT, |comm| comm.all_reduce_sum(&input(comm.rank())).unwrap());
-    let (first, second) = (run(), run());
+    let run = |t| run_over(t, world, TIMEOUT, |comm| comm.all_reduce_sum(&input(comm.rank())).unwrap());
+    let (first, second) = (run(Transport::Threads), run(Transport::Tcp));
     // Rank-order sum, accumulated in f64, rounded once.
     let expect: Vec<f64> = (0..1000)
         .map(|i| {
@@ -122,29 +169,32 @@ fn all_reduce_is_deterministic_bitwise_identical_and_summed_in_rank_order() {
         .collect();
     for r in 0..world {
         assert_eq!(bits(&first[r]), bits(&first[0]), "rank {r} differs from rank 0");
-        assert_eq!(bits(&first[r]), bits(&second[r]), "rank {r} differs between runs");
+        assert_eq!(bits(&first[r]), bits(&second[r]), "rank {r} differs between threads and TCP");
     }
     assert_eq!(first[0].to_f64_vec(), expect);
 }
 
 #[test]
 fn a_rank_that_leaves_fails_the_others_with_its_rank_in_the_message() {
-    let timeout = Duration::from_secs(2);
-    let start = Instant::now();
-    let results = run_ranks(3, timeout, |comm| {
-        if comm.rank() == 2 {
-            return None; // the thread returns: its communicator is dropped
+    for transport in TRANSPORTS {
+        let timeout = Duration::from_secs(5);
+        let start = Instant::now();
+        let results = run_over(transport, 3, timeout, |comm| {
+            if comm.rank() == 2 {
+                return None; // the thread returns: its communicator (and, over TCP, its socket) is dropped
+            }
+            let x = Tensor::ones(&[4], DType::F64).unwrap();
+            Some((dist_err_msg(comm.all_reduce_sum(&x)), dist_err_msg(comm.barrier())))
+        });
+        let elapsed = start.elapsed();
+        for (first, later) in results.into_iter().flatten() {
+            // "left the group" for threads, "left the job (its process exited or crashed)" over TCP.
+            assert!(first.contains("rank 2 left the") && first.contains("all_reduce_sum"), "{first}");
+            assert!(later.contains("already failed") && later.contains("rank 2 left"), "{later}");
         }
-        let x = Tensor::ones(&[4], DType::F64).unwrap();
-        Some((dist_err_msg(comm.all_reduce_sum(&x)), dist_err_msg(comm.barrier())))
-    });
-    let elapsed = start.elapsed();
-    for (first, later) in results.into_iter().flatten() {
-        assert!(first.contains("rank 2 left the group") && first.contains("all_reduce_sum"), "{first}");
-        assert!(later.contains("already failed") && later.contains("rank 2 left"), "{later}");
+        // Detected when the rank leaves, well before the timeout.
+        assert!(elapsed < timeout, "{transport:?} took {elapsed:?}");
     }
-    // Detected when the rank leaves, well before the timeout.
-    assert!(elapsed < timeout, "took {elapsed:?}");
 }
 
 #[test]
@@ -170,47 +220,53 @@ fn a_rank_that_panics_fails_the_others() {
 
 #[test]
 fn a_stuck_rank_times_out_with_a_clear_error() {
-    let timeout = Duration::from_millis(500);
-    let results = run_ranks(2, timeout, |comm| {
-        let start = Instant::now();
-        if comm.rank() == 1 {
-            std::thread::sleep(Duration::from_millis(1200)); // stuck past the timeout
-            return (dist_err_msg(comm.barrier()), start.elapsed());
-        }
-        (dist_err_msg(comm.all_reduce_sum(&Tensor::ones(&[3], DType::F32).unwrap())), start.elapsed())
-    });
-    let (msg0, waited) = &results[0];
-    assert!(msg0.contains("timed out after 0.5 s waiting for rank 1 in all_reduce_sum"), "{msg0}");
-    assert!(*waited >= timeout && *waited < Duration::from_millis(1100), "rank 0 waited {waited:?}");
-    assert!(results[1].0.contains("already failed") && results[1].0.contains("timed out"), "{}", results[1].0);
+    for transport in TRANSPORTS {
+        let timeout = Duration::from_millis(500);
+        let results = run_over(transport, 2, timeout, |comm| {
+            let start = Instant::now();
+            if comm.rank() == 1 {
+                std::thread::sleep(Duration::from_millis(1200)); // stuck past the timeout
+                return (dist_err_msg(comm.barrier()), start.elapsed());
+            }
+            (dist_err_msg(comm.all_reduce_sum(&Tensor::ones(&[3], DType::F32).unwrap())), start.elapsed())
+        });
+        let (msg0, waited) = &results[0];
+        assert!(msg0.contains("timed out after 0.5 s waiting for rank 1 in all_reduce_sum"), "{msg0}");
+        assert!(*waited >= timeout && *waited < Duration::from_millis(1100), "rank 0 waited {waited:?}");
+        // Threads: the group is already broken when rank 1 arrives. TCP: rank 0's answer to the
+        // round rank 1 missed is waiting on its socket and carries the same message.
+        assert!(results[1].0.contains("timed out after 0.5 s waiting for rank 1"), "{}", results[1].0);
+    }
 }
 
 #[test]
 fn mismatched_collectives_and_shapes_are_errors_on_every_rank() {
-    // Different collectives.
-    let msgs = run_ranks(2, TIMEOUT, |comm| {
-        let t = Tensor::ones(&[2, 3], DType::F64).unwrap();
-        let first = if comm.rank() == 0 { comm.all_gather(&t) } else { comm.all_reduce_sum(&t) };
-        (dist_err_msg(first), dist_err_msg(comm.barrier()))
-    });
-    for (first, later) in &msgs {
-        assert!(first.contains("rank 0 called all_gather of [2, 3] f64, rank 1 called all_reduce_sum"), "{first}");
-        assert!(later.contains("already failed"), "{later}");
-    }
-    // Same collective, different shapes, dtypes or roots.
-    type Call = fn(&dyn Communicator) -> simclr::Result<Tensor>;
-    let cases: [(Call, &str); 3] = [
-        (|c| c.all_gather(&Tensor::ones(&[1 + c.rank(), 3], DType::F64).unwrap()), "[2, 3] f64"),
-        (
-            |c| c.all_reduce_sum(&Tensor::ones(&[3], if c.rank() == 0 { DType::F64 } else { DType::F32 }).unwrap()),
-            "[3] f32",
-        ),
-        (|c| c.broadcast(&Tensor::ones(&[3], DType::F64).unwrap(), c.rank()), "broadcast from rank 1"),
-    ];
-    for (call, needle) in cases {
-        let msgs = run_ranks(2, TIMEOUT, |comm| dist_err_msg(call(&*comm)));
-        for m in msgs {
-            assert!(m.contains("ranks disagree") && m.contains(needle), "{m}");
+    for transport in TRANSPORTS {
+        // Different collectives.
+        let msgs = run_over(transport, 2, TIMEOUT, |comm| {
+            let t = Tensor::ones(&[2, 3], DType::F64).unwrap();
+            let first = if comm.rank() == 0 { comm.all_gather(&t) } else { comm.all_reduce_sum(&t) };
+            (dist_err_msg(first), dist_err_msg(comm.barrier()))
+        });
+        for (first, later) in &msgs {
+            assert!(first.contains("rank 0 called all_gather of [2, 3] f64, rank 1 called all_reduce_sum"), "{first}");
+            assert!(later.contains("already failed"), "{later}");
+        }
+        // Same collective, different shapes, dtypes or roots.
+        type Call = fn(&dyn Communicator) -> simclr::Result<Tensor>;
+        let cases: [(Call, &str); 3] = [
+            (|c| c.all_gather(&Tensor::ones(&[1 + c.rank(), 3], DType::F64).unwrap()), "[2, 3] f64"),
+            (
+                |c| c.all_reduce_sum(&Tensor::ones(&[3], if c.rank() == 0 { DType::F64 } else { DType::F32 }).unwrap()),
+                "[3] f32",
+            ),
+            (|c| c.broadcast(&Tensor::ones(&[3], DType::F64).unwrap(), c.rank()), "broadcast from rank 1"),
+        ];
+        for (call, needle) in cases {
+            let msgs = run_over(transport, 2, TIMEOUT, |comm| dist_err_msg(call(&*comm)));
+            for m in msgs {
+                assert!(m.contains("ranks disagree") && m.contains(needle), "{transport:?}: {m}");
+            }
         }
     }
 }
@@ -656,11 +712,6 @@ fn inconsistent_launcher_variables_are_clear_errors() {
         .unwrap_err()
         .to_string()
         .contains("SLURM_PROCID=2 is not below SLURM_NTASKS=2"));
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[test]

@@ -6,6 +6,8 @@
 //! - [`SingleProcess`]: world size 1, every collective is the identity;
 //! - [`ThreadGroup`]: ranks are threads of one process (CPU tests), with a
 //!   timeout and clear errors when a rank leaves or the ranks disagree;
+//! - [`TcpCommunicator`]: ranks are processes (CPU training with `--ddp`,
+//!   torchrun, SLURM), a star over TCP around rank 0 with the same semantics;
 //! - NCCL (feature `nccl`, with the CUDA backend): planned.
 //!
 //! On top of the collectives:
@@ -18,8 +20,10 @@
 pub mod buckets;
 pub mod gather;
 pub mod rendezvous;
+mod round;
 pub mod single;
 pub mod sync_batchnorm;
+pub mod tcp;
 pub mod threads;
 
 pub use buckets::GradientBuckets;
@@ -27,6 +31,7 @@ pub use gather::{all_gather, global_nt_xent};
 pub use rendezvous::DistEnv;
 pub use single::SingleProcess;
 pub use sync_batchnorm::{convert_sync_batch_norm, sync_batch_norm_2d};
+pub use tcp::TcpCommunicator;
 pub use threads::{ThreadCommunicator, ThreadGroup};
 
 use crate::error::{Error, Result};

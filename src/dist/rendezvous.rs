@@ -285,12 +285,27 @@ pub fn serve_blob(listener: &TcpListener, world_size: usize, blob: &[u8], timeou
     if blob.len() > MAX_BLOB {
         return Err(Error::invalid(OP, format!("blob of {} bytes is larger than {MAX_BLOB}", blob.len())));
     }
+    accept_ranks(listener, world_size, blob, timeout).map(drop)
+}
+
+/// Rank 0's side of the handshake: accepts one connection from each of ranks
+/// 1..world_size (checking each hello: same world size, a valid rank nobody
+/// else claimed), answers each with `blob` as soon as it is accepted, and
+/// returns the connections in rank order (index = rank − 1). Fails after
+/// `timeout` naming the ranks that never came.
+pub(crate) fn accept_ranks(
+    listener: &TcpListener,
+    world_size: usize,
+    blob: &[u8],
+    timeout: Duration,
+) -> Result<Vec<TcpStream>> {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     listener.set_nonblocking(true).map_err(|e| io_err("cannot poll the rendezvous socket", e))?;
     let deadline = Instant::now() + timeout;
-    let mut served = vec![false; world_size];
-    served[0] = true;
-    while served.iter().any(|s| !s) {
+    let mut streams: Vec<Option<TcpStream>> = (0..world_size).map(|_| None).collect();
+    let missing =
+        |streams: &[Option<TcpStream>]| -> Vec<usize> { (1..world_size).filter(|&r| streams[r].is_none()).collect() };
+    while !missing(&streams).is_empty() {
         let now = Instant::now();
         match listener.accept() {
             Ok((mut stream, peer)) => {
@@ -307,7 +322,7 @@ pub fn serve_blob(listener: &TcpListener, world_size: usize, blob: &[u8], timeou
                     ))
                 } else if rank == 0 || rank >= world_size {
                     Some(format!("a process at {peer} claims rank {rank}, which is not in 1..{world_size}"))
-                } else if served[rank] {
+                } else if streams[rank].is_some() {
                     Some(format!("two processes claim rank {rank} (the second from {peer}); check RANK/SLURM_PROCID"))
                 } else {
                     None
@@ -317,11 +332,11 @@ pub fn serve_blob(listener: &TcpListener, world_size: usize, blob: &[u8], timeou
                     return Err(Error::dist(OP, msg));
                 }
                 write_reply(&mut stream, true, blob).map_err(|e| io_err(&format!("cannot answer rank {rank}"), e))?;
-                served[rank] = true;
+                streams[rank] = Some(stream);
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 if now >= deadline {
-                    let missing: Vec<String> = (0..world_size).filter(|&r| !served[r]).map(|r| r.to_string()).collect();
+                    let missing: Vec<String> = missing(&streams).iter().map(|r| r.to_string()).collect();
                     return Err(Error::dist(
                         OP,
                         format!(
@@ -337,12 +352,24 @@ pub fn serve_blob(listener: &TcpListener, world_size: usize, blob: &[u8], timeou
             Err(e) => return Err(io_err("accepting a rank's connection failed", e)),
         }
     }
-    Ok(())
+    Ok(streams.into_iter().flatten().collect())
 }
 
 /// Another rank's side: connects to rank 0 at `host:port` (retrying until
 /// `timeout`: rank 0 may not be listening yet) and returns its blob.
 pub fn fetch_blob(host: &str, port: u16, rank: usize, world_size: usize, timeout: Duration) -> Result<Vec<u8>> {
+    connect_to_rank0(host, port, rank, world_size, timeout).map(|(_, blob)| blob)
+}
+
+/// The handshake of [`fetch_blob`], keeping the connection: returns the open
+/// stream to rank 0 and rank 0's answer.
+pub(crate) fn connect_to_rank0(
+    host: &str,
+    port: u16,
+    rank: usize,
+    world_size: usize,
+    timeout: Duration,
+) -> Result<(TcpStream, Vec<u8>)> {
     let deadline = Instant::now() + timeout;
     let mut backoff = Duration::from_millis(10);
     let mut last_error: String;
@@ -399,7 +426,7 @@ pub fn fetch_blob(host: &str, port: u16, rank: usize, world_size: usize, timeout
     if head[0] != 0 {
         return Err(Error::dist(OP, format!("rank 0 refused rank {rank}: {}", String::from_utf8_lossy(&payload))));
     }
-    Ok(payload)
+    Ok((stream, payload))
 }
 
 /// Everyone ends up with rank 0's blob: rank 0 calls `create` (e.g.
