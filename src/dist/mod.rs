@@ -19,6 +19,7 @@
 
 pub mod buckets;
 pub mod gather;
+pub mod launch;
 pub mod rendezvous;
 mod round;
 pub mod single;

@@ -14,8 +14,11 @@ mod demo;
 
 use clap::Parser;
 use simclr::config::{resolve, TrainConfig};
+use simclr::dist::{Communicator, DistEnv, TcpCommunicator};
 use simclr::train::{train, TrainOptions};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -91,18 +94,22 @@ struct Cli {
     /// Data-loading threads [default: 2].
     #[arg(long)]
     workers: Option<usize>,
-    /// Data-parallel training over the local GPUs.
+    /// Data-parallel training: one process per GPU, started here (or by torchrun/srun, whose
+    /// variables are recognised). --batch_size is global; the learning rate scales with the ranks.
     #[arg(long)]
     ddp: bool,
-    /// Use at most N GPUs with --ddp.
+    /// With --ddp: use N GPUs (default: all); with --device cpu: N processes.
     #[arg(long = "num_gpus")]
     num_gpus: Option<usize>,
     /// Synchronise batch-norm statistics across GPUs.
     #[arg(long = "sync_bn")]
     sync_bn: bool,
-    /// Compute threads (default: all cores).
+    /// Compute threads (default: all cores, shared out among the ranks of this machine).
     #[arg(long)]
     threads: Option<usize>,
+    /// Seconds a rank waits for the others in a collective before giving up [default: 300].
+    #[arg(long = "dist_timeout")]
+    dist_timeout: Option<f64>,
     /// Hide the progress bar and per-epoch lines.
     #[arg(long)]
     quiet: bool,
@@ -148,35 +155,91 @@ impl Cli {
 }
 
 fn run(cli: Cli) -> simclr::Result<()> {
-    if let Some(n) = cli.threads {
-        if n == 0 {
-            return Err(simclr::Error::invalid("--threads", "must be at least 1"));
-        }
+    // A rank started by torchrun, srun or our own --ddp launch knows its place from the environment.
+    let launched = DistEnv::from_env()?;
+    let threads = match (cli.threads, &launched) {
+        (Some(0), _) => return Err(simclr::Error::invalid("--threads", "must be at least 1")),
+        (Some(n), _) => Some(n),
+        // Ranks sharing a machine share its cores, instead of each taking all of them.
+        (None, Some(_)) => local_world_size().map(|ranks| (available_cores() / ranks).max(1)),
+        (None, None) => None,
+    };
+    if let Some(n) = threads {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
     }
+    let timeout = match cli.dist_timeout {
+        None => Duration::from_secs(300),
+        Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s),
+        Some(s) => {
+            return Err(simclr::Error::invalid("--dist_timeout", format!("{s} is not a positive number of seconds")))
+        }
+    };
     let base = match &cli.resume {
         Some(path) => simclr::checkpoint::load_train_state(path)?.0.config,
         None => TrainConfig::default(),
     };
     let cfg = resolve(&base, cli.config.as_deref(), cli.flags())?;
-    if cfg.ddp || cfg.num_gpus.is_some() {
-        // The loop is data-parallel already (tested with thread ranks); what is
-        // missing is a GPU communicator and one process per GPU.
+    cfg.validate()?;
+    let comm: Option<Arc<dyn Communicator>> = match launched {
+        Some(env) => Some(Arc::new(TcpCommunicator::connect(&env, timeout)?)),
+        None if cfg.ddp => return launch_ranks(&cfg),
+        None if cfg.num_gpus.is_some() => {
+            return Err(simclr::Error::invalid("--num_gpus", "only means something with --ddp"));
+        }
+        None => None,
+    };
+    let writer = comm.as_ref().is_none_or(|c| c.rank() == 0); // rank 0 speaks for the job
+    let outcome = train(&cfg, &TrainOptions { resume: cli.resume.clone(), verbose: !cli.quiet, comm })?;
+    if writer {
+        println!(
+            "trained {} epochs ({} steps, {:.1} clips/s); final model: {}",
+            outcome.epochs_done,
+            outcome.global_step,
+            outcome.clips_per_s,
+            outcome.final_model.display()
+        );
+    }
+    Ok(())
+}
+
+/// `--ddp` with no launcher around us: start one rank per GPU (or per `--num_gpus` process on
+/// the CPU) from this same command line, and wait for them.
+fn launch_ranks(cfg: &TrainConfig) -> simclr::Result<()> {
+    let ranks = match (cfg.num_gpus, cfg.device.as_str()) {
+        (Some(0), _) => return Err(simclr::Error::invalid("--num_gpus", "must be at least 1")),
+        (Some(n), _) => n,
+        // Unreachable today (config validation refuses --device cuda until training runs on the GPU);
+        // then this becomes the GPU count.
+        (None, "cuda") => return Err(simclr::Error::invalid("--ddp", "cannot count GPUs: no CUDA backend")),
+        (None, _) => {
+            return Err(simclr::Error::invalid(
+                "--ddp",
+                "on the CPU there are no GPUs to count: say how many processes to run with --num_gpus N",
+            ))
+        }
+    };
+    if cfg.batch_size % ranks != 0 {
         return Err(simclr::Error::invalid(
-            "--ddp",
-            "multi-GPU training needs the CUDA backend and NCCL, which are not implemented yet; \
-             train on one device without --ddp/--num_gpus",
+            "--batch_size",
+            format!("the global batch of {} clips does not split evenly over {ranks} ranks", cfg.batch_size),
         ));
     }
-    let outcome = train(&cfg, &TrainOptions { resume: cli.resume.clone(), verbose: !cli.quiet, comm: None })?;
-    println!(
-        "trained {} epochs ({} steps, {:.1} clips/s); final model: {}",
-        outcome.epochs_done,
-        outcome.global_step,
-        outcome.clips_per_s,
-        outcome.final_model.display()
-    );
-    Ok(())
+    let program = std::env::current_exe()
+        .map_err(|e| simclr::Error::dist("--ddp", format!("cannot find this program to start the ranks: {e}")))?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    simclr::dist::launch::run_local_ranks(&program, &args, ranks)
+}
+
+/// Ranks on this machine, as the launcher says (torchrun, our --ddp launch, srun).
+fn local_world_size() -> Option<usize> {
+    ["LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+}
+
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 fn main() {

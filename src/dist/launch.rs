@@ -1,0 +1,136 @@
+//! `--ddp` without a launcher: this process starts one copy of itself per
+//! rank on this machine, as torchrun would, and watches them.
+//!
+//! Each child gets torchrun's variables (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`,
+//! `LOCAL_WORLD_SIZE`, `MASTER_ADDR=127.0.0.1`, `MASTER_PORT` = a free port),
+//! so it takes the launched path (see [`DistEnv`](super::DistEnv)) and never
+//! spawns again. Rank 0 keeps this terminal (progress bar, per-epoch lines);
+//! the other ranks' stderr is forwarded with a `[rank r]` prefix, so an error
+//! says which rank it came from.
+//!
+//! A rank that fails must not leave the others hanging: the first child to
+//! exit unsuccessfully (error, crash, signal) stops the rest, and the launch
+//! fails naming it. (The survivors would also notice on their own, through
+//! their communicator, within its timeout; stopping them is just faster.)
+
+use crate::error::{Error, Result};
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+const OP: &str = "--ddp";
+
+/// How often the children are polled for exits.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Runs `program args` as ranks 0..world_size of one job on this machine and
+/// waits for all of them. Ok when every rank exits successfully; otherwise the
+/// other ranks are killed and the error names the first rank that failed.
+pub fn run_local_ranks(program: &Path, args: &[OsString], world_size: usize) -> Result<()> {
+    if world_size == 0 {
+        return Err(Error::invalid(OP, "needs at least one rank"));
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| Error::dist(OP, format!("cannot find a free local port for the ranks to meet on: {e}")))?
+        .port();
+    let mut children: Vec<Child> = Vec::with_capacity(world_size);
+    let mut forwarders = Vec::new();
+    for rank in 0..world_size {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env("RANK", rank.to_string())
+            .env("WORLD_SIZE", world_size.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("LOCAL_WORLD_SIZE", world_size.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .stdin(Stdio::null());
+        if rank > 0 {
+            cmd.stderr(Stdio::piped());
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                stop_all(&mut children);
+                return Err(Error::dist(OP, format!("cannot start rank {rank} ({}): {e}", program.display())));
+            }
+        };
+        if let Some(stderr) = child.stderr.take() {
+            forwarders.push(std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(std::result::Result::ok) {
+                    let _ = writeln!(std::io::stderr(), "[rank {rank}] {line}");
+                }
+            }));
+        }
+        children.push(child);
+    }
+    let result = watch(&mut children);
+    for f in forwarders {
+        let _ = f.join(); // the pipes close when the children are gone
+    }
+    result
+}
+
+/// Waits until every child has exited successfully, or one has not.
+fn watch(children: &mut [Child]) -> Result<()> {
+    let mut done = vec![false; children.len()];
+    loop {
+        for (rank, child) in children.iter_mut().enumerate() {
+            if done[rank] {
+                continue;
+            }
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => done[rank] = true,
+                Ok(Some(status)) => {
+                    stop_all(children);
+                    return Err(Error::dist(
+                        OP,
+                        format!(
+                            "rank {rank} {}; the other ranks were stopped (rank {rank}'s own error is above)",
+                            describe(status)
+                        ),
+                    ));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    stop_all(children);
+                    return Err(Error::dist(OP, format!("cannot watch rank {rank}: {e}")));
+                }
+            }
+        }
+        if done.iter().all(|&d| d) {
+            return Ok(());
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Kills every child still running and reaps them all.
+fn stop_all(children: &mut [Child]) {
+    for child in children.iter_mut() {
+        if let Ok(None) = child.try_wait() {
+            let _ = child.kill();
+        }
+    }
+    for child in children.iter_mut() {
+        let _ = child.wait();
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exited with status {code}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return format!("was killed by signal {signal}");
+        }
+    }
+    "ended abnormally".to_string()
+}
