@@ -210,3 +210,26 @@ fn a_rank_killed_mid_training_ends_the_job_with_a_clear_error() {
     // Noticed through the closed connection, not after the 300 s collective timeout.
     assert!(killed_at.elapsed() < Duration::from_secs(30), "rank 0 took {:?} to stop", killed_at.elapsed());
 }
+
+#[test]
+fn the_local_launch_script_runs_cpu_ranks() {
+    let dir = temp_dir("script");
+    let data = bouncing(&dir, 16);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/cluster/train_ddp.sh");
+    let out_dir = dir.join("out");
+    // The script's own defaults (batch 256, 100 epochs, resnet18) are overridden by later flags.
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(flags(&data, &out_dir, 0.05))
+        .args(["--base_model", "resnet18", "--device", "cpu", "--num_gpus", "2"])
+        .env("SIMCLR_TRAIN", TRAIN)
+        .env("NUM_GPUS", "0") // as on a machine without GPUs, whatever this one has
+        .output()
+        .unwrap();
+    check(&out, "tools/cluster/train_ddp.sh");
+    assert!(out_dir.join("final_model.safetensors").exists());
+    // Without a GPU and without --num_gpus, it says what to do.
+    let out = Command::new("bash").arg(&script).env("SIMCLR_TRAIN", TRAIN).env("NUM_GPUS", "0").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--device cpu --num_gpus N"));
+}

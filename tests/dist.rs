@@ -637,6 +637,10 @@ fn torchrun_variables_give_rank_world_and_master() {
             launcher: Launcher::Torchrun
         }
     );
+    // Under torchrun proper, its agent's store holds MASTER_PORT: rank 0 takes the next one.
+    let mut elastic = vars(&TORCHRUN);
+    elastic.insert("TORCHELASTIC_RUN_ID".into(), "none".into());
+    assert_eq!(DistEnv::from_vars(&elastic).unwrap().unwrap().master_port, 29401);
     // torchrun inside a SLURM job: torchrun's per-process variables win.
     let mut both = vars(&TORCHRUN);
     both.extend(vars(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "2"), ("SLURM_LOCALID", "0")]));

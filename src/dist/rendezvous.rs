@@ -4,7 +4,9 @@
 //!
 //! Launchers, in order of precedence:
 //! - torchrun (or any launcher following its convention): `RANK`,
-//!   `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`, all required;
+//!   `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`, all required.
+//!   Under torchrun itself (`TORCHELASTIC_RUN_ID` set) its agent's store holds
+//!   MASTER_PORT, so rank 0 listens on MASTER_PORT + 1;
 //! - SLURM (`srun`): `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`; the
 //!   master is `MASTER_ADDR` if set, else the first host of
 //!   `SLURM_JOB_NODELIST`; the port is `MASTER_PORT` if set, else derived from
@@ -89,6 +91,13 @@ impl DistEnv {
                 Error::dist(OP, "torchrun-style launch: MASTER_ADDR is not set (the host name or IP of rank 0)")
             })?;
             let master_port = match vars.get("MASTER_PORT") {
+                // torchrun's own agent already listens on MASTER_PORT (its rendezvous store):
+                // under torchrun, rank 0 listens on the next port.
+                Some(p) if vars.contains_key("TORCHELASTIC_RUN_ID") => {
+                    port("MASTER_PORT", p)?.checked_add(1).ok_or_else(|| {
+                        Error::dist(OP, "MASTER_PORT=65535 leaves no port above it for rank 0 under torchrun")
+                    })?
+                }
                 Some(p) => port("MASTER_PORT", p)?,
                 None => {
                     return Err(Error::dist(
