@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the build needs,
-# then runs `cargo test --release --features video,cuda`.
+# then runs `cargo test --release --features video,cuda,nccl`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,4 +54,4 @@ export NVCC
 # The README's other command, `cargo run --release`, builds with the default features (no CUDA,
 # no FFmpeg): build that configuration too, so a change that only breaks it cannot pass.
 cargo build --release --bins
-cargo test --release --features video,cuda "$@"
+cargo test --release --features video,cuda,nccl "$@"

@@ -8,7 +8,8 @@
 //!   timeout and clear errors when a rank leaves or the ranks disagree;
 //! - [`TcpCommunicator`]: ranks are processes (CPU training with `--ddp`,
 //!   torchrun, SLURM), a star over TCP around rank 0 with the same semantics;
-//! - NCCL (feature `nccl`, with the CUDA backend): planned.
+//! - [`nccl::NcclCommunicator`] (feature `nccl`): GPU ranks through NCCL, on device
+//!   buffers and, for the trait, on host tensors (verified on a GPU: not yet).
 //!
 //! On top of the collectives:
 //! - [`gather`]: a differentiable `all_gather` and NT-Xent over the global batch;
@@ -20,6 +21,8 @@
 pub mod buckets;
 pub mod gather;
 pub mod launch;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod rendezvous;
 mod round;
 pub mod single;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Step 1 of a GPU session, on the development machine (no GPU, no CUDA toolkit needed):
-# builds everything with --features cuda and copies what the GPU machine runs into .gpu/
+# builds everything with --features cuda,nccl and copies what the GPU machine runs into .gpu/
 # (ignored by git), which the device tool carries:
 #
 #   .gpu/bin/         release binaries (simclr-train, simclr-eval, simclr-data)
@@ -18,12 +18,12 @@ cd "$(dirname "$0")/../.."
 grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo '/.gpu/' >> .git/info/exclude; }
 rm -rf .gpu && mkdir -p .gpu/bin .gpu/tests .gpu/benches .gpu/tools
 
-cargo build --release --features cuda --bins
+cargo build --release --features cuda,nccl --bins
 cp target/release/simclr-train target/release/simclr-eval target/release/simclr-data .gpu/bin/
 
 # Test and bench executables: their paths come from cargo's JSON messages.
 executables() {
-    cargo "$@" --release --features cuda --no-run --message-format=json 2>/dev/null |
+    cargo "$@" --release --features cuda,nccl --no-run --message-format=json 2>/dev/null |
         python3 -c '
 import json, sys
 for line in sys.stdin:

@@ -7,12 +7,12 @@
 #   3. compute-sanitizer memcheck over the GPU parity tests;
 #   4. the PyTorch reference timings (tools/gpu/torch_kernels.py -> $OUT/torch_kernels.json)
 #      and the CUDA kernel benchmark, which prints ratios against them.
-# Usage: bash .gpu/tools/run.sh [steps...]   (steps: facts parity sanitizer bench; default all)
+# Usage: bash .gpu/tools/run.sh [steps...]   (steps: facts parity sanitizer nccl bench; default all)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/simclr-gpu-out}"
 mkdir -p "$OUT"
-steps="${*:-facts parity sanitizer bench}"
+steps="${*:-facts parity sanitizer nccl bench}"
 status=0
 step() { echo; echo "=== $1 ($(date -u +%H:%M:%S))"; }
 
@@ -40,7 +40,15 @@ for s in $steps; do
         step "CUDA kernel benchmark"
         SIMCLR_TORCH_REFERENCE="$OUT/torch_kernels.json" .gpu/benches/cuda_kernels 2>&1 | tee "$OUT/cuda_kernels.txt" || status=1
         ;;
-    *) echo "unknown step $s (facts parity sanitizer bench)"; status=2 ;;
+    nccl)
+        step "NCCL at world size 1 (collectives + a training run through the same code)"
+        # pip's NCCL (PyTorch's dependency) ships libnccl.so.2 only; cudarc looks for libnccl.so.
+        nccl_dir="$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null || true)"
+        mkdir -p /tmp/simclr-nccl-lib
+        if [ -n "$nccl_dir" ] && [ -e "$nccl_dir/libnccl.so.2" ]; then ln -sf "$nccl_dir/libnccl.so.2" /tmp/simclr-nccl-lib/libnccl.so; fi
+        LD_LIBRARY_PATH="/tmp/simclr-nccl-lib:${nccl_dir}:${LD_LIBRARY_PATH:-}" .gpu/tests/nccl --ignored --test-threads 1 2>&1 | tee "$OUT/nccl.txt" || status=1
+        ;;
+    *) echo "unknown step $s (facts parity sanitizer nccl bench)"; status=2 ;;
     esac
 done
 echo; echo "run.sh finished with status $status; logs in $OUT"

@@ -126,7 +126,7 @@ impl Driver {
     }
 
     /// Makes our context current on the calling thread (threads start with none).
-    fn bind(&self) -> Result<()> {
+    pub(crate) fn bind(&self) -> Result<()> {
         unsafe { result::ctx::set_current(self.ctx) }.map_err(|e| driver_error("cuda context", e))
     }
 
@@ -216,6 +216,47 @@ impl Driver {
             let _ = result::event::destroy(end);
         }
         timed
+    }
+}
+
+impl Driver {
+    /// Runs `enqueue` (which queues work on our stream) and waits for that work by polling an
+    /// event, calling `check` between polls; gives up after `timeout`. For work that may never
+    /// finish — a collective whose peer died — where a blocking synchronise would hang forever.
+    #[cfg_attr(not(feature = "nccl"), allow(dead_code))]
+    pub(crate) fn run_polling(
+        &self,
+        enqueue: impl FnOnce(sys::CUstream) -> Result<()>,
+        timeout: std::time::Duration,
+        mut check: impl FnMut() -> Result<()>,
+    ) -> Result<()> {
+        self.bind()?;
+        let err = |e| driver_error("cuda event", e);
+        let done = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING).map_err(err)?;
+        let waited = (|| {
+            enqueue(self.stream)?;
+            unsafe { result::event::record(done, self.stream) }.map_err(err)?;
+            let deadline = std::time::Instant::now() + timeout;
+            loop {
+                match unsafe { result::event::query(done) } {
+                    Ok(()) => return Ok(()),
+                    Err(result::DriverError(sys::CUresult::CUDA_ERROR_NOT_READY)) => {}
+                    Err(e) => return Err(err(e)),
+                }
+                check()?;
+                if std::time::Instant::now() >= deadline {
+                    return Err(Error::Device {
+                        op: "cuda wait",
+                        msg: format!("the queued work did not finish within {} s", timeout.as_secs_f64()),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        })();
+        unsafe {
+            let _ = result::event::destroy(done);
+        }
+        waited
     }
 }
 

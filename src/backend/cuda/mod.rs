@@ -14,7 +14,7 @@ mod buffer;
 mod driver;
 mod emulator;
 pub mod gemm;
-mod gpu;
+pub(crate) mod gpu;
 pub mod kernels;
 mod kernels_table;
 mod launch;
