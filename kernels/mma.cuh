@@ -3,7 +3,8 @@
 // `ldmatrix` (shared memory -> mma fragments) and `cp.async` (global -> shared without registers).
 //
 // Every primitive has two implementations: inline PTX for the GPU, and for the CPU emulator
-// (SIMCLR_EMU) the same data movement spelled with warp shuffles, following the fragment layouts
+// (SIMCLR_EMU) the same data movement done by exchanging registers across the warp (one
+// emulator rendezvous gives every lane all 32 lanes' values), following the fragment layouts
 // of the PTX ISA ("Matrix Fragments for mma.m16n8k16 with floating point type", "ldmatrix").
 // The tensor_core_probe kernels check on the GPU that both agree with a plain matrix product, so
 // a kernel that passes its parity test on the emulator uses the fragments as the hardware does.
@@ -53,31 +54,40 @@ __device__ __forceinline__ int lane_id() {
 // mma.sync.m16n8k16: d += A (16x16) * B (16x8), f32 accumulators. All 32 lanes must call it.
 // ---------------------------------------------------------------------------------------------
 #ifdef SIMCLR_EMU
-// Each lane gathers the A rows (g, g+8) and B columns (2t, 2t+1) its four outputs need from the
-// lanes that hold them, then sums over k in order.
+// Every lane's 64-bit value in one rendezvous of the whole warp (the emulator's exchange hands
+// each lane all 32 published slots): three of these per mma instead of 32 shuffles.
+__device__ inline void warp_all_gather64(unsigned long long mine, unsigned long long all[32]) {
+    simclr_emu_warp_view view;
+    simclr_emu_warp_exchange(SIMCLR_EMU_WARP_SHFL, FULL_MASK, mine, &view);
+    if (view.participants != FULL_MASK) simclr_emu_fatal("mma/ldmatrix need all 32 lanes of the warp");
+    for (int i = 0; i < 32; ++i) all[i] = view.slot[i];
+}
+__device__ inline unsigned long long join64(uint32_t lo, uint32_t hi) {
+    return (unsigned long long)lo | ((unsigned long long)hi << 32);
+}
+
+// Each lane takes the A rows (g, g+8) and B columns (2t, 2t+1) its four outputs need from the
+// lanes that hold them (layouts at the top of this file), then sums over k in order.
 template <typename T> __device__ __forceinline__ void mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
     const int lane = lane_id(), g = lane >> 2, t = lane & 3;
-    float arow[2][16], bcol[2][16];  // arow[i][k] = A[g + 8i][k], bcol[j][k] = B[k][2t + j]
-    for (int tt = 0; tt < 4; ++tt) {
-        for (int reg = 0; reg < 4; ++reg) {
-            const uint32_t v = __shfl_sync(FULL_MASK, a[reg], g * 4 + tt);
-            const int row = reg & 1, k = 2 * tt + ((reg >> 1) << 3);
-            arow[row][k] = unpack_lo<T>(v);
-            arow[row][k + 1] = unpack_hi<T>(v);
-        }
-        for (int j = 0; j < 2; ++j) {
-            for (int reg = 0; reg < 2; ++reg) {
-                const uint32_t v = __shfl_sync(FULL_MASK, b[reg], (2 * t + j) * 4 + tt);
-                const int k = 2 * tt + (reg << 3);
-                bcol[j][k] = unpack_lo<T>(v);
-                bcol[j][k + 1] = unpack_hi<T>(v);
-            }
-        }
-    }
+    unsigned long long a01[32], a23[32], b01[32];
+    warp_all_gather64(join64(a[0], a[1]), a01);
+    warp_all_gather64(join64(a[2], a[3]), a23);
+    warp_all_gather64(join64(b[0], b[1]), b01);
+    // reg r of lane l: a0/a1 = low/high of a01, a2/a3 = low/high of a23; b0/b1 = low/high of b01.
+    auto reg = [](const unsigned long long* pair, int l, int high) { return (uint32_t)(pair[l] >> (32 * high)); };
     for (int i = 0; i < 2; ++i)
         for (int j = 0; j < 2; ++j) {
             float acc = 0.0f;
-            for (int k = 0; k < 16; ++k) acc += arow[i][k] * bcol[j][k];
+            for (int k = 0; k < 16; ++k) {
+                const int holder_a = (g * 4) + ((k & 7) >> 1), holder_b = ((2 * t + j) * 4) + ((k & 7) >> 1);
+                // A[g + 8i][k] is register i + 2·(k ≥ 8); B[k][n] is register (k ≥ 8).
+                const uint32_t ra = reg(k < 8 ? a01 : a23, holder_a, i);
+                const uint32_t rb = reg(b01, holder_b, k >= 8);
+                const float av = (k & 1) ? unpack_hi<T>(ra) : unpack_lo<T>(ra);
+                const float bv = (k & 1) ? unpack_hi<T>(rb) : unpack_lo<T>(rb);
+                acc += av * bv;
+            }
             d[2 * i + j] += acc;
         }
 }
@@ -109,15 +119,15 @@ template <> __device__ __forceinline__ void mma_16816<f16>(float d[4], const uin
 #ifdef SIMCLR_EMU
 template <int TILES, bool TRANS> __device__ __forceinline__ void ldmatrix_emulated(uint32_t* r, const void* row) {
     const int lane = lane_id();
-    const unsigned long long mine = (unsigned long long)(uintptr_t)row;
+    unsigned long long rows[32];  // every lane's row address
+    warp_all_gather64((unsigned long long)(uintptr_t)row, rows);
     for (int i = 0; i < TILES; ++i) {
         unsigned short e[2];
         for (int j = 0; j < 2; ++j) {
             // TRANS: element (row 2(l%4)+j, column l/4); otherwise (row l/4, column 2(l%4)+j).
             const int src_row = TRANS ? 2 * (lane & 3) + j : lane >> 2;
             const int col = TRANS ? lane >> 2 : 2 * (lane & 3) + j;
-            const unsigned long long p = __shfl_sync(FULL_MASK, mine, 8 * i + src_row);
-            e[j] = reinterpret_cast<const unsigned short*>((uintptr_t)p)[col];
+            e[j] = reinterpret_cast<const unsigned short*>((uintptr_t)rows[8 * i + src_row])[col];
         }
         r[i] = (uint32_t)e[0] | ((uint32_t)e[1] << 16);
     }
