@@ -9,11 +9,13 @@
 mod common;
 
 mod batchnorm;
+mod conv;
 mod elementwise;
 mod emulator;
 mod layernorm;
 mod nt_xent;
 mod optim;
+mod pool;
 mod reduce;
 mod runtime;
 mod softmax;

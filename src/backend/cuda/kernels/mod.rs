@@ -3,10 +3,12 @@
 //! out of bounds; the kernels themselves trust what they are given.
 
 pub mod batchnorm;
+pub mod conv;
 pub mod elementwise;
 pub mod layernorm;
 pub mod nt_xent;
 pub mod optim;
+pub mod pool;
 pub mod reduce;
 pub mod softmax;
 pub mod tensor_core_probe;
