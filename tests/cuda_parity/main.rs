@@ -8,6 +8,7 @@
 #[macro_use]
 mod common;
 
+mod attention;
 mod batchnorm;
 mod conv;
 mod elementwise;

@@ -33,7 +33,9 @@ for line in sys.stdin:
 '
 }
 executables test --tests | while read -r name path; do cp "$path" ".gpu/tests/$name"; done
-executables bench --bench cuda_kernels | while read -r name path; do cp "$path" ".gpu/benches/$name"; done
+for bench in cuda_kernels conv_kernels attention_kernels; do
+    executables bench --bench "$bench" | while read -r name path; do cp "$path" ".gpu/benches/$name"; done
+done
 
 for exe in .gpu/bin/* .gpu/tests/* .gpu/benches/*; do
     if ldd "$exe" | grep -q -E 'libav|libsw'; then
@@ -41,7 +43,7 @@ for exe in .gpu/bin/* .gpu/tests/* .gpu/benches/*; do
         exit 1
     fi
 done
-cp tools/gpu/run.sh tools/gpu/torch_kernels.py .gpu/tools/
+cp tools/gpu/run.sh tools/gpu/torch_kernels.py tools/gpu/torch_conv.py tools/gpu/torch_attention.py .gpu/tools/
 { git rev-parse --short HEAD; git status --porcelain | grep -q . && echo "(uncommitted changes)" || true; } > .gpu/commit
 du -sh .gpu
 echo "ready: device run with carry [\".gpu\"] and command: bash .gpu/tools/run.sh"

@@ -2,6 +2,7 @@
 //! shapes, dtype support) and returns an error instead of launching a kernel that would read
 //! out of bounds; the kernels themselves trust what they are given.
 
+pub mod attention;
 pub mod batchnorm;
 pub mod conv;
 pub mod elementwise;
