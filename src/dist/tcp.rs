@@ -43,8 +43,9 @@ const MAX_RANK: usize = 16;
 pub struct TcpCommunicator {
     rank: usize,
     world_size: usize,
-    timeout: Duration,
     state: Mutex<State>,
+    /// How long a read from a peer may block (see `connect`).
+    read_timeout: Duration,
 }
 
 struct State {
@@ -81,18 +82,22 @@ impl TcpCommunicator {
         } else {
             vec![connect_to_rank0(&env.master_addr, env.master_port, env.rank, env.world_size, timeout)?.0]
         };
+        // Rank 0 waits `timeout` for each rank; the others wait for rank 0 twice as long, so that
+        // when some rank is stuck they receive rank 0's message naming it instead of timing out
+        // at the same moment with a vaguer one.
+        let read_timeout = if env.rank == 0 { timeout } else { 2 * timeout };
         for stream in &links {
             let prepared = stream
                 .set_nodelay(true) // rounds are request/response: never wait to coalesce small messages
-                .and_then(|_| stream.set_read_timeout(Some(timeout)))
+                .and_then(|_| stream.set_read_timeout(Some(read_timeout)))
                 .and_then(|_| stream.set_write_timeout(Some(timeout)));
             prepared.map_err(|e| Error::dist(OP, format!("cannot configure a connection: {e}")))?;
         }
         Ok(TcpCommunicator {
             rank: env.rank,
             world_size: env.world_size,
-            timeout,
             state: Mutex::new(State { links, call: 0, broken: None }),
+            read_timeout,
         })
     }
 
@@ -178,7 +183,7 @@ impl TcpCommunicator {
             ErrorKind::WouldBlock | ErrorKind::TimedOut => format!(
                 "timed out after {} s waiting for rank {peer} in {op} (collective #{call}); a rank is stuck or much \
                  slower than the others — raise the timeout (--dist_timeout) if it is only slow",
-                self.timeout.as_secs_f64()
+                self.read_timeout.as_secs_f64()
             ),
             ErrorKind::UnexpectedEof
             | ErrorKind::ConnectionReset
