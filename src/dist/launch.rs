@@ -69,8 +69,12 @@ pub fn run_local_ranks(program: &Path, args: &[OsString], world_size: usize) -> 
         children.push(child);
     }
     let result = watch(&mut children);
-    for f in forwarders {
-        let _ = f.join(); // the pipes close when the children are gone
+    if result.is_ok() {
+        // Every rank exited, so their pipes are closed: wait for the last lines to be printed.
+        // After a failure, don't: a killed rank's own children (if any) may hold its pipe open.
+        for f in forwarders {
+            let _ = f.join();
+        }
     }
     result
 }
