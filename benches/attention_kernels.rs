@@ -19,7 +19,8 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use common::gpu::GpuBench;
+
 
 use half::bf16;
 use simclr::backend::cuda::kernels::attention::{
@@ -36,28 +37,9 @@ const FRAMES: usize = 20;
 const MODELS: &[&str] = &["vivit_tiny", "vivit_small", "vivit_base"];
 const IMAGES: &[usize] = &[128, 224];
 
-struct Bench {
-    gpu: Gpu,
-    emulated: bool,
-    torch: BTreeMap<String, serde_json::Value>,
-}
+type Bench = GpuBench;
 
 impl Bench {
-    /// Median GPU milliseconds of `f` over repetitions, after warm-up.
-    fn time(&self, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-        let (warmup, reps) = if self.emulated { (0, 1) } else { (3, 20) };
-        for _ in 0..warmup {
-            f()?;
-        }
-        self.gpu.synchronize()?;
-        let mut times = Vec::with_capacity(reps);
-        for _ in 0..reps {
-            times.push(self.gpu.time_ms(&mut f)? as f64);
-        }
-        times.sort_by(f64::total_cmp);
-        Ok(times[reps / 2])
-    }
-
     fn torch_ms(&self, case: &str, key: &str) -> Option<f64> {
         self.torch.get(case)?.get(key)?.as_f64()
     }
@@ -131,40 +113,11 @@ fn main() -> Result<()> {
         "flash attention microbenchmark",
         &["kernels", "src/backend/cuda", "benches/attention_kernels.rs"],
     );
-    let emulated = std::env::var_os("SIMCLR_BENCH_EMULATED").is_some();
-    let gpu = if emulated { Gpu::emulated() } else { Gpu::open(0)? };
-    if let Ok(commit) = std::fs::read_to_string(".gpu/commit") {
-        println!("# binaries built from: {}", commit.split_whitespace().collect::<Vec<_>>().join(" "));
-    }
-    println!(
-        "# device: {}, compute capability {:?}, {:.1} GiB",
-        gpu.name(),
-        gpu.compute_capability(),
-        gpu.total_memory().unwrap_or(0) as f64 / (1u64 << 30) as f64
-    );
-    let torch: BTreeMap<String, serde_json::Value> = match std::env::var_os("SIMCLR_TORCH_REFERENCE") {
-        Some(path) => {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| simclr::Error::io("read the PyTorch reference", std::path::PathBuf::from(&path), e))?;
-            serde_json::from_str(&text)
-                .map_err(|e| simclr::Error::format(std::path::PathBuf::from(&path), e.to_string()))?
-        }
-        None => BTreeMap::new(),
-    };
-    match torch.get("device") {
-        Some(dev) => println!(
-            "# PyTorch reference from the same run: {dev} torch {} (SDPA, flash backend)",
-            torch.get("torch").cloned().unwrap_or_default()
-        ),
-        None => println!("# no PyTorch reference (set SIMCLR_TORCH_REFERENCE to torch_attention.py's JSON)"),
-    }
-    if emulated {
-        println!("# EMULATED: one head of 17 tokens on the CPU kernel emulator; the timings mean nothing");
-    }
+    let b = GpuBench::open("tools/gpu/torch_attention.py")?;
+    println!("# PyTorch side: SDPA with the flash backend forced");
     println!("# times: median of 20 CUDA-event-timed runs after 3 warm-ups; FLOPs: fwd 4·BH·L²·D, bwd 2.5× fwd");
     println!("# target: fwd+bwd at least 0.80x PyTorch's throughput");
     println!();
-    let b = Bench { gpu, emulated, torch };
     for &model in MODELS {
         for &image in IMAGES {
             case(&b, model, image)?;

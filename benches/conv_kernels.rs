@@ -15,6 +15,9 @@
 //! `SIMCLR_BENCH_EMULATED=1` runs ResNet-18's shapes on 16×16 images, one image, channels ÷ 32, on
 //! the kernel emulator: it proves the benchmark runs; its timings mean nothing.
 
+mod common;
+
+use common::gpu::GpuBench;
 use std::collections::BTreeMap;
 
 use half::bf16;
@@ -83,11 +86,7 @@ fn resnet_layers(depth: usize, size: usize, batch: usize, shrink: usize) -> Vec<
     layers
 }
 
-struct Bench {
-    gpu: Gpu,
-    emulated: bool,
-    torch: BTreeMap<String, serde_json::Value>,
-}
+type Bench = GpuBench;
 
 /// Our and cuDNN's milliseconds for one shape's three passes (cuDNN's where measured).
 #[derive(Clone, Copy, Default)]
@@ -99,20 +98,6 @@ struct Times {
 const PASSES: [&str; 3] = ["fwd", "dgrad", "wgrad"];
 
 impl Bench {
-    fn time(&self, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-        let (warmup, reps) = if self.emulated { (0, 1) } else { (3, 20) };
-        for _ in 0..warmup {
-            f()?;
-        }
-        self.gpu.synchronize()?;
-        let mut times = Vec::with_capacity(reps);
-        for _ in 0..reps {
-            times.push(self.gpu.time_ms(&mut f)? as f64);
-        }
-        times.sort_by(f64::total_cmp);
-        Ok(times[reps / 2])
-    }
-
     fn torch_times(&self, case: &str) -> Option<[f64; 3]> {
         let c = self.torch.get(case)?;
         let get = |k: &str| c.get(format!("{k}_ms"))?.as_f64();
@@ -157,19 +142,10 @@ fn random(gpu: &Gpu, n: usize, seed: u64) -> Result<DeviceBuffer<bf16>> {
 }
 
 fn main() -> Result<()> {
-    let emulated = std::env::var("SIMCLR_BENCH_EMULATED").is_ok_and(|v| v == "1");
-    let gpu = if emulated { Gpu::emulated() } else { Gpu::open(0)? };
-    let torch: BTreeMap<String, serde_json::Value> = match std::env::var("SIMCLR_TORCH_REFERENCE") {
-        Ok(path) => {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| simclr::Error::invalid("conv_kernels", format!("cannot read {path}: {e}")))?;
-            serde_json::from_str(&text)
-                .map_err(|e| simclr::Error::invalid("conv_kernels", format!("{path} is not JSON: {e}")))?
-        }
-        Err(_) => BTreeMap::new(),
-    };
+    common::print_header("conv kernel microbenchmark", &["kernels", "src/backend/cuda", "benches/conv_kernels.rs"]);
+    let b = GpuBench::open("tools/gpu/torch_conv.py")?;
+    let emulated = b.emulated;
     let batch = std::env::var("SIMCLR_CONV_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_BATCH);
-    let b = Bench { gpu, emulated, torch };
     println!("conv kernels (bf16 in, f32 accumulate; dW in f32) on {}", b.gpu.name());
     println!("per pass: our median time, TFLOP/s, and cuDNN time / our time (above 1: we are faster)");
 

@@ -13,7 +13,8 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use common::gpu::GpuBench;
+
 
 use half::bf16;
 use simclr::backend::cuda::kernels::batchnorm::{self, BatchNormSaved, RunningStats};
@@ -35,10 +36,16 @@ const NT_XENT_ROWS: &[usize] = &[512, 2048, 8192];
 const BATCH_NORM_SHAPES: &[[usize; 4]] = &[[256, 64, 32, 32], [256, 256, 8, 8]];
 
 struct Bench {
-    gpu: Gpu,
-    emulated: bool,
-    torch: BTreeMap<String, serde_json::Value>,
+    base: GpuBench,
+    /// Device-to-device copy bandwidth, measured first: the roofline of the memory-bound kernels.
     copy_gbps: f64,
+}
+
+impl std::ops::Deref for Bench {
+    type Target = GpuBench;
+    fn deref(&self) -> &GpuBench {
+        &self.base
+    }
 }
 
 impl Bench {
@@ -49,21 +56,6 @@ impl Bench {
         } else {
             n
         }
-    }
-
-    /// Median GPU milliseconds of `f` over repetitions, after warm-up.
-    fn time(&self, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-        let (warmup, reps) = if self.emulated { (0, 1) } else { (3, 20) };
-        for _ in 0..warmup {
-            f()?;
-        }
-        self.gpu.synchronize()?;
-        let mut times = Vec::with_capacity(reps);
-        for _ in 0..reps {
-            times.push(self.gpu.time_ms(&mut f)? as f64);
-        }
-        times.sort_by(f64::total_cmp);
-        Ok(times[reps / 2])
     }
 
     fn torch_ms(&self, case: &str, key: &str) -> Option<f64> {
@@ -339,40 +331,10 @@ fn elementwise_cases(b: &Bench) -> Result<()> {
 
 fn main() -> Result<()> {
     common::print_header("CUDA kernel microbenchmarks", &["kernels", "src/backend/cuda", "benches/cuda_kernels.rs"]);
-    let emulated = std::env::var_os("SIMCLR_BENCH_EMULATED").is_some();
-    let gpu = if emulated { Gpu::emulated() } else { Gpu::open(0)? };
-    if let Ok(commit) = std::fs::read_to_string(".gpu/commit") {
-        println!("# binaries built from: {}", commit.split_whitespace().collect::<Vec<_>>().join(" "));
-    }
-    println!(
-        "# device: {}, compute capability {:?}, {:.1} GiB",
-        gpu.name(),
-        gpu.compute_capability(),
-        gpu.total_memory().unwrap_or(0) as f64 / (1u64 << 30) as f64
-    );
-    let torch: BTreeMap<String, serde_json::Value> = match std::env::var_os("SIMCLR_TORCH_REFERENCE") {
-        Some(path) => {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| simclr::Error::io("read the PyTorch reference", std::path::PathBuf::from(&path), e))?;
-            serde_json::from_str(&text)
-                .map_err(|e| simclr::Error::format(std::path::PathBuf::from(&path), e.to_string()))?
-        }
-        None => BTreeMap::new(),
-    };
-    if let Some(dev) = torch.get("device") {
-        println!(
-            "# PyTorch reference from the same run: {dev} torch {}",
-            torch.get("torch").cloned().unwrap_or_default()
-        );
-    } else {
-        println!("# no PyTorch reference (set SIMCLR_TORCH_REFERENCE to torch_kernels.py's JSON)");
-    }
-    if emulated {
-        println!("# EMULATED: tiny sizes on the CPU kernel emulator; the timings mean nothing");
-    }
+    let base = GpuBench::open("tools/gpu/torch_kernels.py")?;
     println!("# times: median of 20 CUDA-event-timed runs after 3 warm-ups; bytes: the least each case must move");
     println!();
-    let mut b = Bench { gpu, emulated, torch, copy_gbps: f64::NAN };
+    let mut b = Bench { base, copy_gbps: f64::NAN };
     copy_bandwidth(&mut b)?;
     gemm_throughput(&b)?;
     for &(rows, cols) in LAYER_NORM_SHAPES {

@@ -4,6 +4,10 @@
 
 use std::process::Command;
 
+#[cfg(feature = "cuda")]
+#[allow(dead_code)] // every bench includes this module; only the CUDA ones use it
+pub mod gpu;
+
 /// Trimmed stdout of a command, or "" if it cannot run.
 pub fn command_output(cmd: &str, args: &[&str]) -> String {
     Command::new(cmd)

@@ -43,7 +43,7 @@ for exe in .gpu/bin/* .gpu/tests/* .gpu/benches/*; do
         exit 1
     fi
 done
-cp tools/gpu/run.sh tools/gpu/torch_kernels.py tools/gpu/torch_conv.py tools/gpu/torch_attention.py .gpu/tools/
+cp tools/gpu/run.sh tools/gpu/torch_timing.py tools/gpu/torch_kernels.py tools/gpu/torch_conv.py tools/gpu/torch_attention.py .gpu/tools/
 { git rev-parse --short HEAD; git status --porcelain | grep -q . && echo "(uncommitted changes)" || true; } > .gpu/commit
 du -sh .gpu
 echo "ready: device run with carry [\".gpu\"] and command: bash .gpu/tools/run.sh"

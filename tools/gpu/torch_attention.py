@@ -16,30 +16,17 @@ FLOPs as FlashAttention counts them: forward 4*BH*L*S*D, backward 2.5x the forwa
 """
 import argparse
 import json
-import statistics
 
 import torch
+
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch_timing import median_ms  # beside this script, in tools/gpu/
 
 BATCH, FRAMES, TUBELET_FRAMES, PATCH, HEAD_DIM = 256, 20, 2, 16, 64
 MODELS = [("vivit_tiny", 3), ("vivit_small", 6), ("vivit_base", 12)]
 IMAGES = [128, 224]
 
-
-def median_ms(fn, warmup=3, reps=20):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def attention_case(heads, image):

@@ -13,10 +13,11 @@ Usage: python3 tools/gpu/torch_conv.py --out torch_conv.json [--batch 640]
 """
 import argparse
 import json
-import statistics
 
 import torch
+
 import torch.nn.functional as F
+from torch_timing import median_ms  # beside this script, in tools/gpu/
 
 
 def resnet_layers(depth, size, batch):
@@ -55,20 +56,6 @@ def resnet_layers(depth, size, batch):
 def case_name(n, h, c, k, r, stride):
     return f"conv/{h}x{h}x{c}->{k}/{r}x{r}s{stride}/n{n}"
 
-
-def median_ms(fn, warmup=3, reps=20):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def time_case(n, h, c, k, r, stride, pad):

@@ -11,25 +11,12 @@ inputs are random (never zeros), rotated across several copies when they fit in 
 """
 import argparse
 import json
-import statistics
 
 import torch
+
 import torch.nn.functional as F
+from torch_timing import median_ms  # beside this script, in tools/gpu/
 
-
-def median_ms(fn, warmup=5, reps=30):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def copy_bandwidth():
