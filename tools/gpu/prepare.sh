@@ -3,9 +3,10 @@
 # builds everything with --features cuda,nccl and copies what the GPU machine runs into .gpu/
 # (ignored by git), which the device tool carries:
 #
-#   .gpu/bin/         release binaries (simclr-train, simclr-eval, simclr-data)
-#   .gpu/tests/       the test executables (cuda_parity and the rest), `cargo test --no-run`
-#   .gpu/benches/     the CUDA benchmark executables
+#   .gpu/executables.tar.xz   stripped, packed:
+#       bin/          release binaries (simclr-train, simclr-eval, simclr-data)
+#       tests/        the test executables that need a GPU (cuda_parity, nccl)
+#       benches/      the CUDA benchmark executables
 #   .gpu/tools/       the scripts and PyTorch references run there
 #   .gpu/commit       the commit (and whether the tree was dirty) the binaries come from
 #
@@ -21,9 +22,10 @@ rm -rf .gpu && mkdir -p .gpu/bin .gpu/tests .gpu/benches .gpu/tools
 cargo build --release --features cuda,nccl --bins
 cp target/release/simclr-train target/release/simclr-eval target/release/simclr-data .gpu/bin/
 
-# Test and bench executables: their paths come from cargo's JSON messages.
+# Test and bench executables: their paths come from cargo's JSON messages. (`cargo bench`
+# builds optimised already and refuses --release.)
 executables() {
-    cargo "$@" --release --features cuda,nccl --no-run --message-format=json 2>/dev/null |
+    cargo "$@" --features cuda,nccl --no-run --message-format=json 2>/dev/null |
         python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -32,7 +34,8 @@ for line in sys.stdin:
         print(m["target"]["name"], m["executable"])
 '
 }
-executables test --tests | while read -r name path; do cp "$path" ".gpu/tests/$name"; done
+# Only the tests that need the GPU machine: the rest run in CI here.
+executables test --release --test cuda_parity --test nccl | while read -r name path; do cp "$path" ".gpu/tests/$name"; done
 for bench in cuda_kernels conv_kernels attention_kernels; do
     executables bench --bench "$bench" | while read -r name path; do cp "$path" ".gpu/benches/$name"; done
 done
@@ -43,6 +46,11 @@ for exe in .gpu/bin/* .gpu/tests/* .gpu/benches/*; do
         exit 1
     fi
 done
+# The device tool carries at most 64 MiB: strip the debug info and pack the executables
+# (≈145 MB stripped, ≈20 MB as .tar.xz); run.sh unpacks them there.
+strip .gpu/bin/* .gpu/tests/* .gpu/benches/*
+tar -C .gpu -cf - bin tests benches | xz -T0 -6 > .gpu/executables.tar.xz
+rm -rf .gpu/bin .gpu/tests .gpu/benches
 cp tools/gpu/run.sh tools/gpu/torch_timing.py tools/gpu/torch_kernels.py tools/gpu/torch_conv.py tools/gpu/torch_attention.py .gpu/tools/
 { git rev-parse --short HEAD; git status --porcelain | grep -q . && echo "(uncommitted changes)" || true; } > .gpu/commit
 du -sh .gpu
