@@ -30,38 +30,6 @@
 
 namespace {
 
-// ---- vector loads and stores: VEC elements of T <-> VEC floats ---------------------------------
-
-__device__ __forceinline__ void bn_load4(const float* p, float* v) {
-    const float4 q = *reinterpret_cast<const float4*>(p);
-    v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
-}
-// bf16 → f32 is exact: the bf16 bits are the high half of the f32 (element 0 in the low bytes).
-__device__ __forceinline__ void bn_load4(const bf16* p, float* v) {
-    const uint2 q = *reinterpret_cast<const uint2*>(p);
-    v[0] = __uint_as_float(q.x << 16), v[1] = __uint_as_float(q.x & 0xffff0000u);
-    v[2] = __uint_as_float(q.y << 16), v[3] = __uint_as_float(q.y & 0xffff0000u);
-}
-__device__ __forceinline__ void bn_store4(float* p, const float* v) {
-    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-}
-__device__ __forceinline__ unsigned bn_bf16_bits(float f) { return __bfloat16_as_ushort(__float2bfloat16(f)); }
-__device__ __forceinline__ void bn_store4(bf16* p, const float* v) {
-    uint2 q;
-    q.x = bn_bf16_bits(v[0]) | (bn_bf16_bits(v[1]) << 16);
-    q.y = bn_bf16_bits(v[2]) | (bn_bf16_bits(v[3]) << 16);
-    *reinterpret_cast<uint2*>(p) = q;
-}
-template <int VEC, typename T>
-__device__ __forceinline__ void bn_load(const T* p, float* v) {
-    if constexpr (VEC == 4) bn_load4(p, v);
-    else v[0] = to_float(p[0]);
-}
-template <int VEC, typename T>
-__device__ __forceinline__ void bn_store(T* p, const float* v) {
-    if constexpr (VEC == 4) bn_store4(p, v);
-    else p[0] = from_float<T>(v[0]);
-}
 
 // ---- the (channel, image range) slice of a block and its thread tiling ---------------------------
 
@@ -121,7 +89,7 @@ __device__ __forceinline__ void bn_stats_impl(const T* __restrict__ x, int n, in
     float s1 = 0.0f, s2 = 0.0f;
     bn_visit<VEC>(s, c_count, hw, [&](long long e) {
         float v[VEC];
-        bn_load<VEC>(x + e, v);
+        vec_load<VEC>(x + e, v);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
             const float d = v[j] - k;
@@ -175,10 +143,10 @@ __device__ __forceinline__ void bn_normalise(const BnSlice& s, const T* __restri
                                              int c_count, int hw, float mean, float scale, float shift) {
     bn_visit<VEC>(s, c_count, hw, [&](long long e) {
         float v[VEC];
-        bn_load<VEC>(x + e, v);
+        vec_load<VEC>(x + e, v);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) v[j] = (v[j] - mean) * scale + shift;
-        bn_store<VEC>(y + e, v);
+        vec_store<VEC>(y + e, v);
     });
 }
 
@@ -233,8 +201,8 @@ __device__ __forceinline__ void bn_bwd_reduce_impl(const T* __restrict__ x, cons
     float sg = 0.0f, sgx = 0.0f;
     bn_visit<VEC>(bn_slice<VEC>(n, hw), c_count, hw, [&](long long e) {
         float xv[VEC], g[VEC];
-        bn_load<VEC>(x + e, xv);
-        bn_load<VEC>(dy + e, g);
+        vec_load<VEC>(x + e, xv);
+        vec_load<VEC>(dy + e, g);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
             sg += g[j];
@@ -280,11 +248,11 @@ __device__ __forceinline__ void bn_bwd_dx_impl(const T* __restrict__ x, const T*
     const float k2 = training ? (float)(sum_gx / total) : 0.0f;
     bn_visit<VEC>(bn_slice<VEC>(n, hw), c_count, hw, [&](long long e) {
         float xv[VEC], g[VEC];
-        bn_load<VEC>(x + e, xv);
-        bn_load<VEC>(dy + e, g);
+        vec_load<VEC>(x + e, xv);
+        vec_load<VEC>(dy + e, g);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) xv[j] = a * (g[j] - k1 - (xv[j] - mu) * r * k2);
-        bn_store<VEC>(dx + e, xv);
+        vec_store<VEC>(dx + e, xv);
     });
 }
 

@@ -36,6 +36,39 @@ template <> __device__ __forceinline__ float from_float<float>(float x) { return
 template <> __device__ __forceinline__ bf16 from_float<bf16>(float x) { return __float2bfloat16(x); }
 template <> __device__ __forceinline__ f16 from_float<f16>(float x) { return __float2half(x); }
 
+// Vector loads and stores: VEC (1 or 4) elements of T <-> VEC floats, as one float4 (f32) or
+// uint2 (bf16) access when VEC = 4. bf16 → f32 is exact: the bf16 bits are the high half of the
+// f32 (element 0 in the low bytes).
+__device__ __forceinline__ void vec_load4(const float* p, float* v) {
+    const float4 q = *reinterpret_cast<const float4*>(p);
+    v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+}
+__device__ __forceinline__ void vec_load4(const bf16* p, float* v) {
+    const uint2 q = *reinterpret_cast<const uint2*>(p);
+    v[0] = __uint_as_float(q.x << 16), v[1] = __uint_as_float(q.x & 0xffff0000u);
+    v[2] = __uint_as_float(q.y << 16), v[3] = __uint_as_float(q.y & 0xffff0000u);
+}
+__device__ __forceinline__ void vec_store4(float* p, const float* v) {
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ __forceinline__ void vec_store4(bf16* p, const float* v) {
+    const auto bits = [](float f) -> unsigned { return __bfloat16_as_ushort(__float2bfloat16(f)); };
+    uint2 q;
+    q.x = bits(v[0]) | (bits(v[1]) << 16);
+    q.y = bits(v[2]) | (bits(v[3]) << 16);
+    *reinterpret_cast<uint2*>(p) = q;
+}
+template <int VEC, typename T>
+__device__ __forceinline__ void vec_load(const T* p, float* v) {
+    if constexpr (VEC == 4) vec_load4(p, v);
+    else v[0] = to_float(p[0]);
+}
+template <int VEC, typename T>
+__device__ __forceinline__ void vec_store(T* p, const float* v) {
+    if constexpr (VEC == 4) vec_store4(p, v);
+    else p[0] = from_float<T>(v[0]);
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(FULL_MASK, v, offset);

@@ -31,46 +31,14 @@
 
 namespace {
 
-// ---- vector loads and stores: VEC elements of T <-> VEC floats ---------------------------------
 
-__device__ __forceinline__ void ln_load4(const float* p, float* v) {
-    const float4 q = *reinterpret_cast<const float4*>(p);
-    v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
-}
-// bf16 → f32 is exact: the bf16 bits are the high half of the f32 (element 0 in the low bytes).
-__device__ __forceinline__ void ln_load4(const bf16* p, float* v) {
-    const uint2 q = *reinterpret_cast<const uint2*>(p);
-    v[0] = __uint_as_float(q.x << 16), v[1] = __uint_as_float(q.x & 0xffff0000u);
-    v[2] = __uint_as_float(q.y << 16), v[3] = __uint_as_float(q.y & 0xffff0000u);
-}
-__device__ __forceinline__ void ln_store4(float* p, const float* v) {
-    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-}
-__device__ __forceinline__ unsigned ln_bf16_bits(float f) { return __bfloat16_as_ushort(__float2bfloat16(f)); }
-__device__ __forceinline__ void ln_store4(bf16* p, const float* v) {
-    uint2 q;
-    q.x = ln_bf16_bits(v[0]) | (ln_bf16_bits(v[1]) << 16);
-    q.y = ln_bf16_bits(v[2]) | (ln_bf16_bits(v[3]) << 16);
-    *reinterpret_cast<uint2*>(p) = q;
-}
-
-template <int VEC, typename T>
-__device__ __forceinline__ void ln_load(const T* p, float* v) {
-    if constexpr (VEC == 4) ln_load4(p, v);
-    else v[0] = to_float(p[0]);
-}
-template <int VEC, typename T>
-__device__ __forceinline__ void ln_store(T* p, const float* v) {
-    if constexpr (VEC == 4) ln_store4(p, v);
-    else p[0] = from_float<T>(v[0]);
-}
 
 // γ and β of one chunk (1 when γ is absent, 0 when β is).
 template <int VEC>
 __device__ __forceinline__ void ln_affine(const float* gamma, const float* beta, int e, float* g, float* b) {
-    if (gamma) ln_load<VEC>(gamma + e, g);
+    if (gamma) vec_load<VEC>(gamma + e, g);
     else for (int j = 0; j < VEC; ++j) g[j] = 1.0f;
-    if (beta) ln_load<VEC>(beta + e, b);
+    if (beta) vec_load<VEC>(beta + e, b);
     else for (int j = 0; j < VEC; ++j) b[j] = 0.0f;
 }
 
@@ -101,7 +69,7 @@ __device__ __forceinline__ void ln_fwd_row(const T* __restrict__ x, const float*
     for (int k = 0; k < ITERS; ++k) {
         const int c = t + k * g;
         if (c < chunks) {
-            ln_load<VEC>(x + c * VEC, v[k]);
+            vec_load<VEC>(x + c * VEC, v[k]);
 #pragma unroll
             for (int j = 0; j < VEC; ++j) s += v[k][j];
         }
@@ -109,7 +77,7 @@ __device__ __forceinline__ void ln_fwd_row(const T* __restrict__ x, const float*
     if constexpr (OVERFLOW)
         for (int c = t + ITERS * g; c < chunks; c += g) {
             float w[VEC];
-            ln_load<VEC>(x + c * VEC, w);
+            vec_load<VEC>(x + c * VEC, w);
             for (int j = 0; j < VEC; ++j) s += w[j];
         }
     const float mu = sum(s) * inv_n;
@@ -128,7 +96,7 @@ __device__ __forceinline__ void ln_fwd_row(const T* __restrict__ x, const float*
     if constexpr (OVERFLOW)
         for (int c = t + ITERS * g; c < chunks; c += g) {
             float w[VEC];
-            ln_load<VEC>(x + c * VEC, w);
+            vec_load<VEC>(x + c * VEC, w);
             for (int j = 0; j < VEC; ++j) q += (w[j] - mu) * (w[j] - mu);
         }
     const float r = rsqrtf(sum(q) * inv_n + eps);
@@ -141,16 +109,16 @@ __device__ __forceinline__ void ln_fwd_row(const T* __restrict__ x, const float*
             ln_affine<VEC>(gamma, beta, c * VEC, gm, bt);
 #pragma unroll
             for (int j = 0; j < VEC; ++j) o[j] = (v[k][j] - mu) * r * gm[j] + bt[j];
-            ln_store<VEC>(y + c * VEC, o);
+            vec_store<VEC>(y + c * VEC, o);
         }
     }
     if constexpr (OVERFLOW)
         for (int c = t + ITERS * g; c < chunks; c += g) {
             float w[VEC], gm[VEC], bt[VEC];
-            ln_load<VEC>(x + c * VEC, w);
+            vec_load<VEC>(x + c * VEC, w);
             ln_affine<VEC>(gamma, beta, c * VEC, gm, bt);
             for (int j = 0; j < VEC; ++j) w[j] = (w[j] - mu) * r * gm[j] + bt[j];
-            ln_store<VEC>(y + c * VEC, w);
+            vec_store<VEC>(y + c * VEC, w);
         }
     mu_out = mu;
     r_out = r;
@@ -219,9 +187,9 @@ __device__ __forceinline__ void ln_bwd_rows(const T* __restrict__ x, const T* __
             const int c = t + k * g;
             if (c < chunks) {
                 float d[VEC], gm[VEC];
-                ln_load<VEC>(x + off + c * VEC, xh[k]);
-                ln_load<VEC>(dy + off + c * VEC, d);
-                if (gamma) ln_load<VEC>(gamma + c * VEC, gm);
+                vec_load<VEC>(x + off + c * VEC, xh[k]);
+                vec_load<VEC>(dy + off + c * VEC, d);
+                if (gamma) vec_load<VEC>(gamma + c * VEC, gm);
                 else for (int j = 0; j < VEC; ++j) gm[j] = 1.0f;
 #pragma unroll
                 for (int j = 0; j < VEC; ++j) {
@@ -235,21 +203,21 @@ __device__ __forceinline__ void ln_bwd_rows(const T* __restrict__ x, const T* __
                     for (int j = 0; j < VEC; ++j) dg[k][j] += d[j] * xh[k][j], db[k][j] += d[j];
                 } else if (acc) {
                     float ag[VEC], ab[VEC];
-                    ln_load<VEC>(acc + c * VEC, ag);
-                    ln_load<VEC>(acc + cols + c * VEC, ab);
+                    vec_load<VEC>(acc + c * VEC, ag);
+                    vec_load<VEC>(acc + cols + c * VEC, ab);
 #pragma unroll
                     for (int j = 0; j < VEC; ++j) ag[j] += d[j] * xh[k][j], ab[j] += d[j];
-                    ln_store<VEC>(acc + c * VEC, ag);
-                    ln_store<VEC>(acc + cols + c * VEC, ab);
+                    vec_store<VEC>(acc + c * VEC, ag);
+                    vec_store<VEC>(acc + cols + c * VEC, ab);
                 }
             }
         }
         if constexpr (BLOCK)
         for (int c = t + ITERS * g; c < chunks; c += g) {
             float xv[VEC], d[VEC], gm[VEC];
-            ln_load<VEC>(x + off + c * VEC, xv);
-            ln_load<VEC>(dy + off + c * VEC, d);
-            if (gamma) ln_load<VEC>(gamma + c * VEC, gm);
+            vec_load<VEC>(x + off + c * VEC, xv);
+            vec_load<VEC>(dy + off + c * VEC, d);
+            if (gamma) vec_load<VEC>(gamma + c * VEC, gm);
             else for (int j = 0; j < VEC; ++j) gm[j] = 1.0f;
             for (int j = 0; j < VEC; ++j) {
                 const float h = (xv[j] - mu) * r;
@@ -266,18 +234,18 @@ __device__ __forceinline__ void ln_bwd_rows(const T* __restrict__ x, const T* __
                 float o[VEC];
 #pragma unroll
                 for (int j = 0; j < VEC; ++j) o[j] = r * (gh[k][j] - m_g - xh[k][j] * m_gx);
-                ln_store<VEC>(dx + off + c * VEC, o);
+                vec_store<VEC>(dx + off + c * VEC, o);
             }
         }
         if constexpr (BLOCK)
         for (int c = t + ITERS * g; c < chunks; c += g) {
             float xv[VEC], d[VEC], gm[VEC];
-            ln_load<VEC>(x + off + c * VEC, xv);
-            ln_load<VEC>(dy + off + c * VEC, d);
-            if (gamma) ln_load<VEC>(gamma + c * VEC, gm);
+            vec_load<VEC>(x + off + c * VEC, xv);
+            vec_load<VEC>(dy + off + c * VEC, d);
+            if (gamma) vec_load<VEC>(gamma + c * VEC, gm);
             else for (int j = 0; j < VEC; ++j) gm[j] = 1.0f;
             for (int j = 0; j < VEC; ++j) xv[j] = r * (d[j] * gm[j] - m_g - (xv[j] - mu) * r * m_gx);
-            ln_store<VEC>(dx + off + c * VEC, xv);
+            vec_store<VEC>(dx + off + c * VEC, xv);
         }
     }
     if constexpr (BLOCK) {
@@ -286,8 +254,8 @@ __device__ __forceinline__ void ln_bwd_rows(const T* __restrict__ x, const T* __
             for (int k = 0; k < ITERS; ++k) {
                 const int c = t + k * g;
                 if (c < chunks) {
-                    ln_store<VEC>(acc + c * VEC, dg[k]);
-                    ln_store<VEC>(acc + cols + c * VEC, db[k]);
+                    vec_store<VEC>(acc + c * VEC, dg[k]);
+                    vec_store<VEC>(acc + cols + c * VEC, db[k]);
                 }
             }
         }
