@@ -3,8 +3,10 @@
 //! ranks started by an outside launcher (SLURM's variables, as srun sets them),
 //! and what happens when a rank dies.
 
+mod common;
+
+use common::max_abs_difference;
 use simclr::dist::launch::run_local_ranks;
-use simclr::tensor::safetensors_io::load_safetensors;
 use std::ffi::OsString;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -76,21 +78,6 @@ fn check(out: &Output, what: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Largest |a − b| over every value of every tensor of two weight files.
-fn max_abs_difference(a: &Path, b: &Path) -> f64 {
-    let (mut ta, _) = load_safetensors(a).unwrap();
-    let (mut tb, _) = load_safetensors(b).unwrap();
-    ta.sort_by(|x, y| x.0.cmp(&y.0));
-    tb.sort_by(|x, y| x.0.cmp(&y.0));
-    assert_eq!(ta.len(), tb.len());
-    let mut worst: f64 = 0.0;
-    for ((na, xa), (nb, xb)) in ta.iter().zip(&tb) {
-        assert_eq!(na, nb);
-        worst = xa.to_f64_vec().iter().zip(&xb.to_f64_vec()).fold(worst, |m, (x, y)| m.max((x - y).abs()));
-    }
-    worst
 }
 
 #[test]

@@ -1,10 +1,12 @@
 //! The training loop under data parallelism, with in-process thread ranks:
 //! W ranks sharing a global batch train the same model as one process.
 
+mod common;
+
+use common::max_abs_difference;
 use simclr::config::TrainConfig;
 use simclr::data::synthetic::{write_bouncing, BouncingConfig, BouncingDataset};
 use simclr::dist::{Communicator, ThreadGroup};
-use simclr::tensor::safetensors_io::load_safetensors;
 use simclr::train::{train, TrainOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,23 +57,6 @@ fn train_on(world: usize, data: &Path, out: &Path, lr: f64, sync_bn: bool) -> Pa
     // Every rank took the same steps; only rank 0 wrote files.
     assert!(outcomes.iter().all(|o| o.global_step == 4 && o.epochs_done == 2));
     outcomes[0].final_model.clone()
-}
-
-/// Largest |a − b| over every value of every tensor (weights, biases and
-/// batch-norm statistics are all O(0.01–1) here).
-fn max_abs_difference(a: &Path, b: &Path) -> f64 {
-    let (mut ta, _) = load_safetensors(a).unwrap();
-    let (mut tb, _) = load_safetensors(b).unwrap();
-    ta.sort_by(|x, y| x.0.cmp(&y.0));
-    tb.sort_by(|x, y| x.0.cmp(&y.0));
-    assert_eq!(ta.len(), tb.len());
-    let mut worst: f64 = 0.0;
-    for ((na, xa), (nb, xb)) in ta.iter().zip(&tb) {
-        assert_eq!(na, nb);
-        let (va, vb) = (xa.to_f64_vec(), xb.to_f64_vec());
-        worst = va.iter().zip(&vb).fold(worst, |m, (x, y)| m.max((x - y).abs()));
-    }
-    worst
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! End to end through the real binaries: generate data, train, checkpoint,
 //! resume, and check a resumed run is bitwise the uninterrupted one.
 
-use simclr::tensor::safetensors_io::load_safetensors;
+mod common;
+
+use common::assert_same_weights;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -21,21 +23,6 @@ fn temp_dir(name: &str) -> PathBuf {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// Every tensor of two safetensors files, compared bit for bit.
-fn assert_same_weights(a: &Path, b: &Path) {
-    let (mut ta, _) = load_safetensors(a).unwrap();
-    let (mut tb, _) = load_safetensors(b).unwrap();
-    ta.sort_by(|x, y| x.0.cmp(&y.0));
-    tb.sort_by(|x, y| x.0.cmp(&y.0));
-    assert_eq!(ta.len(), tb.len());
-    for ((na, xa), (nb, xb)) in ta.iter().zip(&tb) {
-        assert_eq!(na, nb);
-        let (va, vb) = (xa.to_f64_vec(), xb.to_f64_vec());
-        let differing = va.iter().zip(&vb).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
-        assert_eq!(differing, 0, "{na}: {differing} of {} values differ", va.len());
-    }
 }
 
 fn steps_logged(metrics: &Path) -> Vec<u64> {

@@ -4,17 +4,19 @@
 //! NCCL allows one rank per GPU, so more ranks need a machine with more GPUs.
 #![cfg(feature = "nccl")]
 
+mod common;
+
+use common::assert_same_weights;
 use simclr::backend::cuda::Gpu;
 use simclr::config::TrainConfig;
 use simclr::data::synthetic::{write_bouncing, BouncingConfig, BouncingDataset};
 use simclr::dist::nccl::NcclCommunicator;
 use simclr::dist::rendezvous::Launcher;
 use simclr::dist::{Communicator, DistEnv};
-use simclr::tensor::safetensors_io::load_safetensors;
 use simclr::train::{train, TrainOptions};
 use simclr::{DType, Rng, Tensor};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,12 +43,6 @@ fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn weights(path: &Path) -> Vec<(String, Vec<u64>)> {
-    let (mut t, _) = load_safetensors(path).unwrap();
-    t.sort_by(|a, b| a.0.cmp(&b.0));
-    t.into_iter().map(|(n, x)| (n, x.to_f64_vec().iter().map(|v| v.to_bits()).collect())).collect()
 }
 
 #[test]
@@ -87,5 +83,5 @@ fn world_size_one_runs_every_collective_and_training_through_nccl() {
     let plain = train(&cfg("plain"), &TrainOptions { resume: None, verbose: false, comm: None }).unwrap();
     let comm: Arc<dyn Communicator> = Arc::new(comm);
     let nccl = train(&cfg("nccl"), &TrainOptions { resume: None, verbose: false, comm: Some(comm) }).unwrap();
-    assert_eq!(weights(&plain.final_model), weights(&nccl.final_model));
+    assert_same_weights(&plain.final_model, &nccl.final_model);
 }
