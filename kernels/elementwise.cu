@@ -278,6 +278,11 @@ struct MulF {
 struct DivF {
     __device__ float operator()(float a, float b) const { return a / b; }
 };
+// y = a: with a strided (and b a dummy), the bcast kernel below is a strided copy, which
+// makes a view row-major (`Tensor::contiguous` on the GPU). Exact for f32 and bf16.
+struct FirstF {
+    __device__ float operator()(float a, float) const { return a; }
+};
 
 }  // namespace
 
@@ -286,6 +291,7 @@ BINARY_KERNEL(binary_add, AddF)
 BINARY_KERNEL(binary_sub, SubF)
 BINARY_KERNEL(binary_mul, MulF)
 BINARY_KERNEL(binary_div, DivF)
+BINARY_KERNEL(binary_first, FirstF)
 
 namespace {
 // Broadcasting. The output is contiguous with shape d[6 - ndim .. 6) (right-aligned; the
@@ -397,6 +403,7 @@ BCAST_KERNEL(binary_add_bcast, AddF)
 BCAST_KERNEL(binary_sub_bcast, SubF)
 BCAST_KERNEL(binary_mul_bcast, MulF)
 BCAST_KERNEL(binary_div_bcast, DivF)
+BCAST_KERNEL(binary_first_bcast, FirstF)
 
 // ------------------------------------------------------------------ casts, fill, axpby
 

@@ -190,7 +190,7 @@ pub fn backward(loss: &Tensor) -> Result<()> {
             loss.shape()
         )));
     }
-    let seed = Tensor::ones(loss.shape(), loss.dtype())?;
+    let seed = Tensor::ones(loss.shape(), loss.dtype())?.to_device(loss.device())?;
     let root = match loss.grad_info() {
         GradInfo::None => {
             return Err(Error::Autograd(

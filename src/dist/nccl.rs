@@ -208,7 +208,7 @@ impl NcclCommunicator {
 
     /// A host tensor's bytes on the GPU.
     fn upload_bytes(&self, t: &Tensor) -> Result<DeviceBuffer<u8>> {
-        self.gpu.upload(t.contiguous_storage().as_bytes())
+        self.gpu.upload(t.contiguous_storage()?.as_bytes())
     }
 
     fn download_tensor(&self, buf: &DeviceBuffer<u8>, dtype: DType, shape: &[usize]) -> Result<Tensor> {

@@ -271,19 +271,20 @@ fn kind_code(kind: Kind) -> (u8, u32) {
 }
 
 /// Appends the tensor's header to `head` and returns its data (contiguous, little-endian).
-fn encode_tensor(head: &mut Vec<u8>, t: Option<&Tensor>) -> Option<Storage> {
+fn encode_tensor(head: &mut Vec<u8>, t: Option<&Tensor>) -> std::io::Result<Option<Storage>> {
     let Some(t) = t else {
         head.push(0);
-        return None;
+        return Ok(None);
     };
-    let storage = t.contiguous_storage();
+    // Only a GPU tensor whose download fails can make this fail.
+    let storage = t.contiguous_storage().map_err(|e| std::io::Error::other(e.to_string()))?;
     let dtype = DType::ALL.iter().position(|&d| d == t.dtype()).expect("every dtype is in DType::ALL") as u8;
     head.extend_from_slice(&[1, dtype, t.rank() as u8]);
     for &d in t.shape() {
         head.extend_from_slice(&(d as u64).to_le_bytes());
     }
     head.extend_from_slice(&(storage.as_bytes().len() as u64).to_le_bytes());
-    Some(storage)
+    Ok(Some(storage))
 }
 
 fn send(w: &mut impl Write, head: &[u8], data: Option<&Storage>) -> std::io::Result<()> {
@@ -324,7 +325,7 @@ fn write_entry(w: &mut impl Write, call: u64, entry: &Entry) -> std::io::Result<
     let mut head = call.to_le_bytes().to_vec();
     head.push(code);
     head.extend_from_slice(&root.to_le_bytes());
-    let data = encode_tensor(&mut head, entry.tensor.as_ref());
+    let data = encode_tensor(&mut head, entry.tensor.as_ref())?;
     send(w, &head, data.as_ref())
 }
 
@@ -347,7 +348,7 @@ fn write_outcome(w: &mut impl Write, call: u64, outcome: &Outcome) -> std::io::R
     match outcome {
         Ok(t) => {
             head.push(if t.is_some() { 1 } else { 0 });
-            let data = encode_tensor(&mut head, t.as_ref());
+            let data = encode_tensor(&mut head, t.as_ref())?;
             send(w, &head, data.as_ref())
         }
         Err(msg) => {

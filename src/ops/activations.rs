@@ -1,9 +1,14 @@
 //! Pointwise nonlinearities and their derivatives.
 
+use super::{placement, Placement};
 use crate::autograd::record;
 use crate::backend::cpu::elementwise::{binary, unary};
+#[cfg(feature = "cuda")]
+use crate::backend::cuda::kernels::elementwise::{Unary, UnaryGrad};
 use crate::error::Result;
 use crate::float_dispatch;
+#[cfg(feature = "cuda")]
+use crate::ops::elementwise::cuda;
 use crate::tensor::{Float, Tensor};
 #[allow(unused_imports)]
 use num_traits::{Float as _, One, Zero};
@@ -40,53 +45,105 @@ fn gelu_tanh_grad<T: Float>(x: T) -> T {
 impl Tensor {
     /// max(x, 0). Backward keeps only the output (positive ⇔ gradient passes).
     pub fn relu(&self) -> Result<Tensor> {
-        let out = float_dispatch!("relu", self.dtype(), T => unary::<T>(self, |v: T| if v > T::zero() { v } else { T::zero() })?);
+        let out = match placement("relu", &[self])? {
+            Placement::Cpu => {
+                float_dispatch!("relu", self.dtype(), T => unary::<T>(self, |v: T| if v > T::zero() { v } else { T::zero() })?)
+            }
+            #[cfg(feature = "cuda")]
+            Placement::Cuda => cuda::unary("relu", Unary::Relu, self)?,
+        };
         let y = out.clone();
         Ok(record("relu", &[self], out, move |g, _| {
-            let gi = float_dispatch!("relu", g.dtype(), T => binary::<T>("relu", g, &y, |g: T, y: T| if y > T::zero() { g } else { T::zero() })?);
+            let gi = match placement("relu", &[g])? {
+                Placement::Cpu => {
+                    float_dispatch!("relu", g.dtype(), T => binary::<T>("relu", g, &y, |g: T, y: T| if y > T::zero() { g } else { T::zero() })?)
+                }
+                #[cfg(feature = "cuda")]
+                Placement::Cuda => cuda::unary_grad("relu", UnaryGrad::Relu, g, &y)?,
+            };
             Ok(vec![Some(gi)])
         }))
     }
 
     /// GELU with the exact erf form (as `torch.nn.GELU()`).
     pub fn gelu_erf(&self) -> Result<Tensor> {
-        let out = float_dispatch!("gelu_erf", self.dtype(), T => unary::<T>(self, gelu_erf::<T>)?);
+        let out = match placement("gelu_erf", &[self])? {
+            Placement::Cpu => float_dispatch!("gelu_erf", self.dtype(), T => unary::<T>(self, gelu_erf::<T>)?),
+            #[cfg(feature = "cuda")]
+            Placement::Cuda => cuda::unary("gelu_erf", Unary::GeluErf, self)?,
+        };
         let x = self.detach();
         Ok(record("gelu_erf", &[self], out, move |g, _| {
-            let gi = float_dispatch!("gelu_erf", g.dtype(), T => binary::<T>("gelu_erf", g, &x, |g: T, x: T| g * gelu_erf_grad(x))?);
+            let gi = match placement("gelu_erf", &[g])? {
+                Placement::Cpu => {
+                    float_dispatch!("gelu_erf", g.dtype(), T => binary::<T>("gelu_erf", g, &x, |g: T, x: T| g * gelu_erf_grad(x))?)
+                }
+                #[cfg(feature = "cuda")]
+                Placement::Cuda => cuda::unary_grad("gelu_erf", UnaryGrad::GeluErf, g, &x)?,
+            };
             Ok(vec![Some(gi)])
         }))
     }
 
     /// GELU with the tanh approximation (as `torch.nn.GELU(approximate="tanh")`).
     pub fn gelu_tanh(&self) -> Result<Tensor> {
-        let out = float_dispatch!("gelu_tanh", self.dtype(), T => unary::<T>(self, gelu_tanh::<T>)?);
+        let out = match placement("gelu_tanh", &[self])? {
+            Placement::Cpu => float_dispatch!("gelu_tanh", self.dtype(), T => unary::<T>(self, gelu_tanh::<T>)?),
+            #[cfg(feature = "cuda")]
+            Placement::Cuda => cuda::unary("gelu_tanh", Unary::GeluTanh, self)?,
+        };
         let x = self.detach();
         Ok(record("gelu_tanh", &[self], out, move |g, _| {
-            let gi = float_dispatch!("gelu_tanh", g.dtype(), T => binary::<T>("gelu_tanh", g, &x, |g: T, x: T| g * gelu_tanh_grad(x))?);
+            let gi = match placement("gelu_tanh", &[g])? {
+                Placement::Cpu => {
+                    float_dispatch!("gelu_tanh", g.dtype(), T => binary::<T>("gelu_tanh", g, &x, |g: T, x: T| g * gelu_tanh_grad(x))?)
+                }
+                #[cfg(feature = "cuda")]
+                Placement::Cuda => cuda::unary_grad("gelu_tanh", UnaryGrad::GeluTanh, g, &x)?,
+            };
             Ok(vec![Some(gi)])
         }))
     }
 
     /// 1 / (1 + e⁻ˣ); σ' = σ(1 − σ), computed from the saved output.
     pub fn sigmoid(&self) -> Result<Tensor> {
-        let out = float_dispatch!("sigmoid", self.dtype(), T => unary::<T>(self, |v: T| {
+        let out = match placement("sigmoid", &[self])? {
+            Placement::Cpu => float_dispatch!("sigmoid", self.dtype(), T => unary::<T>(self, |v: T| {
             // Branch so that exp never overflows.
             if v >= T::zero() { T::one() / (T::one() + (-v).exp()) } else { let e = v.exp(); e / (T::one() + e) }
-        })?);
+        })?),
+            #[cfg(feature = "cuda")]
+            Placement::Cuda => cuda::unary("sigmoid", Unary::Sigmoid, self)?,
+        };
         let y = out.clone();
         Ok(record("sigmoid", &[self], out, move |g, _| {
-            let gi = float_dispatch!("sigmoid", g.dtype(), T => binary::<T>("sigmoid", g, &y, |g: T, s: T| g * s * (T::one() - s))?);
+            let gi = match placement("sigmoid", &[g])? {
+                Placement::Cpu => {
+                    float_dispatch!("sigmoid", g.dtype(), T => binary::<T>("sigmoid", g, &y, |g: T, s: T| g * s * (T::one() - s))?)
+                }
+                #[cfg(feature = "cuda")]
+                Placement::Cuda => cuda::unary_grad("sigmoid", UnaryGrad::Sigmoid, g, &y)?,
+            };
             Ok(vec![Some(gi)])
         }))
     }
 
     /// tanh; tanh' = 1 − tanh², computed from the saved output.
     pub fn tanh(&self) -> Result<Tensor> {
-        let out = float_dispatch!("tanh", self.dtype(), T => unary::<T>(self, |v: T| v.tanh())?);
+        let out = match placement("tanh", &[self])? {
+            Placement::Cpu => float_dispatch!("tanh", self.dtype(), T => unary::<T>(self, |v: T| v.tanh())?),
+            #[cfg(feature = "cuda")]
+            Placement::Cuda => cuda::unary("tanh", Unary::Tanh, self)?,
+        };
         let y = out.clone();
         Ok(record("tanh", &[self], out, move |g, _| {
-            let gi = float_dispatch!("tanh", g.dtype(), T => binary::<T>("tanh", g, &y, |g: T, t: T| g * (T::one() - t * t))?);
+            let gi = match placement("tanh", &[g])? {
+                Placement::Cpu => {
+                    float_dispatch!("tanh", g.dtype(), T => binary::<T>("tanh", g, &y, |g: T, t: T| g * (T::one() - t * t))?)
+                }
+                #[cfg(feature = "cuda")]
+                Placement::Cuda => cuda::unary_grad("tanh", UnaryGrad::Tanh, g, &y)?,
+            };
             Ok(vec![Some(gi)])
         }))
     }

@@ -4,6 +4,10 @@
 //! batch axes that were broadcast. Transposes are views, so backward does not
 //! copy the operands.
 
+#[cfg(feature = "cuda")]
+mod cuda;
+
+use super::{placement, Placement};
 use crate::autograd::record;
 use crate::backend::cpu::matmul::matmul as matmul_kernel;
 use crate::error::{Error, Result};
@@ -12,11 +16,20 @@ use crate::tensor::Tensor;
 
 use super::elementwise::{check_same_dtype, sum_to_shape};
 
+/// a @ b on the device of the operands, outside the graph.
+fn product(op: &'static str, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    match placement(op, &[a, b])? {
+        Placement::Cpu => Ok(float_dispatch!(op, a.dtype(), T => matmul_kernel::<T>(a, b)?)),
+        #[cfg(feature = "cuda")]
+        Placement::Cuda => cuda::matmul(a, b),
+    }
+}
+
 impl Tensor {
     /// `self @ other` for `[..., m, k] @ [..., k, n]`, batch axes broadcasting.
     pub fn matmul(&self, other: &Tensor) -> Result<Tensor> {
         check_same_dtype("matmul", self, other)?;
-        let out = float_dispatch!("matmul", self.dtype(), T => matmul_kernel::<T>(self, other)?);
+        let out = product("matmul", self, other)?;
         let (a, b) = (self.detach(), other.detach());
         Ok(record("matmul", &[self, other], out, move |g, needs| {
             Ok(vec![
@@ -50,7 +63,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     let rows = x.numel() / in_features.max(1);
     let x2 = x.detach().reshape(&[rows, in_features])?;
     let w = weight.detach();
-    let mut y2 = float_dispatch!(OP, x.dtype(), T => matmul_kernel::<T>(&x2, &w.t()?)?);
+    let mut y2 = product(OP, &x2, &w.t()?)?;
     if let Some(b) = bias {
         y2 = crate::autograd::no_grad(|| y2.add(&b.detach()))?;
     }

@@ -5,6 +5,7 @@
 //! 1/n (mean), 2(x − mean)/(n − correction) (var), or, for max, only the
 //! elements equal to the maximum (split evenly between ties).
 
+use super::{placement, Placement};
 use crate::autograd::record;
 use crate::backend::cpu::reduce::{reduce, Reduction};
 use crate::error::{Error, Result};
@@ -25,6 +26,20 @@ fn plan(op: &'static str, x: &Tensor, axes: &[isize], keepdim: bool) -> Result<(
     Ok((ax, keep, out))
 }
 
+/// Σ over the sorted `axes`, shaped `keep` (those axes kept with size 1) on a GPU; on the
+/// CPU the reduce kernel's own shape, which the callers reshape.
+fn sum_over(op: &'static str, x: &Tensor, axes: &[usize], keep: &[usize]) -> Result<Tensor> {
+    match placement(op, &[x])? {
+        Placement::Cpu => Ok(float_dispatch!(op, x.dtype(), T => reduce::<T>(x, axes, Reduction::Sum)?)),
+        // Summing over axes is summing the axes a broadcast from `keep` would have expanded.
+        #[cfg(feature = "cuda")]
+        Placement::Cuda => {
+            let _ = axes;
+            super::elementwise::cuda::sum_to_shape(x, keep)
+        }
+    }
+}
+
 fn count(x: &Tensor, axes: &[usize]) -> usize {
     axes.iter().map(|&a| x.shape()[a]).product()
 }
@@ -38,8 +53,7 @@ impl Tensor {
     /// Sum over `axes` (negative axes count from the end).
     pub fn sum(&self, axes: &[isize], keepdim: bool) -> Result<Tensor> {
         let (ax, keep, out_shape) = plan("sum", self, axes, keepdim)?;
-        let out =
-            float_dispatch!("sum", self.dtype(), T => reduce::<T>(self, &ax, Reduction::Sum)?).reshape(&out_shape)?;
+        let out = sum_over("sum", self, &ax, &keep)?.reshape(&out_shape)?;
         let in_shape = self.shape().to_vec();
         Ok(record("sum", &[self], out, move |g, _| Ok(vec![Some(expand_back(g, &keep, &in_shape)?)])))
     }
@@ -54,9 +68,7 @@ impl Tensor {
     pub fn mean(&self, axes: &[isize], keepdim: bool) -> Result<Tensor> {
         let (ax, keep, out_shape) = plan("mean", self, axes, keepdim)?;
         let n = count(self, &ax);
-        let out = float_dispatch!("mean", self.dtype(), T => reduce::<T>(self, &ax, Reduction::Sum)?)
-            .mul_scalar(1.0 / n as f64)?
-            .reshape(&out_shape)?;
+        let out = sum_over("mean", self, &ax, &keep)?.mul_scalar(1.0 / n as f64)?.reshape(&out_shape)?;
         let in_shape = self.shape().to_vec();
         Ok(record("mean", &[self], out, move |g, _| {
             Ok(vec![Some(expand_back(&g.mul_scalar(1.0 / n as f64)?, &keep, &in_shape)?)])
@@ -74,6 +86,10 @@ impl Tensor {
         let (ax, keep, out_shape) = plan("max", self, axes, keepdim)?;
         if count(self, &ax) == 0 {
             return Err(Error::shape("max", format!("cannot take the max over an empty axis of {:?}", self.shape())));
+        }
+        #[cfg(feature = "cuda")]
+        if placement("max", &[self])? == Placement::Cuda {
+            return Err(super::not_on_cuda("max"));
         }
         let kept = float_dispatch!("max", self.dtype(), T => reduce::<T>(self, &ax, Reduction::Max)?);
         let out = kept.reshape(&out_shape)?;

@@ -5,9 +5,13 @@
 //! storage and copy nothing. Their backward ops undo the view: permute by the
 //! inverse permutation, narrow by padding with zeros, broadcast by summing.
 
+#[cfg(feature = "cuda")]
+mod cuda;
+
 use crate::any_dispatch;
 use crate::autograd::record;
 use crate::backend::cpu::elementwise::element_offsets;
+use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::float_dispatch;
 use crate::tensor::layout::{numel, Layout};
@@ -44,7 +48,7 @@ impl Tensor {
                 ),
             ));
         }
-        let base = if self.is_contiguous() { self.detach() } else { self.contiguous_copy() };
+        let base = if self.is_contiguous() { self.detach() } else { self.contiguous_copy()? };
         let mut l = Layout::contiguous(shape);
         l.offset = base.layout().offset;
         let out = base.view_with_layout(l);
@@ -131,8 +135,14 @@ impl Tensor {
     }
 
     /// A row-major copy, without touching the graph.
-    pub(crate) fn contiguous_copy(&self) -> Tensor {
-        Tensor::from_parts(self.contiguous_storage(), Layout::contiguous(self.shape()))
+    pub(crate) fn contiguous_copy(&self) -> Result<Tensor> {
+        match self.device() {
+            Device::Cpu => Ok(Tensor::from_parts(self.contiguous_storage()?, Layout::contiguous(self.shape()))),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(_) => cuda::contiguous_copy(self),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => Err(Error::Device { op: "contiguous", msg: "this build has no CUDA backend".into() }),
+        }
     }
 
     /// Row-major layout: the tensor itself if it already is, otherwise a copy.
@@ -140,7 +150,7 @@ impl Tensor {
         if self.is_contiguous() {
             return Ok(self.clone());
         }
-        let out = self.contiguous_copy();
+        let out = self.contiguous_copy()?;
         Ok(record("contiguous", &[self], out, |g, _| Ok(vec![Some(g.clone())])))
     }
 

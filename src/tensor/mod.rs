@@ -6,11 +6,15 @@
 //! parameter's storage for the optimiser (old views keep the old values, so a
 //! graph recorded before the step stays correct).
 
+#[cfg(feature = "cuda")]
+pub mod device_storage;
 pub mod dtype;
 pub mod layout;
 pub mod safetensors_io;
 pub mod storage;
 
+#[cfg(feature = "cuda")]
+pub use device_storage::{DeviceData, DeviceSlice, DeviceStorage, DeviceStorageElement};
 pub use dtype::{DType, Element, Float};
 pub use layout::Layout;
 pub use storage::{Storage, StorageElement};
@@ -28,10 +32,43 @@ use std::sync::{Arc, RwLock};
 pub struct Tensor(Arc<TensorImpl>);
 
 struct TensorImpl {
-    storage: RwLock<Arc<Storage>>,
+    data: RwLock<TensorData>,
     layout: Layout,
-    device: Device,
     grad: GradInfo,
+}
+
+/// Where a tensor's elements are: host memory, or a CUDA device's.
+#[derive(Clone)]
+pub(crate) enum TensorData {
+    Host(Arc<Storage>),
+    #[cfg(feature = "cuda")]
+    Device(Arc<DeviceStorage>),
+}
+
+impl TensorData {
+    fn dtype(&self) -> DType {
+        match self {
+            TensorData::Host(s) => s.dtype(),
+            #[cfg(feature = "cuda")]
+            TensorData::Device(s) => s.dtype(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            TensorData::Host(s) => s.len(),
+            #[cfg(feature = "cuda")]
+            TensorData::Device(s) => s.len(),
+        }
+    }
+
+    fn device(&self) -> Device {
+        match self {
+            TensorData::Host(_) => Device::Cpu,
+            #[cfg(feature = "cuda")]
+            TensorData::Device(s) => Device::Cuda(s.ordinal),
+        }
+    }
 }
 
 /// Elements of a tensor in row-major order: borrowed when the tensor is
@@ -58,31 +95,20 @@ impl Tensor {
     // ---------------------------------------------------------------- construction
 
     pub(crate) fn from_parts(storage: Storage, layout: Layout) -> Tensor {
-        Tensor(Arc::new(TensorImpl {
-            storage: RwLock::new(Arc::new(storage)),
-            layout,
-            device: Device::Cpu,
-            grad: GradInfo::None,
-        }))
+        Tensor::from_data(TensorData::Host(Arc::new(storage)), layout)
+    }
+
+    fn from_data(data: TensorData, layout: Layout) -> Tensor {
+        Tensor(Arc::new(TensorImpl { data: RwLock::new(data), layout, grad: GradInfo::None }))
     }
 
     /// A view with a new layout over the same storage (no autograd node; callers record one).
     pub(crate) fn view_with_layout(&self, layout: Layout) -> Tensor {
-        Tensor(Arc::new(TensorImpl {
-            storage: RwLock::new(self.storage()),
-            layout,
-            device: self.0.device,
-            grad: GradInfo::None,
-        }))
+        Tensor::from_data(self.data(), layout)
     }
 
     pub(crate) fn with_grad_info(self, grad: GradInfo) -> Tensor {
-        Tensor(Arc::new(TensorImpl {
-            storage: RwLock::new(self.storage()),
-            layout: self.0.layout.clone(),
-            device: self.0.device,
-            grad,
-        }))
+        Tensor(Arc::new(TensorImpl { data: RwLock::new(self.data()), layout: self.0.layout.clone(), grad }))
     }
 
     /// A tensor from row-major data.
@@ -168,11 +194,11 @@ impl Tensor {
     }
 
     pub fn dtype(&self) -> DType {
-        self.storage().dtype()
+        self.data().dtype()
     }
 
     pub fn device(&self) -> Device {
-        self.0.device
+        self.data().device()
     }
 
     pub fn layout(&self) -> &Layout {
@@ -188,15 +214,36 @@ impl Tensor {
         Ok(self.shape()[layout::resolve_axis("dim", axis, self.rank())?])
     }
 
-    pub(crate) fn storage(&self) -> Arc<Storage> {
-        self.0.storage.read().unwrap_or_else(|e| e.into_inner()).clone()
+    fn data(&self) -> TensorData {
+        self.0.data.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The host storage of a CPU tensor; an error naming `op` for a tensor on a GPU (a CPU
+    /// kernel was asked to read device memory: the op lacks a CUDA path or an input is on
+    /// the wrong device).
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+    pub(crate) fn host_storage(&self, op: &'static str) -> Result<Arc<Storage>> {
+        match self.data() {
+            TensorData::Host(s) => Ok(s),
+            #[cfg(feature = "cuda")]
+            TensorData::Device(s) => Err(Error::Device {
+                op,
+                msg: format!(
+                    "a {:?} {} tensor on cuda:{} reached the CPU implementation; move it to the CPU \
+                     with .to_device(Device::Cpu), or put every input on the same device",
+                    self.shape(),
+                    s.dtype(),
+                    s.ordinal
+                ),
+            }),
+        }
     }
 
     // ---------------------------------------------------------------- data access
 
     /// Row-major elements, borrowed if possible. Fails if `T` is not the tensor's dtype.
     pub fn host_data<T: StorageElement>(&self) -> Result<HostData<T>> {
-        let storage = self.storage();
+        let storage = self.host_storage("host_data")?;
         let Some(slice) = T::slice(&storage) else {
             return Err(Error::dtype("host_data", format!("tensor is {}, asked for {}", storage.dtype(), T::DTYPE)));
         };
@@ -215,9 +262,11 @@ impl Tensor {
         Ok(self.host_data::<T>()?.to_vec())
     }
 
-    /// Copies the elements out as f64, whatever the dtype.
+    /// Copies the elements out as f64, whatever the dtype (from a GPU tensor: after a
+    /// download; empty if that fails — use [`Tensor::to_device`] to see the error).
     pub fn to_f64_vec(&self) -> Vec<f64> {
-        any_dispatch!(self.dtype(), T => self.host_data::<T>().map(|d| d.iter().map(|x| x.as_f64()).collect()).unwrap_or_default())
+        let Ok(host) = self.to_device(Device::Cpu) else { return Vec::new() };
+        any_dispatch!(host.dtype(), T => host.host_data::<T>().map(|d| d.iter().map(|x| x.as_f64()).collect()).unwrap_or_default())
     }
 
     /// The value of a one-element tensor.
@@ -225,7 +274,8 @@ impl Tensor {
         if self.numel() != 1 {
             return Err(Error::shape("item", format!("tensor of shape {:?} is not a single value", self.shape())));
         }
-        Ok(self.to_f64_vec()[0])
+        let host = self.to_device(Device::Cpu)?;
+        Ok(host.to_f64_vec()[0])
     }
 
     // ---------------------------------------------------------------- autograd
@@ -315,34 +365,57 @@ impl Tensor {
                 ),
             ));
         }
-        if !(self.is_contiguous() && self.0.layout.offset == 0 && self.storage().len() == self.numel()) {
+        if !(self.is_contiguous() && self.0.layout.offset == 0 && self.data().len() == self.numel()) {
             return Err(Error::invalid(
                 "set_data",
                 "only a tensor that owns its whole storage (not a view) can be assigned",
             ));
         }
-        let new_storage = value.contiguous_storage();
-        *self.0.storage.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new_storage);
+        if value.device() != self.device() {
+            return Err(Error::Device {
+                op: "set_data",
+                msg: format!("new value is on {:?}, the tensor on {:?}", value.device(), self.device()),
+            });
+        }
+        let new_data = match value.data() {
+            TensorData::Host(_) => TensorData::Host(Arc::new(value.contiguous_storage()?)),
+            #[cfg(feature = "cuda")]
+            TensorData::Device(s)
+                if value.is_contiguous() && value.0.layout.offset == 0 && s.len() == value.numel() =>
+            {
+                // Device storage is never written after its op: sharing it is safe.
+                TensorData::Device(s)
+            }
+            #[cfg(feature = "cuda")]
+            TensorData::Device(_) => value.contiguous()?.data(),
+        };
+        *self.0.data.write().unwrap_or_else(|e| e.into_inner()) = new_data;
         Ok(())
     }
 
-    /// A fresh row-major copy of the elements as storage.
-    pub(crate) fn contiguous_storage(&self) -> Storage {
-        // host_data cannot fail here: T is the tensor's own dtype.
-        any_dispatch!(self.dtype(), T => T::wrap(self.host_data::<T>().map(|d| d.to_vec()).unwrap_or_default()))
+    /// A fresh row-major copy of the elements as host storage (downloaded from a GPU).
+    pub(crate) fn contiguous_storage(&self) -> Result<Storage> {
+        let host = self.to_device(Device::Cpu)?;
+        Ok(any_dispatch!(host.dtype(), T => T::wrap(host.host_data::<T>()?.to_vec())))
     }
 
     // ---------------------------------------------------------------- devices
 
-    /// Moves the tensor to a device. Only the CPU exists in this build.
+    /// The same values on `device` (the tensor itself if it is already there). The copy is
+    /// cut from the graph, like `detach`: move inputs and parameters, not intermediate results.
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
-        match device {
-            Device::Cpu => Ok(self.clone()),
-            Device::Cuda(_) => Err(Error::Device {
-                op: "to_device",
-                msg: "this build has no CUDA backend (build with --features cuda once it lands)".into(),
-            }),
+        if device == self.device() {
+            return Ok(self.clone());
         }
+        #[cfg(feature = "cuda")]
+        {
+            device_storage::transfer(self, device)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Err(Error::Device {
+            op: "to_device",
+            msg: format!("this build has no CUDA backend, so {device:?} is not available (build with --features cuda)"),
+        })
     }
 }
 

@@ -58,9 +58,9 @@ pub fn to_safetensors_bytes(tensors: &[(&str, &Tensor)], metadata: Option<HashMa
     let flat: Vec<(String, Bytes)> = tensors
         .iter()
         .map(|(n, t)| {
-            (n.to_string(), Bytes { dtype: t.dtype(), shape: t.shape().to_vec(), storage: t.contiguous_storage() })
+            Ok((n.to_string(), Bytes { dtype: t.dtype(), shape: t.shape().to_vec(), storage: t.contiguous_storage()? }))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let mut names = std::collections::HashSet::new();
     for (n, _) in &flat {
         if !names.insert(n.as_str()) {

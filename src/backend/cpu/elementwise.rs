@@ -30,7 +30,7 @@ pub fn binary<T: Float + StorageElement>(
     let shape = broadcast_shapes(op, a.shape(), b.shape())?;
     let la = a.layout().broadcast_to(op, &shape)?;
     let lb = b.layout().broadcast_to(op, &shape)?;
-    let (sa, sb) = (a.storage(), b.storage());
+    let (sa, sb) = (a.host_storage(op)?, b.host_storage(op)?);
     let (da, db) = (
         T::slice(&sa).ok_or_else(|| crate::error::Error::dtype(op, "dtype mismatch"))?,
         T::slice(&sb).ok_or_else(|| crate::error::Error::dtype(op, "dtype mismatch"))?,

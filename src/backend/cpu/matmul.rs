@@ -94,7 +94,7 @@ pub fn matmul<T: Float + StorageElement>(a: &Tensor, b: &Tensor) -> Result<Tenso
         element_offsets(&Layout { shape: l.shape[..nb].to_vec(), strides: l.strides[..nb].to_vec(), offset: l.offset })
     };
     let (offs_a, offs_b) = (batch_offsets(&la), batch_offsets(&lb));
-    let (sa, sb) = (a.storage(), b.storage());
+    let (sa, sb) = (a.host_storage(OP)?, b.host_storage(OP)?);
     let da = T::slice(&sa).ok_or_else(|| Error::dtype(OP, "operands must share a dtype"))?;
     let db = T::slice(&sb).ok_or_else(|| Error::dtype(OP, "operands must share a dtype"))?;
     let nbatch = offs_a.len();

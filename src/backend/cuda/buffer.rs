@@ -22,8 +22,9 @@ pub struct DeviceBuffer<T: DeviceElement> {
     pub(super) gpu: Gpu,
     pub(super) ptr: u64,
     pub(super) len: usize,
-    /// The allocator's size class of the block (needed to give it back).
-    pub(super) class_bytes: usize,
+    /// The allocator's size class of the block (needed to give it back); `None` for an
+    /// alias of part of another buffer, which owns the block.
+    pub(super) class_bytes: Option<usize>,
     pub(super) _element: PhantomData<T>,
 }
 
@@ -46,6 +47,18 @@ impl<T: DeviceElement> DeviceBuffer<T> {
         assert!(offset <= self.len, "offset {offset} beyond a buffer of {}", self.len);
         self.ptr + (offset * std::mem::size_of::<T>()) as u64
     }
+    /// A non-owning alias of `len` elements from `offset` on. Private to the crate: the
+    /// caller must keep `self` alive while the alias is used (`BufferView` ties the lifetimes).
+    pub(crate) fn alias(&self, offset: usize, len: usize) -> DeviceBuffer<T> {
+        assert!(offset + len <= self.len, "alias [{offset}, {}) beyond a buffer of {}", offset + len, self.len);
+        DeviceBuffer {
+            gpu: self.gpu.clone(),
+            ptr: self.device_ptr_at(offset),
+            len,
+            class_bytes: None,
+            _element: PhantomData,
+        }
+    }
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
     }
@@ -57,7 +70,9 @@ impl<T: DeviceElement> DeviceBuffer<T> {
 
 impl<T: DeviceElement> Drop for DeviceBuffer<T> {
     fn drop(&mut self) {
-        self.gpu.release_block(self.ptr, self.class_bytes);
+        if let Some(class_bytes) = self.class_bytes {
+            self.gpu.release_block(self.ptr, class_bytes);
+        }
     }
 }
 

@@ -101,7 +101,7 @@ impl Gpu {
     pub fn alloc<T: DeviceElement>(&self, len: usize) -> Result<DeviceBuffer<T>> {
         let bytes = len * std::mem::size_of::<T>();
         let (ptr, class_bytes) = self.allocator().allocate(self.raw(), bytes, &self.0.name)?;
-        Ok(DeviceBuffer { gpu: self.clone(), ptr, len, class_bytes, _element: PhantomData })
+        Ok(DeviceBuffer { gpu: self.clone(), ptr, len, class_bytes: Some(class_bytes), _element: PhantomData })
     }
 
     pub fn zeros<T: DeviceElement>(&self, len: usize) -> Result<DeviceBuffer<T>> {

@@ -2,6 +2,7 @@
 //! kernels of `kernels/*.cu`, each with a typed launcher here and a parity test against
 //! the CPU reference op (tests/cuda_parity.rs).
 //!
+//! - [`devices`]: the `Gpu` behind each `Device::Cuda(ordinal)` tensor (or the emulator);
 //! - [`Gpu`]: a device handle: a real GPU through the CUDA driver ([`Gpu::open`]), or the
 //!   CPU emulator of the same kernels ([`Gpu::emulated`]) that runs them where there is no GPU;
 //! - [`DeviceBuffer`]: typed device memory from the caching allocator (`allocator.rs`);
@@ -11,6 +12,7 @@
 
 mod allocator;
 mod buffer;
+pub mod devices;
 mod driver;
 mod emulator;
 pub mod gemm;

@@ -211,6 +211,8 @@ pub enum Binary {
     Sub,
     Mul,
     Div,
+    /// y = a (b is not read): see [`copy_strided`].
+    First,
 }
 
 impl Binary {
@@ -220,6 +222,7 @@ impl Binary {
             Binary::Sub => "binary_sub",
             Binary::Mul => "binary_mul",
             Binary::Div => "binary_div",
+            Binary::First => "binary_first",
         }
     }
 }
@@ -400,6 +403,19 @@ pub fn binary_strided<T: KernelFloat>(
     }
     let cfg = flat_config(n, if vec { p } else { 1 });
     gpu.launch(&kernel_name::<T>(&format!("{}_bcast", op.base())), cfg, &args)
+}
+
+/// y = x read through `x_strides` over `shape` (y contiguous): makes a strided view
+/// (transpose, narrow, broadcast) row-major. The broadcast kernel with [`Binary::First`].
+pub fn copy_strided<T: KernelFloat>(
+    gpu: &Gpu,
+    x: &DeviceBuffer<T>,
+    x_strides: &[usize],
+    shape: &[usize],
+    y: &mut DeviceBuffer<T>,
+) -> Result<()> {
+    let zeros = vec![0; shape.len()];
+    binary_strided(gpu, Binary::First, x, x_strides, x, &zeros, shape, y)
 }
 
 /// The gradient of a broadcast operand: sums `g` (contiguous, shape `out_shape`) over every
