@@ -82,8 +82,9 @@ pub fn row_major(t: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// `t` (contiguous, on a GPU) converted to `dtype`: f32 ↔ bf16 on the device; the same
-/// tensor when it already has that dtype.
+/// `t` (on a GPU) converted to `dtype`: f32 ↔ bf16 on the device, keeping a dense view's
+/// strides (a transposed weight stays a transposed view); the same tensor when it already
+/// has that dtype.
 pub fn cast(op: &'static str, t: &Tensor, dtype: crate::tensor::DType) -> Result<Tensor> {
     use crate::backend::cuda::kernels::elementwise::{cast_bf16_to_f32, cast_f32_to_bf16};
     use crate::tensor::DType;
@@ -91,20 +92,23 @@ pub fn cast(op: &'static str, t: &Tensor, dtype: crate::tensor::DType) -> Result
         return Ok(t.clone());
     }
     let (gpu, ordinal) = gpu_of(op, t)?;
-    let t = row_major(t)?;
-    match (t.dtype(), dtype) {
+    let t = if is_dense(t.layout()) { t.clone() } else { row_major(t)? };
+    let converted = match (t.dtype(), dtype) {
         (DType::F32, DType::BF16) => {
             let mut y = gpu.alloc::<half::bf16>(t.numel())?;
-            cast_f32_to_bf16(&gpu, &*t.cuda_slice::<f32>(op)?, &mut y)?;
-            wrap(y, t.shape(), ordinal)
+            cast_f32_to_bf16(&gpu, &*dense_slice::<f32>(op, &t)?, &mut y)?;
+            wrap(y, t.shape(), ordinal)?
         }
         (DType::BF16, DType::F32) => {
             let mut y = gpu.alloc::<f32>(t.numel())?;
-            cast_bf16_to_f32(&gpu, &*t.cuda_slice::<half::bf16>(op)?, &mut y)?;
-            wrap(y, t.shape(), ordinal)
+            cast_bf16_to_f32(&gpu, &*dense_slice::<half::bf16>(op, &t)?, &mut y)?;
+            wrap(y, t.shape(), ordinal)?
         }
-        (from, to) => Err(Error::dtype(op, format!("no CUDA conversion from {from} to {to} (f32 ↔ bf16 only)"))),
-    }
+        (from, to) => {
+            return Err(Error::dtype(op, format!("no CUDA conversion from {from} to {to} (f32 ↔ bf16 only)")))
+        }
+    };
+    Ok(dense_result(converted, &t))
 }
 
 /// True when the view covers `numel` consecutive storage elements in some axis order (a

@@ -7,7 +7,7 @@
 #[cfg(feature = "cuda")]
 mod cuda;
 
-use super::{placement, Placement};
+use super::{autocast, placement, Placement};
 use crate::autograd::record;
 use crate::backend::cpu::matmul::matmul as matmul_kernel;
 use crate::error::{Error, Result};
@@ -21,7 +21,7 @@ fn product(op: &'static str, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     match placement(op, &[a, b])? {
         Placement::Cpu => Ok(float_dispatch!(op, a.dtype(), T => matmul_kernel::<T>(a, b)?)),
         #[cfg(feature = "cuda")]
-        Placement::Cuda => cuda::matmul(a, b),
+        Placement::Cuda => cuda::matmul(a, b, super::autocast::is_autocast_enabled()),
     }
 }
 
@@ -31,11 +31,14 @@ impl Tensor {
         check_same_dtype("matmul", self, other)?;
         let out = product("matmul", self, other)?;
         let (a, b) = (self.detach(), other.detach());
+        let bf16 = autocast::is_autocast_enabled();
         Ok(record("matmul", &[self, other], out, move |g, needs| {
-            Ok(vec![
-                if needs[0] { Some(sum_to_shape(&g.matmul(&b.t()?)?, a.shape())?) } else { None },
-                if needs[1] { Some(sum_to_shape(&a.t()?.matmul(g)?, b.shape())?) } else { None },
-            ])
+            autocast::autocast(bf16, || {
+                Ok(vec![
+                    if needs[0] { Some(sum_to_shape(&g.matmul(&b.t()?)?, a.shape())?) } else { None },
+                    if needs[1] { Some(sum_to_shape(&a.t()?.matmul(g)?, b.shape())?) } else { None },
+                ])
+            })
         }))
     }
 }
@@ -75,10 +78,14 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     if let Some(b) = bias {
         inputs.push(b);
     }
+    let bf16 = autocast::is_autocast_enabled();
     Ok(record(OP, &inputs, out, move |g, needs| {
         let g2 = g.reshape(&[rows, out_features])?;
-        let dx = if needs[0] { Some(g2.matmul(&w)?.reshape(&x_shape)?) } else { None };
-        let dw = if needs[1] { Some(g2.t()?.matmul(&x2)?) } else { None };
+        let (dx, dw) = autocast::autocast(bf16, || -> Result<_> {
+            let dx = if needs[0] { Some(g2.matmul(&w)?.reshape(&x_shape)?) } else { None };
+            let dw = if needs[1] { Some(g2.t()?.matmul(&x2)?) } else { None };
+            Ok((dx, dw))
+        })?;
         let mut grads = vec![dx, dw];
         if needs.len() == 3 {
             grads.push(if needs[2] { Some(g2.sum(&[0], false)?) } else { None });

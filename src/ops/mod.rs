@@ -6,6 +6,7 @@
 
 pub mod activations;
 pub mod attention;
+pub mod autocast;
 pub mod batchnorm;
 pub mod conv2d;
 #[cfg(feature = "cuda")]

@@ -26,3 +26,23 @@ device_test!(linear_with_and_without_bias, |device| {
     );
     check_op("linear", device, &[x, w], |t| simclr::ops::matmul::linear(&t[0], &t[1], None), 1e-4);
 });
+
+device_test!(autocast_multiplies_in_bf16_and_returns_f32, |device| {
+    use simclr::ops::autocast::autocast;
+    let (x, w, b) = (randn(&[6, 32], 10), randn(&[16, 32], 11), randn(&[16], 12));
+    // bf16 inputs (8 bits of mantissa) over 32-term sums: errors of a few 1e-2 at most.
+    let out = check_op(
+        "linear under autocast",
+        device,
+        &[x.clone(), w.clone(), b],
+        |t| autocast(true, || simclr::ops::matmul::linear(&t[0], &t[1], Some(&t[2]))),
+        6e-2,
+    );
+    assert_eq!(out.dtype(), simclr::DType::F32);
+    // It really ran in bf16: the result differs from the f32 product.
+    let exact = x.to_device(device).unwrap().matmul(&w.t().unwrap().to_device(device).unwrap()).unwrap();
+    let rounded =
+        autocast(true, || x.to_device(device).unwrap().matmul(&w.t().unwrap().to_device(device).unwrap())).unwrap();
+    let diff = values(&exact).iter().zip(values(&rounded)).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(diff > 1e-5 && diff < 6e-2, "bf16 vs f32 products differ by {diff}");
+});

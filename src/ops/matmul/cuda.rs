@@ -8,9 +8,9 @@
 use crate::backend::cuda::{gemm, GemmShape};
 use crate::error::{Error, Result};
 use crate::kernel_dispatch;
-use crate::ops::cuda_support::{gpu_of, row_major, strided_slice, wrap};
+use crate::ops::cuda_support::{cast, gpu_of, row_major, strided_slice, wrap};
 use crate::tensor::layout::{broadcast_shapes, Layout};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// How GEMM reads the last two axes of a tensor: straight, or as the transpose of a
 /// row-major matrix; `None` if neither (the caller copies it row-major first).
@@ -42,9 +42,14 @@ fn batch_offsets(l: &Layout, batch: &[usize]) -> Vec<usize> {
     out
 }
 
-/// `a @ b` for device tensors of rank ≥ 2 with broadcast batch axes.
-pub(crate) fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+/// `a @ b` for device tensors of rank ≥ 2 with broadcast batch axes; with `bf16_autocast`,
+/// f32 operands are multiplied in bf16 (f32 accumulation) and the product returned as f32.
+pub(crate) fn matmul(a: &Tensor, b: &Tensor, bf16_autocast: bool) -> Result<Tensor> {
     const OP: &str = "matmul";
+    if bf16_autocast && a.dtype() == DType::F32 {
+        let (a16, b16) = (cast(OP, a, DType::BF16)?, cast(OP, b, DType::BF16)?);
+        return cast(OP, &matmul(&a16, &b16, false)?, DType::F32);
+    }
     if a.rank() < 2 || b.rank() < 2 {
         return Err(Error::shape(OP, "the CUDA matmul takes matrices (rank ≥ 2); reshape vectors to [1, n] or [n, 1]"));
     }
