@@ -477,3 +477,245 @@ extern "C" __global__ void axpby_f32(const float* __restrict__ x, float* y, long
 extern "C" __global__ void axpby_bf16(const bf16* __restrict__ x, bf16* y, long long n, float a, float b) {
     axpby_body(x, y, n, a, b);
 }
+
+// ------------------------------------------------------------------ clamp_min
+// y = max(x, lo) and its gradient dx = dy where x > lo (0 where x was clamped): the norm floor
+// of l2_normalize (F.normalize's max(‖x‖, eps)). fmaxf maps NaN to lo, as the CPU's f64::max.
+
+namespace {
+struct ClampMinF {
+    float lo;
+    __device__ float operator()(float x) const { return fmaxf(x, lo); }
+};
+// saved = x (the clamped value works too: it is > lo exactly where x is).
+struct ClampMinBwdF {
+    float lo;
+    __device__ float operator()(float g, float x) const { return x > lo ? g : 0.0f; }
+};
+}  // namespace
+
+extern "C" __global__ void clamp_min_f32(const float* __restrict__ x, float* __restrict__ y, long long n, float lo) {
+    map_unary(x, y, n, ClampMinF{lo});
+}
+extern "C" __global__ void clamp_min_bf16(const bf16* __restrict__ x, bf16* __restrict__ y, long long n, float lo) {
+    map_unary(x, y, n, ClampMinF{lo});
+}
+extern "C" __global__ void clamp_min_bwd_f32(const float* __restrict__ dy, const float* __restrict__ x,
+                                             float* __restrict__ dx, long long n, float lo) {
+    map_binary(dy, x, dx, n, ClampMinBwdF{lo});
+}
+extern "C" __global__ void clamp_min_bwd_bf16(const bf16* __restrict__ dy, const bf16* __restrict__ x,
+                                              bf16* __restrict__ dx, long long n, float lo) {
+    map_binary(dy, x, dx, n, ClampMinBwdF{lo});
+}
+
+// ------------------------------------------------------------------ moving elements between views
+// Kernels that only move elements copy bits, so one instantiation per element size serves every
+// dtype: b1 (u8), b2 (bf16, f16), b4 (f32), b8 (f64, i64). Gradient kernels that add are f32/bf16.
+//
+// view_copy: y[Σ c·ys] = x[Σ c·xs] over a shape of at most 6 dims (collapsed by the launcher):
+// a strided view written into a strided view of another buffer. Tensor::cat writes each input
+// into its slab of the output this way, and narrow's backward writes the gradient into its window
+// of a zeroed input-shaped buffer. Indexing is 32-bit when every index fits (flags bit 0).
+
+namespace {
+#define VIEW_DIMS 6
+struct ViewCopy {
+    long long dim[VIEW_DIMS];
+    long long xs[VIEW_DIMS];
+    long long ys[VIEW_DIMS];
+    int ndim;
+};
+
+template <typename I, typename E>
+__device__ __forceinline__ void view_copy_body(const E* __restrict__ x, E* __restrict__ y, long long n,
+                                               const ViewCopy& p) {
+    const I tid = (I)blockIdx.x * blockDim.x + threadIdx.x;
+    const I stride = (I)gridDim.x * blockDim.x;
+    for (I i = tid; i < (I)n; i += stride) {
+        I rem = i, ox = 0, oy = 0;
+#pragma unroll
+        for (int d = VIEW_DIMS - 1; d >= 0; --d) {
+            if (d < VIEW_DIMS - p.ndim) break;
+            const I len = (I)p.dim[d];
+            const I c = rem % len;
+            rem /= len;
+            ox += c * (I)p.xs[d];
+            oy += c * (I)p.ys[d];
+        }
+        y[oy] = x[ox];
+    }
+}
+}  // namespace
+
+#define VIEW_PARAMS                                                                                    \
+    long long n, int ndim, int flags, long long d0, long long d1, long long d2, long long d3, long long d4, \
+        long long d5, long long x0, long long x1, long long x2, long long x3, long long x4, long long x5,   \
+        long long y0, long long y1, long long y2, long long y3, long long y4, long long y5
+#define VIEW_STRUCT \
+    ViewCopy { {d0, d1, d2, d3, d4, d5}, {x0, x1, x2, x3, x4, x5}, {y0, y1, y2, y3, y4, y5}, ndim }
+
+#define VIEW_COPY_KERNEL(suffix, E)                                                                    \
+    extern "C" __global__ void view_copy_##suffix(const E* __restrict__ x, E* __restrict__ y, VIEW_PARAMS) { \
+        const ViewCopy p = VIEW_STRUCT;                                                                \
+        if (flags & 1) {                                                                               \
+            view_copy_body<unsigned int>(x, y, n, p);                                                  \
+        } else {                                                                                       \
+            view_copy_body<unsigned long long>(x, y, n, p);                                            \
+        }                                                                                              \
+    }
+
+VIEW_COPY_KERNEL(b1, unsigned char)
+VIEW_COPY_KERNEL(b2, unsigned short)
+VIEW_COPY_KERNEL(b4, unsigned int)
+VIEW_COPY_KERNEL(b8, unsigned long long)
+
+// index_select along one axis of a row-major x seen as [outer, size, inner]:
+// y[o, j, e] = x[o, idx[j], e] for j < k (idx in range: the launcher's caller checks).
+namespace {
+template <typename E>
+__device__ __forceinline__ void index_select_body(const E* __restrict__ x, const long long* __restrict__ idx,
+                                                  E* __restrict__ y, long long outer, long long size, long long k,
+                                                  long long inner) {
+    const long long n = outer * k * inner;
+    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = tid; i < n; i += stride) {
+        const long long e = i % inner, r = i / inner;
+        const long long j = r % k, o = r / k;
+        y[i] = x[(o * size + idx[j]) * inner + e];
+    }
+}
+
+// The gradient of index_select: dx[o, s, e] = Σ_{t ∈ [offsets[s], offsets[s+1])} g[o, rows[t], e],
+// rows[] listing, for each source index s in increasing order, the output positions j that
+// selected it (the inverse of idx, built on the host where the indices live). One thread per
+// element of dx, summing in a fixed order: deterministic, no atomics, and every element written.
+template <typename T>
+__device__ __forceinline__ void index_add_body(const T* __restrict__ g, const long long* __restrict__ offsets,
+                                               const long long* __restrict__ rows, T* __restrict__ dx,
+                                               long long outer, long long size, long long k, long long inner) {
+    const long long n = outer * size * inner;
+    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = tid; i < n; i += stride) {
+        const long long e = i % inner, r = i / inner;
+        const long long s = r % size, o = r / size;
+        float acc = 0.0f;
+        for (long long t = offsets[s]; t < offsets[s + 1]; ++t) acc += to_float(g[(o * k + rows[t]) * inner + e]);
+        dx[i] = from_float<T>(acc);
+    }
+}
+}  // namespace
+
+#define INDEX_SELECT_KERNEL(suffix, E)                                                                    \
+    extern "C" __global__ void index_select_##suffix(const E* __restrict__ x, const long long* __restrict__ idx, \
+                                                     E* __restrict__ y, long long outer, long long size,       \
+                                                     long long k, long long inner) {                          \
+        index_select_body(x, idx, y, outer, size, k, inner);                                              \
+    }
+
+INDEX_SELECT_KERNEL(b1, unsigned char)
+INDEX_SELECT_KERNEL(b2, unsigned short)
+INDEX_SELECT_KERNEL(b4, unsigned int)
+INDEX_SELECT_KERNEL(b8, unsigned long long)
+
+extern "C" __global__ void index_add_f32(const float* __restrict__ g, const long long* __restrict__ offsets,
+                                         const long long* __restrict__ rows, float* __restrict__ dx, long long outer,
+                                         long long size, long long k, long long inner) {
+    index_add_body(g, offsets, rows, dx, outer, size, k, inner);
+}
+extern "C" __global__ void index_add_bf16(const bf16* __restrict__ g, const long long* __restrict__ offsets,
+                                          const long long* __restrict__ rows, bf16* __restrict__ dx, long long outer,
+                                          long long size, long long k, long long inner) {
+    index_add_body(g, offsets, rows, dx, outer, size, k, inner);
+}
+
+// torch.gather along `axis` (a slot of the right-aligned 6-dim shapes): for every element c of
+// the row-major output (shape `out`, like idx), y[c] = x[Σ_d (d == axis ? idx[c] : c_d)·xs_d]
+// (x read through its strides; indices in range: the caller checks).
+// gather_backward: one thread per element c of the row-major dx (shape `in`):
+// dx[c] = Σ_j [idx[c | axis = j] == c_axis] · g[c | axis = j] over j < out[axis], and 0 where c
+// lies outside the index's extent on another axis. Summed in j order, as the CPU op: no atomics.
+namespace {
+struct GatherDims {
+    long long out[VIEW_DIMS];  // shape of idx and y (size 1 in unused leading slots)
+    long long in[VIEW_DIMS];   // shape of x / dx
+    long long xs[VIEW_DIMS];   // strides of x (forward only)
+    int axis;
+};
+
+template <typename E>
+__device__ __forceinline__ void gather_body(const E* __restrict__ x, const long long* __restrict__ idx,
+                                            E* __restrict__ y, long long n, const GatherDims& p) {
+    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = tid; i < n; i += stride) {
+        long long rem = i, off = 0;
+        for (int d = VIEW_DIMS - 1; d >= 0; --d) {
+            const long long c = rem % p.out[d];
+            rem /= p.out[d];
+            off += (d == p.axis ? idx[i] : c) * p.xs[d];
+        }
+        y[i] = x[off];
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void gather_backward_body(const T* __restrict__ g, const long long* __restrict__ idx,
+                                                     T* __restrict__ dx, long long n, const GatherDims& p) {
+    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = tid; i < n; i += stride) {
+        long long rem = i, base = 0, step = 1, axis_step = 0, target = 0;
+        bool inside = true;
+        for (int d = VIEW_DIMS - 1; d >= 0; --d) {
+            const long long c = rem % p.in[d];
+            rem /= p.in[d];
+            if (d == p.axis) {
+                target = c;
+                axis_step = step;
+            } else {
+                inside = inside && c < p.out[d];
+                base += c * step;
+            }
+            step *= p.out[d];
+        }
+        float acc = 0.0f;
+        if (inside) {
+            for (long long j = 0; j < p.out[p.axis]; ++j) {
+                const long long o = base + j * axis_step;
+                if (idx[o] == target) acc += to_float(g[o]);
+            }
+        }
+        dx[i] = from_float<T>(acc);
+    }
+}
+}  // namespace
+
+#define GATHER_PARAMS                                                                                   \
+    long long n, int axis, long long o0, long long o1, long long o2, long long o3, long long o4, long long o5, \
+        long long i0, long long i1, long long i2, long long i3, long long i4, long long i5, long long s0,     \
+        long long s1, long long s2, long long s3, long long s4, long long s5
+#define GATHER_STRUCT \
+    GatherDims { {o0, o1, o2, o3, o4, o5}, {i0, i1, i2, i3, i4, i5}, {s0, s1, s2, s3, s4, s5}, axis }
+
+#define GATHER_KERNEL(suffix, E)                                                                        \
+    extern "C" __global__ void gather_##suffix(const E* __restrict__ x, const long long* __restrict__ idx,  \
+                                               E* __restrict__ y, GATHER_PARAMS) {                        \
+        gather_body(x, idx, y, n, GATHER_STRUCT);                                                       \
+    }
+
+GATHER_KERNEL(b1, unsigned char)
+GATHER_KERNEL(b2, unsigned short)
+GATHER_KERNEL(b4, unsigned int)
+GATHER_KERNEL(b8, unsigned long long)
+
+extern "C" __global__ void gather_backward_f32(const float* __restrict__ g, const long long* __restrict__ idx,
+                                               float* __restrict__ dx, GATHER_PARAMS) {
+    gather_backward_body(g, idx, dx, n, GATHER_STRUCT);
+}
+extern "C" __global__ void gather_backward_bf16(const bf16* __restrict__ g, const long long* __restrict__ idx,
+                                                bf16* __restrict__ dx, GATHER_PARAMS) {
+    gather_backward_body(g, idx, dx, n, GATHER_STRUCT);
+}

@@ -6,7 +6,16 @@
 //! (A fused, flash-attention style kernel would recompute P from a saved
 //! log-sum-exp instead of storing it; here clarity wins.) A row whose every
 //! key is masked gets P = 0: its output and gradients are zero rather than NaN.
+//!
+//! On a GPU, under bf16 autocast (`ops::autocast`) or with bf16 tensors, the op runs in the
+//! fused FlashAttention-2 kernels, which do recompute P (`attention/cuda.rs`); f32 tensors
+//! outside autocast take the composition below, in f32 on the device (cuBLAS products and the
+//! softmax kernel), as PyTorch's math backend does: the kernels have no f32 form.
 
+#[cfg(feature = "cuda")]
+mod cuda;
+
+use super::{autocast, placement, Placement};
 use crate::autograd::{no_grad, record};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
@@ -47,6 +56,26 @@ pub fn scaled_dot_product_attention(
         return Err(Error::dtype(OP, "q, k and v must share a dtype"));
     }
     let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
+    let mut inputs = vec![q, k, v];
+    inputs.extend(mask);
+    let bf16_autocast = autocast::is_autocast_enabled();
+    match placement(OP, &inputs)? {
+        Placement::Cpu => {}
+        #[cfg(feature = "cuda")]
+        Placement::Cuda => {
+            if mask.is_some() {
+                return Err(cuda::mask_error());
+            }
+            if cuda::fused(q.dtype(), bf16_autocast) {
+                let (out, saved) = cuda::forward(q, k, v, scale)?;
+                return Ok(record(OP, &[q, k, v], out, move |g, needs| {
+                    let [dq, dk, dv] = cuda::backward(g, saved)?;
+                    Ok(vec![needs[0].then_some(dq), needs[1].then_some(dk), needs[2].then_some(dv)])
+                }));
+            }
+            // f32 outside autocast: the composition below, on the device.
+        }
+    }
     let mut score_shape = lead.to_vec();
     score_shape.extend([l, s]);
     // 0 where attending is allowed, −∞ where masked, kept at the mask's own
@@ -74,12 +103,15 @@ pub fn scaled_dot_product_attention(
         Ok((p.matmul(&vd)?, p))
     })?;
     Ok(record(OP, &[q, k, v], out, move |g, needs| {
-        let dp = g.matmul(&vd.t()?)?;
-        let ds = p.mul(&dp.sub(&dp.mul(&p)?.sum(&[-1], true)?)?)?;
-        Ok(vec![
-            if needs[0] { Some(ds.matmul(&kd)?.mul_scalar(scale)?) } else { None },
-            if needs[1] { Some(ds.t()?.matmul(&qd)?.mul_scalar(scale)?) } else { None },
-            if needs[2] { Some(p.t()?.matmul(g)?) } else { None },
-        ])
+        // In the forward's autocast mode (it only matters for the products on a GPU).
+        autocast::autocast(bf16_autocast, || {
+            let dp = g.matmul(&vd.t()?)?;
+            let ds = p.mul(&dp.sub(&dp.mul(&p)?.sum(&[-1], true)?)?)?;
+            Ok(vec![
+                if needs[0] { Some(ds.matmul(&kd)?.mul_scalar(scale)?) } else { None },
+                if needs[1] { Some(ds.t()?.matmul(&qd)?.mul_scalar(scale)?) } else { None },
+                if needs[2] { Some(p.t()?.matmul(g)?) } else { None },
+            ])
+        })
     }))
 }

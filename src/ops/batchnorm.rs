@@ -9,7 +9,14 @@
 //! running ← (1 − momentum)·running + momentum·batch, with the unbiased batch
 //! variance). Eval mode normalises with the running statistics, which are
 //! constants, so backward is a per-channel affine map.
+//!
+//! On a GPU (`batchnorm/cuda.rs`) the same formulas run as kernels, forward and backward
+//! each in two launches; running statistics must then be on the GPU as well.
 
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
+
+use super::{placement, Placement};
 use crate::autograd::{no_grad, record};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
@@ -117,6 +124,19 @@ pub fn batch_norm_2d(
     if training && m < 2 {
         return Err(Error::shape(OP, format!("training needs more than one value per channel, got {:?}", x.shape())));
     }
+    let mut inputs = vec![x];
+    inputs.extend(weight);
+    inputs.extend(bias);
+    let mut all = inputs.clone();
+    all.extend([&stats.mean, &stats.var]);
+    match placement(OP, &all)? {
+        Placement::Cpu => {}
+        #[cfg(feature = "cuda")]
+        Placement::Cuda => {
+            let (out, saved) = cuda::forward(x, weight, bias, stats, training, eps)?;
+            return Ok(record(OP, &inputs, out, move |g, needs| cuda::backward(g, &saved, needs)));
+        }
+    }
     let per_channel = |t: &Tensor| t.reshape(&[1, c, 1, 1]);
     let xd = x.detach();
     let (out, xhat, rstd) = no_grad(|| -> Result<(Tensor, Tensor, Tensor)> {
@@ -136,9 +156,6 @@ pub fn batch_norm_2d(
     })?;
     let gamma = weight.map(|t| t.detach());
     let has_weight = weight.is_some();
-    let mut inputs = vec![x];
-    inputs.extend(weight);
-    inputs.extend(bias);
     Ok(record(OP, &inputs, out, move |g, needs| {
         let mut grads = Vec::with_capacity(needs.len());
         let gh = match &gamma {

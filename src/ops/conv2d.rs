@@ -10,7 +10,15 @@
 //! Backward recomputes cols from X instead of saving them (K·P per image is
 //! kh·kw times the input), and skips dX when the input needs no gradient —
 //! the first layer, whose input is data.
+//!
+//! On a GPU (`conv2d/cuda.rs`) the same three products run as implicit GEMMs over
+//! channels-last (NHWC) activations; outputs and input gradients come back as NCHW-shaped
+//! views of NHWC memory.
 
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
+
+use super::{autocast, placement, Placement};
 use crate::autograd::record;
 use crate::backend::cpu::conv::{conv2d_backward_input, conv2d_backward_weight, conv2d_forward, ConvGeometry};
 use crate::error::{Error, Result};
@@ -76,31 +84,42 @@ pub fn conv2d(
             return Err(Error::dtype(OP, format!("input is {}, bias is {}", x.dtype(), b.dtype())));
         }
     }
-    let out = float_dispatch!(OP, x.dtype(), T => {
-        let (xd, wd) = (x.host_data::<T>()?, weight.host_data::<T>()?);
-        let bd = bias.map(|b| b.host_data::<T>()).transpose()?;
-        Tensor::from_vec(conv2d_forward::<T>(&xd, &wd, bd.as_deref(), &g), &[g.n, g.o, g.oh, g.ow])?
-    });
-    let (xs, ws) = (x.detach(), weight.detach());
     let mut inputs = vec![x, weight];
     inputs.extend(bias);
+    // The GPU path computes in bf16 under autocast; its backward uses the forward's mode.
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+    let bf16 = autocast::is_autocast_enabled();
+    let out = match placement(OP, &inputs)? {
+        Placement::Cpu => float_dispatch!(OP, x.dtype(), T => {
+            let (xd, wd) = (x.host_data::<T>()?, weight.host_data::<T>()?);
+            let bd = bias.map(|b| b.host_data::<T>()).transpose()?;
+            Tensor::from_vec(conv2d_forward::<T>(&xd, &wd, bd.as_deref(), &g), &[g.n, g.o, g.oh, g.ow])?
+        }),
+        #[cfg(feature = "cuda")]
+        Placement::Cuda => cuda::forward(x, weight, bias, &g, bf16)?,
+    };
+    let (xs, ws) = (x.detach(), weight.detach());
     Ok(record(OP, &inputs, out, move |dy, needs| {
-        let (dx, dw) = float_dispatch!(OP, dy.dtype(), T => {
-            let dyd = dy.host_data::<T>()?;
-            let dx = if needs[0] {
-                let wd = ws.host_data::<T>()?;
-                Some(Tensor::from_vec(conv2d_backward_input::<T>(&dyd, &wd, &g), xs.shape())?)
-            } else {
-                None
-            };
-            let dw = if needs[1] {
-                let xd = xs.host_data::<T>()?;
-                Some(Tensor::from_vec(conv2d_backward_weight::<T>(&xd, &dyd, &g), ws.shape())?)
-            } else {
-                None
-            };
-            (dx, dw)
-        });
+        let (dx, dw) = match placement(OP, &[dy])? {
+            Placement::Cpu => float_dispatch!(OP, dy.dtype(), T => {
+                let dyd = dy.host_data::<T>()?;
+                let dx = if needs[0] {
+                    let wd = ws.host_data::<T>()?;
+                    Some(Tensor::from_vec(conv2d_backward_input::<T>(&dyd, &wd, &g), xs.shape())?)
+                } else {
+                    None
+                };
+                let dw = if needs[1] {
+                    let xd = xs.host_data::<T>()?;
+                    Some(Tensor::from_vec(conv2d_backward_weight::<T>(&xd, &dyd, &g), ws.shape())?)
+                } else {
+                    None
+                };
+                (dx, dw)
+            }),
+            #[cfg(feature = "cuda")]
+            Placement::Cuda => cuda::backward(dy, &xs, &ws, &g, (needs[0], needs[1]), bf16)?,
+        };
         let mut grads = vec![dx, dw];
         if needs.len() == 3 {
             grads.push(if needs[2] { Some(dy.sum(&[0, 2, 3], false)?) } else { None });

@@ -25,6 +25,11 @@ pub fn dropout(x: &Tensor, p: f64, training: bool, rng: &mut Rng) -> Result<Tens
         let m: Vec<T> = (0..x.numel()).map(|_| if rng.uniform() < p { T::of_f64(0.0) } else { keep }).collect();
         Tensor::from_vec(m, x.shape())?
     });
+    // On a GPU the mask is drawn here, on the host, from the same RNG stream and uploaded: CPU
+    // and GPU runs with one seed then drop exactly the same elements (and leave the stream in
+    // the same state), which keeps runs reproducible across devices. The multiplies run on the
+    // device. (A no-op on the CPU.)
+    let mask = mask.to_device(x.device())?;
     let out = no_grad(|| x.detach().mul(&mask))?;
     Ok(record("dropout", &[x], out, move |g, _| Ok(vec![Some(g.mul(&mask)?)])))
 }

@@ -5,7 +5,12 @@
 //! r per row; backward recomputes x̂ from x and, with ĝ = g·γ, computes in one
 //! fused pass over the rows:
 //!   dx = r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)),  dγ = Σ_rows g·x̂,  dβ = Σ_rows g.
+//! On a GPU the same math runs in the fused kernels of kernels/layernorm.cu (`layernorm/cuda.rs`).
 
+#[cfg(feature = "cuda")]
+mod cuda;
+
+use super::{placement, Placement};
 use crate::autograd::record;
 use crate::error::{Error, Result};
 use crate::float_dispatch;
@@ -113,6 +118,32 @@ pub fn layer_norm(
     if !(eps > 0.0) {
         return Err(Error::invalid(OP, format!("eps must be > 0, got {eps}")));
     }
+    let mut inputs = vec![x];
+    inputs.extend(weight);
+    inputs.extend(bias);
+    match placement(OP, &inputs)? {
+        Placement::Cpu => {}
+        #[cfg(feature = "cuda")]
+        Placement::Cuda => {
+            let (out, saved) = cuda::forward(x, n, weight, bias, eps)?;
+            let (has_weight, has_bias, norm_shape) = (weight.is_some(), bias.is_some(), normalized_shape.to_vec());
+            return Ok(record(OP, &inputs, out, move |g, needs| {
+                let want_gamma = has_weight && needs[1];
+                let want_beta = has_bias && needs[1 + has_weight as usize];
+                let (dx, dgamma, dbeta) = cuda::backward(g, &saved, n, want_gamma, want_beta)?;
+                let shaped = |t: Option<Tensor>| t.map(|t| t.reshape(&norm_shape)).transpose();
+                // One gradient per recorded input, in order: x, then weight and bias if given.
+                let mut grads = vec![Some(dx)];
+                if has_weight {
+                    grads.push(shaped(dgamma)?);
+                }
+                if has_bias {
+                    grads.push(shaped(dbeta)?);
+                }
+                Ok(grads)
+            }));
+        }
+    }
     let (out, mean, rstd) = float_dispatch!(OP, x.dtype(), T => {
         let xd = x.host_data::<T>()?;
         let wd = weight.map(|w| w.host_data::<T>()).transpose()?;
@@ -124,9 +155,6 @@ pub fn layer_norm(
 
     let (xs, gamma) = (x.detach(), weight.map(|w| w.detach()));
     let (x_shape, norm_shape) = (x.shape().to_vec(), normalized_shape.to_vec());
-    let mut inputs = vec![x];
-    inputs.extend(weight);
-    inputs.extend(bias);
     let has_bias = bias.is_some();
     Ok(record(OP, &inputs, out, move |g, _| {
         let (dx, dgamma, dbeta) = float_dispatch!(OP, g.dtype(), T => {

@@ -4,7 +4,14 @@
 //! Max pooling's gradient goes only to the element that won each window
 //! (its index is saved in forward); average pooling spreads each output's
 //! gradient evenly over its window.
+//!
+//! On a GPU (`pool/cuda.rs`) max pooling and the global (1×1) average pooling run as
+//! kernels that keep the input's layout (channels-last or row-major NCHW).
 
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
+
+use super::{placement, Placement};
 use crate::autograd::record;
 use crate::error::{Error, Result};
 use crate::float_dispatch;
@@ -87,6 +94,14 @@ pub fn max_pool2d(
     }
     let oh = (h + 2 * padding.0 - kernel.0) / stride.0 + 1;
     let ow = (w + 2 * padding.1 - kernel.1) / stride.1 + 1;
+    match placement(OP, &[x])? {
+        Placement::Cpu => {}
+        #[cfg(feature = "cuda")]
+        Placement::Cuda => {
+            let (out, saved) = cuda::max_pool2d(x, kernel, stride, padding)?;
+            return Ok(record(OP, &[x], out, move |g, _| Ok(vec![Some(cuda::max_pool2d_grad(g, &saved)?)])));
+        }
+    }
     let planes = n * c;
     let (out, arg) = float_dispatch!(OP, x.dtype(), T => {
         let xd = x.host_data::<T>()?;
@@ -145,6 +160,23 @@ pub fn adaptive_avg_pool2d(x: &Tensor, out_hw: (usize, usize)) -> Result<Tensor>
     let (oh, ow) = out_hw;
     if oh == 0 || ow == 0 || h == 0 || w == 0 {
         return Err(Error::shape(OP, format!("cannot pool {h}x{w} to {oh}x{ow}")));
+    }
+    match placement(OP, &[x])? {
+        Placement::Cpu => {}
+        #[cfg(feature = "cuda")]
+        Placement::Cuda => {
+            if out_hw != (1, 1) {
+                return Err(Error::Device {
+                    op: OP,
+                    msg: format!(
+                        "on CUDA only the global 1x1 output is implemented, got {oh}x{ow}; run it on the CPU \
+                         (to_device(Device::Cpu))"
+                    ),
+                });
+            }
+            let (out, saved) = cuda::global_avg_pool2d(x)?;
+            return Ok(record(OP, &[x], out, move |g, _| Ok(vec![Some(cuda::global_avg_pool2d_grad(g, &saved)?)])));
+        }
     }
     let (rows, cols) = (bins(h, oh), bins(w, ow));
     let planes = n * c;

@@ -28,6 +28,7 @@ fn plan(op: &'static str, x: &Tensor, axes: &[isize], keepdim: bool) -> Result<(
 
 /// Σ over the sorted `axes`, shaped `keep` (those axes kept with size 1) on a GPU; on the
 /// CPU the reduce kernel's own shape, which the callers reshape.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
 fn sum_over(op: &'static str, x: &Tensor, axes: &[usize], keep: &[usize]) -> Result<Tensor> {
     match placement(op, &[x])? {
         Placement::Cpu => Ok(float_dispatch!(op, x.dtype(), T => reduce::<T>(x, axes, Reduction::Sum)?)),

@@ -6,7 +6,7 @@
 //! inverse permutation, narrow by padding with zeros, broadcast by summing.
 
 #[cfg(feature = "cuda")]
-mod cuda;
+pub(crate) mod cuda;
 
 use crate::any_dispatch;
 use crate::autograd::record;
@@ -18,6 +18,7 @@ use crate::tensor::layout::{numel, Layout};
 use crate::tensor::{DType, Element, StorageElement, Tensor};
 
 use super::elementwise::sum_to_shape;
+use super::{placement, Placement};
 
 /// Writes `src` (row-major, shaped like `view`) into a zero tensor of `shape`
 /// at the positions `view` addresses. The backward of every "select" op.
@@ -122,7 +123,13 @@ impl Tensor {
         let in_shape = self.shape().to_vec();
         Ok(record("narrow", &[self], out, move |g, _| {
             let target = Layout::contiguous(&in_shape).narrow("narrow", axis, start, len)?;
-            let gi = float_dispatch!("narrow", g.dtype(), T => scatter_into_zeros::<T>(g, &in_shape, &target)?);
+            let gi = match placement("narrow", &[g])? {
+                Placement::Cpu => {
+                    float_dispatch!("narrow", g.dtype(), T => scatter_into_zeros::<T>(g, &in_shape, &target)?)
+                }
+                #[cfg(feature = "cuda")]
+                Placement::Cuda => cuda::scatter_into_zeros(g, &in_shape, &target)?,
+            };
             Ok(vec![Some(gi)])
         }))
     }
@@ -177,19 +184,25 @@ impl Tensor {
         let sizes: Vec<usize> = tensors.iter().map(|t| t.shape()[axis]).collect();
         let mut shape = first.shape().to_vec();
         shape[axis] = sizes.iter().sum();
-        // Copy each input into its slab: outer = product of axes before `axis`.
-        let outer: usize = shape[..axis].iter().product();
-        let inner: usize = shape[axis + 1..].iter().product();
-        let out = any_dispatch!(first.dtype(), T => {
-            let datas: Vec<_> = tensors.iter().map(|t| t.host_data::<T>()).collect::<Result<_>>()?;
-            let mut out: Vec<T> = Vec::with_capacity(numel(&shape));
-            for o in 0..outer {
-                for (d, &s) in datas.iter().zip(&sizes) {
-                    out.extend_from_slice(&d[o * s * inner..(o + 1) * s * inner]);
-                }
+        let out = match placement(OP, tensors)? {
+            Placement::Cpu => {
+                // Copy each input into its slab: outer = product of axes before `axis`.
+                let outer: usize = shape[..axis].iter().product();
+                let inner: usize = shape[axis + 1..].iter().product();
+                any_dispatch!(first.dtype(), T => {
+                    let datas: Vec<_> = tensors.iter().map(|t| t.host_data::<T>()).collect::<Result<_>>()?;
+                    let mut out: Vec<T> = Vec::with_capacity(numel(&shape));
+                    for o in 0..outer {
+                        for (d, &s) in datas.iter().zip(&sizes) {
+                            out.extend_from_slice(&d[o * s * inner..(o + 1) * s * inner]);
+                        }
+                    }
+                    Tensor::from_vec(out, &shape)?
+                })
             }
-            Tensor::from_vec(out, &shape)?
-        });
+            #[cfg(feature = "cuda")]
+            Placement::Cuda => cuda::cat(tensors, axis, &shape)?,
+        };
         Ok(record(OP, tensors, out, move |g, needs| {
             let mut start = 0;
             let mut grads = Vec::with_capacity(sizes.len());
@@ -222,6 +235,14 @@ impl Tensor {
         let size = self.shape()[axis];
         if let Some(&bad) = indices.iter().find(|&&i| i >= size) {
             return Err(Error::index(OP, format!("index {bad} out of range for axis {axis} of size {size}")));
+        }
+        #[cfg(feature = "cuda")]
+        if placement(OP, &[self])? == Placement::Cuda {
+            let out = cuda::index_select(self, axis, indices)?;
+            let (in_shape, idx) = (self.shape().to_vec(), indices.to_vec());
+            return Ok(record(OP, &[self], out, move |g, _| {
+                Ok(vec![Some(cuda::index_select_backward(g, axis, &idx, &in_shape)?)])
+            }));
         }
         let parts: Vec<Tensor> = indices.iter().map(|&i| self.detach().narrow(axis, i, 1)).collect::<Result<_>>()?;
         let refs: Vec<&Tensor> = parts.iter().collect();
@@ -278,6 +299,15 @@ impl Tensor {
                 ));
             }
         }
+        #[cfg(feature = "cuda")]
+        if placement(OP, &[self, index])? == Placement::Cuda {
+            let index = cuda::check_gather_index(index, self.shape()[axis])?;
+            let out = cuda::gather(self, axis, &index)?;
+            let in_shape = self.shape().to_vec();
+            return Ok(record(OP, &[self], out, move |g, _| {
+                Ok(vec![Some(cuda::gather_backward(g, axis, &index, &in_shape)?)])
+            }));
+        }
         let idx = index.to_vec::<i64>()?;
         let size = self.shape()[axis] as i64;
         if let Some(bad) = idx.iter().find(|&&i| i < 0 || i >= size) {
@@ -323,8 +353,14 @@ impl Tensor {
         if dtype == self.dtype() {
             return Ok(self.clone());
         }
-        let values = self.to_f64_vec();
-        let out = any_dispatch!(dtype, T => Tensor::from_vec(values.iter().map(|&v| T::of_f64(v)).collect::<Vec<T>>(), self.shape())?);
+        let out = match placement("to_dtype", &[self])? {
+            Placement::Cpu => {
+                let values = self.to_f64_vec();
+                any_dispatch!(dtype, T => Tensor::from_vec(values.iter().map(|&v| T::of_f64(v)).collect::<Vec<T>>(), self.shape())?)
+            }
+            #[cfg(feature = "cuda")]
+            Placement::Cuda => cuda::to_dtype(self, dtype)?,
+        };
         if !dtype.is_compute_float() {
             return Ok(out);
         }

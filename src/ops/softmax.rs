@@ -4,7 +4,13 @@
 //! give exact results instead of inf/NaN.
 //! Backward: for y = softmax(x), dx = y ⊙ (g − Σ g·y);
 //! for y = log_softmax(x), dx = g − softmax(x) · Σ g.
+//! On a GPU both run in the row kernels of kernels/softmax.cu (`softmax/cuda.rs`); an axis
+//! other than the last is moved last first, as here.
 
+#[cfg(feature = "cuda")]
+mod cuda;
+
+use super::{placement, Placement};
 use crate::autograd::record;
 use crate::error::Result;
 use crate::float_dispatch;
@@ -89,18 +95,26 @@ impl Tensor {
         let ax = resolve_axis("softmax", axis, self.rank())?;
         let x = self.detach();
         let out = crate::autograd::no_grad(|| {
-            along_axis(&x, ax, |t| float_dispatch!("softmax", t.dtype(), T => map_rows::<T>(t, softmax_row::<T>)))
+            along_axis(&x, ax, |t| match placement("softmax", &[t])? {
+                Placement::Cpu => float_dispatch!("softmax", t.dtype(), T => map_rows::<T>(t, softmax_row::<T>)),
+                #[cfg(feature = "cuda")]
+                Placement::Cuda => cuda::forward("softmax", cuda::Kind::Softmax, t),
+            })
         })?;
         let y = out.clone();
         Ok(record("softmax", &[self], out, move |g, _| {
             let gi = along_axis(g, ax, |gm| {
                 let ym = if ax == y.rank() - 1 { y.clone() } else { y.transpose(ax, y.rank() - 1)? };
-                float_dispatch!("softmax", gm.dtype(), T => map_rows2::<T>(gm, &ym, |g, y, o| {
-                    let dot = g.iter().zip(y).fold(T::zero(), |a, (&g, &y)| a + g * y);
-                    for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
-                        *o = y * (g - dot);
-                    }
-                }))
+                match placement("softmax", &[gm, &ym])? {
+                    Placement::Cpu => float_dispatch!("softmax", gm.dtype(), T => map_rows2::<T>(gm, &ym, |g, y, o| {
+                        let dot = g.iter().zip(y).fold(T::zero(), |a, (&g, &y)| a + g * y);
+                        for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
+                            *o = y * (g - dot);
+                        }
+                    })),
+                    #[cfg(feature = "cuda")]
+                    Placement::Cuda => cuda::backward("softmax", cuda::Kind::Softmax, gm, &ym),
+                }
             })?;
             Ok(vec![Some(gi)])
         }))
@@ -111,22 +125,30 @@ impl Tensor {
         let ax = resolve_axis("log_softmax", axis, self.rank())?;
         let x = self.detach();
         let out = crate::autograd::no_grad(|| {
-            along_axis(
-                &x,
-                ax,
-                |t| float_dispatch!("log_softmax", t.dtype(), T => map_rows::<T>(t, log_softmax_row::<T>)),
-            )
+            along_axis(&x, ax, |t| match placement("log_softmax", &[t])? {
+                Placement::Cpu => {
+                    float_dispatch!("log_softmax", t.dtype(), T => map_rows::<T>(t, log_softmax_row::<T>))
+                }
+                #[cfg(feature = "cuda")]
+                Placement::Cuda => cuda::forward("log_softmax", cuda::Kind::LogSoftmax, t),
+            })
         })?;
         let y = out.clone();
         Ok(record("log_softmax", &[self], out, move |g, _| {
             let gi = along_axis(g, ax, |gm| {
                 let ym = if ax == y.rank() - 1 { y.clone() } else { y.transpose(ax, y.rank() - 1)? };
-                float_dispatch!("log_softmax", gm.dtype(), T => map_rows2::<T>(gm, &ym, |g, y, o| {
-                    let total = g.iter().fold(T::zero(), |a, &b| a + b);
-                    for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
-                        *o = g - y.exp() * total;
+                match placement("log_softmax", &[gm, &ym])? {
+                    Placement::Cpu => {
+                        float_dispatch!("log_softmax", gm.dtype(), T => map_rows2::<T>(gm, &ym, |g, y, o| {
+                            let total = g.iter().fold(T::zero(), |a, &b| a + b);
+                            for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
+                                *o = g - y.exp() * total;
+                            }
+                        }))
                     }
-                }))
+                    #[cfg(feature = "cuda")]
+                    Placement::Cuda => cuda::backward("log_softmax", cuda::Kind::LogSoftmax, gm, &ym),
+                }
             })?;
             Ok(vec![Some(gi)])
         }))

@@ -12,3 +12,5 @@ mod common;
 mod elementwise;
 mod matmul;
 mod tensor;
+mod conv_pool_bn;
+mod vivit_ops;

@@ -168,11 +168,13 @@ fn cpu_binary(op: Binary, a: &Tensor, b: &Tensor) -> Tensor {
         Binary::Sub => a.sub(b),
         Binary::Mul => a.mul(b),
         Binary::Div => a.div(b),
+        // a, broadcast to the output shape (b's values do not matter: + 0·b).
+        Binary::First => a.add(&b.mul_scalar(0.0).unwrap()),
     }
     .unwrap()
 }
 
-const BINARY: [Binary; 4] = [Binary::Add, Binary::Sub, Binary::Mul, Binary::Div];
+const BINARY: [Binary; 5] = [Binary::Add, Binary::Sub, Binary::Mul, Binary::Div, Binary::First];
 
 /// Operand values; divisors kept away from 0.
 fn operand(op: Binary, second: bool, n: usize, seed: u64) -> Vec<f32> {
@@ -400,4 +402,214 @@ parity_test!(elementwise_bad_inputs_are_errors, |gpu| {
     let mut y = gpu.alloc::<f32>(128).unwrap();
     let r = ew::binary_broadcast(gpu, Binary::Mul, &a, &sa, &b, &sb, &mut y);
     assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+});
+
+// ---------------------------------------------------------------- clamp_min, views, index_select, gather
+
+parity_test!(clamp_min_and_its_gradient_match_cpu, |gpu| {
+    for n in SIZES {
+        let mut x = uniform(n, -1.0, 1.0, 700 + n as u64);
+        if n > 2 {
+            x[1] = 0.25; // exactly at the floor: clamped, no gradient (CPU: v > eps)
+            x[2] = f32::NAN; // NaN becomes the floor, as f64::max
+        }
+        let g = normal(n, 1.0, 800 + n as u64);
+        let lo = 0.25f32;
+        let want: Vec<f32> = x.iter().map(|&v| (v as f64).max(lo as f64) as f32).collect();
+        let want_g: Vec<f32> = x.iter().zip(&g).map(|(&v, &g)| if v > lo { g } else { 0.0 }).collect();
+
+        let (dx, dg) = (gpu.upload(&x).unwrap(), gpu.upload(&g).unwrap());
+        let mut y = gpu.alloc::<f32>(n).unwrap();
+        ew::clamp_min(gpu, &dx, lo, &mut y).unwrap();
+        assert_close(&format!("clamp_min f32 n={n}"), &y.to_vec().unwrap(), &want, 0.0, 0.0);
+        let mut d = gpu.alloc::<f32>(n).unwrap();
+        ew::clamp_min_backward(gpu, &dg, &dx, lo, &mut d).unwrap();
+        assert_close(&format!("clamp_min_backward f32 n={n}"), &d.to_vec().unwrap(), &want_g, 0.0, 0.0);
+
+        let (bx, bg) = (gpu.upload(&to_bf16(&x)).unwrap(), gpu.upload(&to_bf16(&g)).unwrap());
+        let mut y = gpu.alloc::<bf16>(n).unwrap();
+        ew::clamp_min(gpu, &bx, lo, &mut y).unwrap();
+        assert_close(&format!("clamp_min bf16 n={n}"), &from_bf16(&y.to_vec().unwrap()), &round_bf16(&want), 0.0, 0.0);
+        let mut d = gpu.alloc::<bf16>(n).unwrap();
+        ew::clamp_min_backward(gpu, &bg, &bx, lo, &mut d).unwrap();
+        let want_g: Vec<f32> =
+            round_bf16(&x).iter().zip(round_bf16(&g)).map(|(&v, g)| if v > lo { g } else { 0.0 }).collect();
+        assert_close(&format!("clamp_min_backward bf16 n={n}"), &from_bf16(&d.to_vec().unwrap()), &want_g, 0.0, 0.0);
+    }
+});
+
+/// Row-major strides of `shape`.
+fn strides_of(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// The offsets Σ cᵢ·stridesᵢ of every coordinate of `shape`, row-major order.
+fn view_offsets(shape: &[usize], strides: &[usize], offset: usize) -> Vec<usize> {
+    let n: usize = shape.iter().product();
+    let rs = strides_of(shape);
+    (0..n).map(|i| offset + (0..shape.len()).map(|a| (i / rs[a]) % shape[a] * strides[a]).sum::<usize>()).collect()
+}
+
+parity_test!(copy_view_writes_strided_views_for_every_element_size, |gpu| {
+    // (shape, source strides, destination offset, destination strides, destination length):
+    // a transpose into a slab of a wider buffer (cat), a window of a zeroed buffer (narrow's
+    // backward), a broadcast source, and seven dims that merge to fewer.
+    type Case = (Vec<usize>, Vec<usize>, usize, Vec<usize>, usize);
+    let cases: Vec<Case> = vec![
+        (vec![3, 5], vec![1, 3], 5, vec![10, 1], 30),
+        (vec![4, 3, 2], vec![6, 2, 1], 7, vec![30, 5, 1], 130),
+        (vec![2, 6, 33], vec![0, 0, 1], 0, vec![198, 33, 1], 396),
+        (vec![2, 1, 3, 1, 2, 2, 5], vec![120, 60, 20, 20, 10, 5, 1], 3, vec![120, 60, 20, 20, 10, 5, 1], 250),
+        (vec![1031], vec![2], 1, vec![1], 1033),
+    ];
+    fn run<T: simclr::backend::cuda::DeviceElement + PartialEq>(gpu: &Gpu, make: impl Fn(usize) -> T, cases: &[Case]) {
+        for (shape, xs, off, ys, ylen) in cases {
+            let xlen = 1 + shape.iter().zip(xs).map(|(d, s)| (d - 1) * s).sum::<usize>();
+            let x: Vec<T> = (0..xlen).map(&make).collect();
+            let fill = make(usize::MAX / 2);
+            let mut want = vec![fill; *ylen];
+            for (src, dst) in view_offsets(shape, xs, 0).into_iter().zip(view_offsets(shape, ys, *off)) {
+                want[dst] = x[src];
+            }
+            let dx = gpu.upload(&x).unwrap();
+            let mut dy = gpu.upload(&vec![fill; *ylen]).unwrap();
+            ew::copy_view(gpu, &dx, xs, shape, &mut dy, *off, ys).unwrap();
+            assert_eq!(
+                dy.to_vec().unwrap(),
+                want,
+                "copy_view {shape:?} {xs:?} → {off}+{ys:?} ({})",
+                std::any::type_name::<T>()
+            );
+        }
+    }
+    run(gpu, |i| (i % 251) as u8, &cases);
+    run(gpu, |i| bf16::from_f32((i % 1000) as f32 - 3.5), &cases);
+    run(gpu, |i| (i % 100_000) as f32 * 0.5, &cases);
+    run(gpu, |i| (i as i64 % 1_000_003) - 7, &cases);
+
+    // Reaching beyond either buffer, or a destination that repeats elements, is an error.
+    let x = gpu.zeros::<f32>(10).unwrap();
+    let mut y = gpu.alloc::<f32>(10).unwrap();
+    let r = ew::copy_view(gpu, &x, &[1], &[10], &mut y, 1, &[1]);
+    assert!(matches!(r, Err(Error::Shape { .. })), "{r:?}");
+    let r = ew::copy_view(gpu, &x, &[2], &[6], &mut y, 0, &[1]);
+    assert!(matches!(r, Err(Error::Shape { .. })), "{r:?}");
+    let r = ew::copy_view(gpu, &x, &[1, 0], &[2, 2], &mut y, 0, &[1, 0]);
+    assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+});
+
+parity_test!(index_select_and_its_gradient_match_cpu, |gpu| {
+    // (shape, axis, indices with repeats and unselected slabs)
+    let cases: [(&[usize], usize, &[usize]); 4] = [
+        (&[7, 5], 0, &[6, 0, 6, 3, 6]),
+        (&[3, 9, 33], 1, &[8, 1, 1, 4]),
+        (&[4, 6], 1, &[5, 5, 5, 5, 5, 5, 5, 0]),
+        (&[2, 3, 1031], 2, &[1030, 0, 517]),
+    ];
+    for (shape, axis, idx) in cases {
+        let n: usize = shape.iter().product();
+        let x = normal(n, 1.0, 900 + n as u64);
+        let (outer, size, inner) = (shape[..axis].iter().product(), shape[axis], shape[axis + 1..].iter().product());
+        let xt = Tensor::from_vec(x.clone(), shape).unwrap().requires_grad().unwrap();
+        let yt = xt.index_select(axis, idx).unwrap();
+        let g = normal(yt.numel(), 1.0, 950 + n as u64);
+        yt.mul(&Tensor::from_vec(g.clone(), yt.shape()).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+        let (want, want_g) = (vals(&yt), vals(&xt.grad().unwrap()));
+
+        let didx = gpu.upload(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>()).unwrap();
+        let mut y = gpu.alloc::<f32>(yt.numel()).unwrap();
+        ew::index_select(gpu, &gpu.upload(&x).unwrap(), &didx, (outer, size, inner), &mut y).unwrap();
+        assert_close(&format!("index_select {shape:?} axis {axis}"), &y.to_vec().unwrap(), &want, 0.0, 0.0);
+
+        // The inverse index as CSR: the j with idx[j] = s, ascending.
+        let mut offsets = vec![0i64; size + 1];
+        let mut rows = Vec::new();
+        for s in 0..size {
+            rows.extend(idx.iter().enumerate().filter(|&(_, &i)| i == s).map(|(j, _)| j as i64));
+            offsets[s + 1] = rows.len() as i64;
+        }
+        let (doff, drows) = (gpu.upload(&offsets).unwrap(), gpu.upload(&rows).unwrap());
+        let mut dx = gpu.alloc::<f32>(n).unwrap();
+        ew::index_add(gpu, &gpu.upload(&g).unwrap(), &doff, &drows, (outer, size, inner), &mut dx).unwrap();
+        assert_close(&format!("index_add {shape:?} axis {axis}"), &dx.to_vec().unwrap(), &want_g, 1e-6, 1e-6);
+        let mut dx = gpu.alloc::<bf16>(n).unwrap();
+        ew::index_add(gpu, &gpu.upload(&to_bf16(&g)).unwrap(), &doff, &drows, (outer, size, inner), &mut dx).unwrap();
+        assert_close(&format!("index_add bf16 {shape:?}"), &from_bf16(&dx.to_vec().unwrap()), &want_g, 2e-2, 1e-2);
+    }
+    let x = gpu.zeros::<f32>(12).unwrap();
+    let r = ew::index_select(gpu, &x, &gpu.upload(&[0i64]).unwrap(), (2, 5, 1), &mut gpu.alloc(2).unwrap());
+    assert!(matches!(r, Err(Error::Shape { .. })), "{r:?}");
+});
+
+parity_test!(gather_and_its_gradient_match_cpu, |gpu| {
+    // (input shape, index shape, axis): the index may be smaller off the axis.
+    let cases: [(&[usize], &[usize], usize); 4] = [
+        (&[4, 6], &[3, 9], 1),
+        (&[5, 3], &[8, 2], 0),
+        (&[2, 3, 33], &[2, 2, 40], 2),
+        (&[3, 7, 2, 5], &[2, 4, 2, 3], 1),
+    ];
+    for (shape, ishape, axis) in cases {
+        let n: usize = shape.iter().product();
+        let m: usize = ishape.iter().product();
+        let x = normal(n, 1.0, 1000 + n as u64);
+        let mut rng = simclr::Rng::new(m as u64);
+        let idx: Vec<i64> = (0..m).map(|_| (rng.uniform() * shape[axis] as f64) as i64).collect();
+        let it = Tensor::from_vec(idx.clone(), ishape).unwrap();
+        let xt = Tensor::from_vec(x.clone(), shape).unwrap().requires_grad().unwrap();
+        let yt = xt.gather(axis, &it).unwrap();
+        let g = normal(m, 1.0, 1100 + m as u64);
+        yt.mul(&Tensor::from_vec(g.clone(), ishape).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+        let (want, want_g) = (vals(&yt), vals(&xt.grad().unwrap()));
+
+        let didx = gpu.upload(&idx).unwrap();
+        let strides = strides_of(shape);
+        let mut y = gpu.alloc::<f32>(m).unwrap();
+        ew::gather(gpu, &gpu.upload(&x).unwrap(), shape, &strides, &didx, ishape, axis, &mut y).unwrap();
+        assert_close(&format!("gather {shape:?} axis {axis}"), &y.to_vec().unwrap(), &want, 0.0, 0.0);
+        // Any element size: i64 values through the 8-byte kernel.
+        let xi: Vec<i64> = (0..n as i64).collect();
+        let mut yi = gpu.alloc::<i64>(m).unwrap();
+        ew::gather(gpu, &gpu.upload(&xi).unwrap(), shape, &strides, &didx, ishape, axis, &mut yi).unwrap();
+        let want_i: Vec<i64> = Tensor::from_vec(xi, shape).unwrap().gather(axis, &it).unwrap().to_vec().unwrap();
+        assert_eq!(yi.to_vec().unwrap(), want_i, "gather i64 {shape:?}");
+
+        let mut dx = gpu.alloc::<f32>(n).unwrap();
+        ew::gather_backward(gpu, &gpu.upload(&g).unwrap(), &didx, ishape, shape, axis, &mut dx).unwrap();
+        assert_close(&format!("gather_backward {shape:?} axis {axis}"), &dx.to_vec().unwrap(), &want_g, 1e-6, 1e-6);
+        let mut dx = gpu.alloc::<bf16>(n).unwrap();
+        ew::gather_backward(gpu, &gpu.upload(&to_bf16(&g)).unwrap(), &didx, ishape, shape, axis, &mut dx).unwrap();
+        assert_close(
+            &format!("gather_backward bf16 {shape:?}"),
+            &from_bf16(&dx.to_vec().unwrap()),
+            &want_g,
+            2e-2,
+            1e-2,
+        );
+    }
+    // A transposed input is read through its strides.
+    let x = normal(12, 1.0, 1200);
+    let idx = [2i64, 0, 1, 1];
+    let xt = Tensor::from_vec(x.clone(), &[3, 4]).unwrap().t().unwrap();
+    let want = vals(&xt.gather(1, &Tensor::from_vec(idx.to_vec(), &[4, 1]).unwrap()).unwrap());
+    let mut y = gpu.alloc::<f32>(4).unwrap();
+    ew::gather(gpu, &gpu.upload(&x).unwrap(), &[4, 3], &[1, 4], &gpu.upload(&idx).unwrap(), &[4, 1], 1, &mut y)
+        .unwrap();
+    assert_close("gather of a transpose", &y.to_vec().unwrap(), &want, 0.0, 0.0);
+    // An index larger than the input off the axis is an error.
+    let r = ew::gather(
+        gpu,
+        &gpu.upload(&x).unwrap(),
+        &[3, 4],
+        &[4, 1],
+        &gpu.upload(&[0i64; 8]).unwrap(),
+        &[4, 2],
+        1,
+        &mut gpu.alloc(8).unwrap(),
+    );
+    assert!(matches!(r, Err(Error::Shape { .. })), "{r:?}");
 });

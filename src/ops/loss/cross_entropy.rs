@@ -1,8 +1,13 @@
 //! Mean cross-entropy of logits against integer class targets.
 //!
 //! loss = mean_i [logsumexp(x_i) − x_i[t_i]]; its gradient per row is
-//! (softmax(x_i) − onehot(t_i)) / N.
+//! (softmax(x_i) − onehot(t_i)) / N. On a GPU the same is composed from device kernels
+//! (`cross_entropy/cuda.rs`).
 
+#[cfg(feature = "cuda")]
+mod cuda;
+
+use super::super::{placement, Placement};
 use crate::autograd::record;
 use crate::error::{Error, Result};
 use crate::float_dispatch;
@@ -28,6 +33,14 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     }
     if n == 0 {
         return Err(Error::shape(OP, "empty batch"));
+    }
+    match placement(OP, &[logits, targets])? {
+        Placement::Cpu => {}
+        #[cfg(feature = "cuda")]
+        Placement::Cuda => {
+            let (loss, grad) = cuda::loss_and_grad(logits, targets)?;
+            return Ok(record(OP, &[logits], loss, move |g, _| Ok(vec![Some(grad.mul(g)?)])));
+        }
     }
     let t = targets.to_vec::<i64>()?;
     if let Some(bad) = t.iter().find(|&&v| v < 0 || v as usize >= c) {

@@ -25,7 +25,12 @@
 //!
 //! Memory: one 2N×2N buffer holds s, is overwritten by D in the softmax pass,
 //! then by G = (D + Dᵀ)/τ, which is all backward needs besides ẑ and ‖z‖.
+//! On a GPU the op runs in the fused kernels of kernels/nt_xent.cu (`nt_xent/cuda.rs`).
 
+#[cfg(feature = "cuda")]
+mod cuda;
+
+use super::super::{placement, Placement};
 use crate::autograd::record;
 use crate::backend::cpu::matmul::gemm_strided;
 use crate::error::{Error, Result};
@@ -152,7 +157,11 @@ pub fn nt_xent(z: &Tensor, temperature: f64) -> Result<Tensor> {
     if !(temperature > 0.0 && temperature.is_finite()) {
         return Err(Error::invalid(OP, format!("temperature must be a finite number > 0, got {temperature}")));
     }
-    float_dispatch!(OP, z.dtype(), T => nt_xent_impl::<T>(z, two_n, d, temperature))
+    match placement(OP, &[z])? {
+        Placement::Cpu => float_dispatch!(OP, z.dtype(), T => nt_xent_impl::<T>(z, two_n, d, temperature)),
+        #[cfg(feature = "cuda")]
+        Placement::Cuda => cuda::nt_xent(z, two_n, d, temperature),
+    }
 }
 
 fn nt_xent_impl<T: Float + StorageElement>(z: &Tensor, two_n: usize, d: usize, tau: f64) -> Result<Tensor> {

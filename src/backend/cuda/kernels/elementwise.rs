@@ -533,6 +533,256 @@ pub fn axpby<T: KernelFloat>(gpu: &Gpu, a: f32, x: &DeviceBuffer<T>, b: f32, y: 
     gpu.launch(&kernel_name::<T>("axpby"), flat_config(n, pack::<T>()), &cuda_args![x, y, n as i64, a, b])
 }
 
+// ---------------------------------------------------------------- clamp_min
+
+/// y = max(x, lo) elementwise (NaN becomes lo, as `f64::max`).
+pub fn clamp_min<T: KernelFloat>(gpu: &Gpu, x: &DeviceBuffer<T>, lo: f32, y: &mut DeviceBuffer<T>) -> Result<()> {
+    check_same_len("cuda clamp_min", "x and y", x, y)?;
+    let n = x.len();
+    if n == 0 {
+        return Ok(());
+    }
+    gpu.launch(&kernel_name::<T>("clamp_min"), flat_config(n, pack::<T>()), &cuda_args![x, y, n as i64, lo])
+}
+
+/// The gradient of [`clamp_min`]: dx = dy where x > lo, else 0 (`x` the forward's input or
+/// output: both exceed lo at the same places).
+pub fn clamp_min_backward<T: KernelFloat>(
+    gpu: &Gpu,
+    dy: &DeviceBuffer<T>,
+    x: &DeviceBuffer<T>,
+    lo: f32,
+    dx: &mut DeviceBuffer<T>,
+) -> Result<()> {
+    let name = "cuda clamp_min_backward";
+    check_same_len(name, "dy and x", dy, x)?;
+    check_same_len(name, "dy and dx", dy, dx)?;
+    let n = dy.len();
+    if n == 0 {
+        return Ok(());
+    }
+    gpu.launch(&kernel_name::<T>("clamp_min_bwd"), flat_config(n, pack::<T>()), &cuda_args![dy, x, dx, n as i64, lo])
+}
+
+// ---------------------------------------------------------------- views, index_select, gather
+
+use crate::backend::cuda::DeviceElement;
+
+/// The suffix of the kernels that only move elements, by element size (they copy bits, so
+/// one instantiation serves every dtype of that size).
+fn bits_suffix<T: DeviceElement>(op: &'static str) -> Result<&'static str> {
+    match std::mem::size_of::<T>() {
+        1 => Ok("b1"),
+        2 => Ok("b2"),
+        4 => Ok("b4"),
+        8 => Ok("b8"),
+        s => Err(Error::dtype(op, format!("no copy kernel for {s}-byte elements"))),
+    }
+}
+
+/// The largest element offset Σ (dᵢ − 1)·sᵢ a view of `shape` with `strides` reaches
+/// (`None` on overflow); `shape` must have no zero dims.
+fn reach(shape: &[usize], strides: &[usize]) -> Option<usize> {
+    shape.iter().zip(strides).try_fold(0usize, |acc, (&d, &s)| (d - 1).checked_mul(s)?.checked_add(acc))
+}
+
+/// y[y_offset + Σ cᵢ·y_stridesᵢ] = x[Σ cᵢ·x_stridesᵢ] for every coordinate c of `shape`: copies a
+/// strided view of `x` into a strided view of `y` (the rest of `y` is left as it is), for any
+/// element type. `cat` writes each input into its slab of the output with it; narrow's backward
+/// writes the gradient into its window of a zeroed buffer. The destination view must not
+/// repeat an element (no stride 0 on a dim longer than 1), or threads would race on it.
+pub fn copy_view<T: DeviceElement>(
+    gpu: &Gpu,
+    x: &DeviceBuffer<T>,
+    x_strides: &[usize],
+    shape: &[usize],
+    y: &mut DeviceBuffer<T>,
+    y_offset: usize,
+    y_strides: &[usize],
+) -> Result<()> {
+    let name = "cuda copy_view";
+    let suffix = bits_suffix::<T>(name)?;
+    let rank = shape.len();
+    if x_strides.len() != rank || y_strides.len() != rank {
+        return Err(Error::shape(
+            name,
+            format!("{} and {} strides for a shape of rank {rank}", x_strides.len(), y_strides.len()),
+        ));
+    }
+    let n = numel(name, shape)?;
+    if n == 0 {
+        return Ok(());
+    }
+    if shape.iter().zip(y_strides).any(|(&d, &s)| d > 1 && s == 0) {
+        return Err(Error::invalid(name, format!("the destination strides {y_strides:?} repeat elements")));
+    }
+    let (last_x, last_y) = (reach(shape, x_strides), reach(shape, y_strides).and_then(|r| r.checked_add(y_offset)));
+    for (what, last, len) in [("x", last_x, x.len()), ("y", last_y, y.len())] {
+        if last.is_none_or(|last| last >= len) {
+            return Err(Error::shape(
+                name,
+                format!("{what} has {len} elements but shape {shape:?} with its strides reaches beyond them"),
+            ));
+        }
+    }
+    let c = collapse(shape, x_strides, y_strides);
+    let nd = c.dims.len();
+    if nd > MAX_DIMS {
+        return Err(Error::invalid(
+            name,
+            format!("{nd} dims remain after merging {shape:?}; the kernel takes at most {MAX_DIMS}"),
+        ));
+    }
+    let narrow = [n - 1, last_x.unwrap_or(0), last_y.unwrap_or(0)].iter().all(|&v| v <= i32::MAX as usize);
+    let pad = MAX_DIMS - nd;
+    let slot = |v: &[usize], fill: usize| -> Vec<i64> {
+        (0..MAX_DIMS).map(|i| if i < pad { fill } else { v[i - pad] } as i64).collect()
+    };
+    let mut args: Vec<Arg> = vec![Arg::from(x), Arg::Ptr(y.device_ptr_at(y_offset))];
+    args.extend(cuda_args![n as i64, nd as i32, narrow as i32]);
+    for v in [slot(&c.dims, 1), slot(&c.sa, 0), slot(&c.sb, 0)] {
+        args.extend(v.into_iter().map(Arg::I64));
+    }
+    gpu.launch(&format!("view_copy_{suffix}"), flat_config(n, 1), &args)
+}
+
+/// `index_select` along the middle axis of a row-major `x: [outer, size, inner]`:
+/// y[o, j, e] = x[o, idx[j], e], `y: [outer, idx.len(), inner]`, any element type. Every index
+/// must be below `size` (checked by the caller, who holds the indices on the host; the kernel
+/// trusts them).
+pub fn index_select<T: DeviceElement>(
+    gpu: &Gpu,
+    x: &DeviceBuffer<T>,
+    idx: &DeviceBuffer<i64>,
+    (outer, size, inner): (usize, usize, usize),
+    y: &mut DeviceBuffer<T>,
+) -> Result<()> {
+    let name = "cuda index_select";
+    let suffix = bits_suffix::<T>(name)?;
+    let k = idx.len();
+    check_len(name, "x", x, numel(name, &[outer, size, inner])?)?;
+    check_len(name, "y", y, numel(name, &[outer, k, inner])?)?;
+    if y.is_empty() {
+        return Ok(());
+    }
+    let cfg = flat_config(y.len(), 1);
+    let args = cuda_args![x, idx, y, outer as i64, size as i64, k as i64, inner as i64];
+    gpu.launch(&format!("index_select_{suffix}"), cfg, &args)
+}
+
+/// The gradient of [`index_select`]: dx[o, s, e] = Σ g[o, j, e] over the positions j whose index
+/// was s, `g: [outer, k, inner]`, `dx: [outer, size, inner]` (every element written, 0 where
+/// nothing was selected). The selections arrive inverted, as CSR: `rows[offsets[s]..offsets[s+1]]`
+/// are the j with idx[j] = s, in increasing order, so each sum runs in a fixed order.
+pub fn index_add<T: KernelFloat>(
+    gpu: &Gpu,
+    g: &DeviceBuffer<T>,
+    offsets: &DeviceBuffer<i64>,
+    rows: &DeviceBuffer<i64>,
+    (outer, size, inner): (usize, usize, usize),
+    dx: &mut DeviceBuffer<T>,
+) -> Result<()> {
+    let name = "cuda index_add";
+    let k = rows.len();
+    check_len(name, "g", g, numel(name, &[outer, k, inner])?)?;
+    check_len(name, "offsets", offsets, size + 1)?;
+    check_len(name, "dx", dx, numel(name, &[outer, size, inner])?)?;
+    if dx.is_empty() {
+        return Ok(());
+    }
+    let cfg = flat_config(dx.len(), 1);
+    let args = cuda_args![g, offsets, rows, dx, outer as i64, size as i64, k as i64, inner as i64];
+    gpu.launch(&kernel_name::<T>("index_add"), cfg, &args)
+}
+
+/// The shapes of a gather (at most [`MAX_DIMS`] axes): `x` of shape `in_shape` read through
+/// `x_strides`, `idx` and the output of shape `out_shape` (row-major), along `axis`.
+fn gather_args(
+    name: &'static str,
+    in_shape: &[usize],
+    out_shape: &[usize],
+    x_strides: &[usize],
+    axis: usize,
+) -> Result<Vec<Arg>> {
+    let rank = in_shape.len();
+    if out_shape.len() != rank || x_strides.len() != rank || axis >= rank {
+        return Err(Error::shape(name, format!("shapes {in_shape:?}, {out_shape:?} and axis {axis} do not agree")));
+    }
+    if rank > MAX_DIMS {
+        return Err(Error::invalid(name, format!("rank {rank} exceeds the kernel's {MAX_DIMS} dims")));
+    }
+    if (0..rank).any(|a| a != axis && out_shape[a] > in_shape[a]) {
+        return Err(Error::shape(name, format!("index {out_shape:?} exceeds input {in_shape:?} off axis {axis}")));
+    }
+    let pad = MAX_DIMS - rank;
+    let mut args = vec![Arg::I64(numel(name, out_shape)? as i64), Arg::I32((axis + pad) as i32)];
+    for (v, fill) in [(out_shape, 1), (in_shape, 1), (x_strides, 0)] {
+        args.extend((0..MAX_DIMS).map(|i| Arg::I64(if i < pad { fill } else { v[i - pad] } as i64)));
+    }
+    Ok(args)
+}
+
+/// `torch.gather` along `axis`: y[c] = x[c with c_axis = idx[c]] for every c of `out_shape`
+/// (`idx` and `y` row-major of that shape; `x` of `in_shape` read through `x_strides`; off the
+/// axis `out_shape` may be smaller than `in_shape`). Any element type. Every index must be in
+/// `0..in_shape[axis]` (checked by the caller; the kernel trusts them).
+#[allow(clippy::too_many_arguments)]
+pub fn gather<T: DeviceElement>(
+    gpu: &Gpu,
+    x: &DeviceBuffer<T>,
+    in_shape: &[usize],
+    x_strides: &[usize],
+    idx: &DeviceBuffer<i64>,
+    out_shape: &[usize],
+    axis: usize,
+    y: &mut DeviceBuffer<T>,
+) -> Result<()> {
+    let name = "cuda gather";
+    let suffix = bits_suffix::<T>(name)?;
+    let args = gather_args(name, in_shape, out_shape, x_strides, axis)?;
+    let n = numel(name, out_shape)?;
+    check_len(name, "idx", idx, n)?;
+    check_len(name, "y", y, n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    if numel(name, in_shape)? == 0 || reach(in_shape, x_strides).is_none_or(|r| r >= x.len()) {
+        return Err(Error::shape(
+            name,
+            format!("x ({} elements) does not hold {in_shape:?} with its strides", x.len()),
+        ));
+    }
+    let args = [&cuda_args![x, idx, y][..], &args].concat();
+    gpu.launch(&format!("gather_{suffix}"), flat_config(n, 1), &args)
+}
+
+/// The gradient of [`gather`]: dx (row-major, `in_shape`) = Σ of the `g` (row-major,
+/// `out_shape`) elements gathered from each position, in f32 and in index order (no atomics);
+/// 0 where nothing was gathered.
+pub fn gather_backward<T: KernelFloat>(
+    gpu: &Gpu,
+    g: &DeviceBuffer<T>,
+    idx: &DeviceBuffer<i64>,
+    out_shape: &[usize],
+    in_shape: &[usize],
+    axis: usize,
+    dx: &mut DeviceBuffer<T>,
+) -> Result<()> {
+    let name = "cuda gather_backward";
+    let zeros = vec![0; in_shape.len()];
+    let mut args = gather_args(name, in_shape, out_shape, &zeros, axis)?;
+    let n = numel(name, in_shape)?;
+    check_len(name, "g", g, numel(name, out_shape)?)?;
+    check_len(name, "idx", idx, g.len())?;
+    check_len(name, "dx", dx, n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    args[0] = Arg::I64(n as i64);
+    let args = [&cuda_args![g, idx, dx][..], &args].concat();
+    gpu.launch(&kernel_name::<T>("gather_backward"), flat_config(n, 1), &args)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
