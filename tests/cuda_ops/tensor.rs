@@ -67,3 +67,17 @@ fn device_output_reaches_cpu_scalar() {
     let want: f64 = randn(&[4], 5).to_f64_vec().iter().sum();
     assert!((d.sum_all().unwrap().item().unwrap() - want).abs() < 1e-5);
 }
+
+device_test!(copies_of_views_with_many_dims, |device| {
+    // ViViT's tubelet split: [B, T/2, 2, 3, H/16, 16, W/16, 16] permuted to put each tubelet's
+    // pixels last leaves 7 dims that no two neighbours merge — more than the copy kernels index.
+    let x = randn(&[2, 2, 2, 3, 2, 4, 2, 4], 21);
+    let perm = [0, 1, 4, 6, 2, 3, 5, 7];
+    for dtype in [simclr::DType::F32, simclr::DType::BF16, simclr::DType::F64] {
+        let host = x.to_dtype(dtype).unwrap();
+        let want = host.permute(&perm).unwrap().contiguous().unwrap().to_f64_vec();
+        let got = host.to_device(device).unwrap().permute(&perm).unwrap().contiguous().unwrap();
+        assert_eq!(values(&got), want, "{dtype}");
+    }
+    check_op("contiguous of a 7-dim permute", device, &[x], |t| t[0].permute(&perm)?.contiguous(), 0.0);
+});

@@ -17,24 +17,64 @@ pub(super) fn contiguous_copy(x: &Tensor) -> Result<Tensor> {
     const OP: &str = "contiguous";
     let (gpu, ordinal) = gpu_of(OP, x)?;
     let n = x.numel();
-    if !matches!(x.dtype(), DType::F32 | DType::BF16) {
-        // Integer and other float dtypes: the bit-copying kernel.
-        return any_dispatch!(x.dtype(), T => {
+    let out_strides = contiguous_strides(x.shape());
+    let fits = merged_rank(x.shape(), x.strides(), &out_strides) <= k::MAX_DIMS;
+    if fits && matches!(x.dtype(), DType::F32 | DType::BF16) {
+        // The float copy kernel reads 16-byte packs where it can.
+        return kernel_dispatch!(OP, x.dtype(), T => {
             let mut y = gpu.alloc::<T>(n)?;
             if n > 0 {
-                let strides = contiguous_strides(x.shape());
-                k::copy_view(&gpu, &*strided_slice::<T>(OP, x)?, x.strides(), x.shape(), &mut y, 0, &strides)?;
+                k::copy_strided(&gpu, &*strided_slice::<T>(OP, x)?, x.strides(), x.shape(), &mut y)?;
             }
             wrap(y, x.shape(), ordinal)
         });
     }
-    kernel_dispatch!(OP, x.dtype(), T => {
+    // Other dtypes, and views of more dims than the kernels index: the bit-copying kernel.
+    any_dispatch!(x.dtype(), T => {
         let mut y = gpu.alloc::<T>(n)?;
         if n > 0 {
-            k::copy_strided(&gpu, &*strided_slice::<T>(OP, x)?, x.strides(), x.shape(), &mut y)?;
+            copy_any_rank(&gpu, &*strided_slice::<T>(OP, x)?, x.strides(), x.shape(), &mut y, 0, &out_strides)?;
         }
         wrap(y, x.shape(), ordinal)
     })
+}
+
+/// How many dims a copy between these two strided views has once size-1 dims are dropped and
+/// neighbours that both views traverse contiguously are merged (what the kernels index).
+fn merged_rank(shape: &[usize], x_strides: &[usize], y_strides: &[usize]) -> usize {
+    let mut rank = 0;
+    let mut outer: Option<usize> = None;
+    for i in (0..shape.len()).filter(|&i| shape[i] != 1) {
+        let merges =
+            outer.is_some_and(|o| x_strides[o] == x_strides[i] * shape[i] && y_strides[o] == y_strides[i] * shape[i]);
+        if !merges {
+            rank += 1;
+        }
+        outer = Some(i);
+    }
+    rank
+}
+
+/// [`k::copy_view`] for any rank: a copy with more dims than the kernel indexes (a ViViT
+/// tubelet permute has 7) is split along its first axis, one launch per index, until it fits.
+fn copy_any_rank<T: crate::backend::cuda::DeviceElement>(
+    gpu: &crate::backend::cuda::Gpu,
+    x: &crate::backend::cuda::DeviceBuffer<T>,
+    x_strides: &[usize],
+    shape: &[usize],
+    y: &mut crate::backend::cuda::DeviceBuffer<T>,
+    y_offset: usize,
+    y_strides: &[usize],
+) -> Result<()> {
+    if merged_rank(shape, x_strides, y_strides) <= k::MAX_DIMS {
+        return k::copy_view(gpu, x, x_strides, shape, y, y_offset, y_strides);
+    }
+    for i in 0..shape[0] {
+        let start = i * x_strides[0];
+        let part = x.alias(start, x.len() - start);
+        copy_any_rank(gpu, &part, &x_strides[1..], &shape[1..], y, y_offset + i * y_strides[0], &y_strides[1..])?;
+    }
+    Ok(())
 }
 
 /// Joins device tensors along `axis` into `shape` (checked by the caller): each input, view or
