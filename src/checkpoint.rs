@@ -13,6 +13,11 @@
 //! so a model file whose state file exists is a complete checkpoint; a run
 //! killed in between leaves the previous checkpoint untouched.
 //!
+//! Devices: the files hold host tensors. Saving a model or optimiser that lives
+//! on a GPU downloads it; loading fills each tensor on the device it is on
+//! (`nn::load_state_dict`, `Optimizer::load_state`), so a model moved to the GPU
+//! before `load_weights_into` gets its weights, and its optimiser its state, there.
+//!
 //! Data position: checkpoints are taken at epoch boundaries, and batch
 //! (epoch, step) is a pure function of the seed (`data::loader`), so "epochs
 //! done" is the whole data state. The seed is in the saved config.

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 pub const MODELS: &[&str] = &["resnet18", "resnet34", "resnet50", "vivit_tiny", "vivit_small", "vivit_base"];
 pub const OPTIMIZERS: &[&str] = &["adam", "adamw", "sgd", "lars"];
+pub const PRECISIONS: &[&str] = &["bf16", "f32"];
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -52,12 +53,16 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Output directory: checkpoints, metrics.jsonl, plots.
     pub out: PathBuf,
-    /// `cpu` or `cuda`.
+    /// `cpu` or `cuda` (the GPU of this rank's local rank; needs a build with feature `cuda`).
     pub device: String,
+    /// On the GPU, `bf16`: matmuls, convolutions and attention run on bf16 tensor cores with f32
+    /// accumulation (autocast; weights, optimiser and every other op stay f32), or `f32`
+    /// throughout. The CPU always computes in f32.
+    pub precision: String,
     /// Data-loading worker threads.
     pub workers: usize,
-    /// Data-parallel training over the local GPUs (needs the CUDA backend; the
-    /// training loop itself takes any `dist::Communicator`).
+    /// Data-parallel training: one process per local GPU (`--device cuda`) or per
+    /// `--num_gpus` process on the CPU; the training loop itself takes any `dist::Communicator`.
     pub ddp: bool,
     pub num_gpus: Option<usize>,
     /// Batch-norm statistics over every rank's batch instead of each rank's own.
@@ -120,6 +125,7 @@ impl Default for TrainConfig {
             seed: 0,
             out: PathBuf::from("runs"),
             device: "cpu".into(),
+            precision: "bf16".into(),
             workers: 2,
             ddp: false,
             num_gpus: None,
@@ -212,17 +218,20 @@ impl TrainConfig {
         }
         match self.device.as_str() {
             "cpu" => {}
+            // Which GPU, and whether there is one, is found out when training opens it.
+            "cuda" if cfg!(feature = "cuda") => {}
             "cuda" => {
-                // The kernels and runtime exist (feature `cuda`), but the tensor/autograd layer does
-                // not dispatch to them yet: training on the GPU is the next step (docs/ARCHITECTURE.md).
-                let built = if cfg!(feature = "cuda") {
-                    "this build has the CUDA kernels, but training does not run on them yet"
-                } else {
-                    "this build has no CUDA backend (build with --features cuda), and training does not run on it yet"
-                };
-                return bad("--device", format!("{built}; use --device cpu"));
+                return bad(
+                    "--device",
+                    "this build has no CUDA backend: rebuild with `cargo build --release --features cuda`, \
+                     or use --device cpu"
+                        .into(),
+                )
             }
             other => return bad("--device", format!("unknown device `{other}`; use cpu or cuda")),
+        }
+        if !PRECISIONS.contains(&self.precision.as_str()) {
+            return bad("--precision", format!("unknown precision `{}`; use bf16 or f32", self.precision));
         }
         self.augment_config().validate()
     }

@@ -18,10 +18,21 @@
 //! Data parallel (a communicator of W ranks in `TrainOptions`): the global
 //! batch is split over ranks by the sampler, the loss is NT-Xent over the
 //! whole global batch (`dist::global_nt_xent`), gradients are averaged in
-//! buckets after backward, the learning rate is scaled by W (the baseline's
+//! buckets while backward runs (each bucket all-reduced on the rank's
+//! communication thread, `dist::CommWorker`, as soon as its gradients are
+//! final), the learning rate is scaled by W (the baseline's
 //! linear rule), batch norm is per rank unless `sync_bn`, and only rank 0
 //! writes files. The CPU tests run this with in-process thread ranks.
+//!
+//! On a GPU (`--device cuda`, the GPU of this rank's local rank): the model is built on the
+//! host and moved there in place, the optimiser's state is made there, the forward runs under
+//! bf16 autocast unless `--precision f32`, each step uploads its two augmented views once and
+//! reads back the loss and the gradient norm (one value each);
+//! checkpoints download the weights and state, and a resume uploads them again. The metrics
+//! add the peak GPU memory; running out of it ends the run with the allocator's error, which
+//! says to reduce --batch_size.
 
+use crate::backend::Device;
 use crate::checkpoint::{
     final_model_path, load_train_state, load_weights_into, save_checkpoint, save_model, DatasetIdentity, ModelSpec,
     TrainState,
@@ -29,10 +40,11 @@ use crate::checkpoint::{
 use crate::config::TrainConfig;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::shards::ShardDataset;
-use crate::dist::{convert_sync_batch_norm, global_nt_xent, Communicator, GradientBuckets, SingleProcess};
+use crate::dist::{convert_sync_batch_norm, global_nt_xent, CommWorker, Communicator, GradientBuckets, SingleProcess};
 use crate::error::{Error, Result};
 use crate::metrics::MetricsLog;
-use crate::nn::{parameter_count, parameters, Module};
+use crate::nn::{move_to_device, parameter_count, parameters, Module};
+use crate::ops::autocast::autocast;
 use crate::optim::{clip_grad_norm, grad_norm, warmup_cosine, AdamW, Lars, Optimizer, Sgd};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -112,9 +124,19 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     cfg.validate()?;
     let comm: Arc<dyn Communicator> = opts.comm.clone().unwrap_or_else(|| Arc::new(SingleProcess));
     let (rank, world) = (comm.rank(), comm.world_size());
+    // With several ranks, every collective (the gradient buckets overlapped with backward, and
+    // those inside the loss and sync batch norm) goes through one communication thread, so they
+    // run in the same order on every rank.
+    let worker = if world > 1 { Some(Arc::new(CommWorker::spawn(comm.clone())?)) } else { None };
+    let comm: Arc<dyn Communicator> = match &worker {
+        Some(w) => w.clone(),
+        None => comm,
+    };
     let writer = rank == 0; // files and console output come from rank 0 only
     let verbose = opts.verbose && writer;
     let base_lr = cfg.lr * world as f64;
+    let device = training_device(cfg)?;
+    let bf16 = device != Device::Cpu && cfg.precision == "bf16";
     let ds = Arc::new(ShardDataset::open(&cfg.processed_dir)?);
     let m = ds.manifest().clone();
     let dataset = DatasetIdentity { clips: m.clips, frames: m.frames, height: m.height, width: m.width };
@@ -138,6 +160,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
 
     let spec = ModelSpec::from_config(cfg);
     let mut model = spec.build(&mut Rng::fork(cfg.seed, MODEL_INIT_STREAM))?;
+    // Initialised on the host (the same weights whatever the device), then moved in place: the
+    // optimiser, the gradient buckets and a resumed checkpoint all find the parameters there.
+    move_to_device(&model, device)?;
     let params: Vec<Tensor> = parameters(&model).into_iter().map(|(_, p)| p).collect();
     let mut optimizer = build_optimizer(cfg, params.clone())?;
     let buckets = GradientBuckets::new(&params, BUCKET_MB)?;
@@ -194,6 +219,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         if world > 1 {
             println!("{world} ranks, {} clips each per step, lr {} × {world}", cfg.batch_size / world, cfg.lr);
         }
+        if let Some(name) = device_name(device) {
+            println!("training on {name}, {}", if bf16 { "bf16 autocast" } else { "f32" });
+        }
     }
 
     let bar = progress_bar(total_steps, global_step, verbose);
@@ -207,30 +235,35 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         for step in 0..steps_per_epoch {
             let wait = Instant::now();
             let batch = batches.next().ok_or_else(|| Error::invalid("loader", "epoch ended early"))??;
+            // Augmented on the host by the loader; uploaded once per step (counted as data time).
+            let (view1, view2) = (batch.view1.to_device(device)?, batch.view2.to_device(device)?);
             let data_s = wait.elapsed().as_secs_f64();
 
             let lr = warmup_cosine(global_step as usize, total_steps as usize, warmup_steps, base_lr, 0.0);
             optimizer.set_lr(lr);
             optimizer.zero_grad();
             let t = Instant::now();
-            let loss = if world == 1 {
-                model.loss(&batch.view1, &batch.view2)?
-            } else {
-                // This rank's projections; the loss sees every rank's as negatives.
-                let z = model.forward(&Tensor::cat(&[&batch.view1, &batch.view2], 0)?)?;
-                global_nt_xent(&z, cfg.temperature, &comm)?
-            };
+            // bf16 autocast on the GPU (--precision); the backward runs in each op's forward mode.
+            let loss = autocast(bf16, || {
+                if world == 1 {
+                    model.loss(&view1, &view2)
+                } else {
+                    // This rank's projections; the loss sees every rank's as negatives.
+                    let z = model.forward(&Tensor::cat(&[&view1, &view2], 0)?)?;
+                    global_nt_xent(&z, cfg.temperature, &comm)
+                }
+            })?;
             let loss_value = loss.item()?;
             let forward_s = t.elapsed().as_secs_f64();
             if !loss_value.is_finite() {
                 return Err(non_finite("the loss", loss_value, epoch, global_step, &last_checkpoint));
             }
             let t = Instant::now();
-            loss.backward()?;
-            drop(loss);
-            if world > 1 {
-                buckets.all_reduce_mean(&*comm)?;
+            match &worker {
+                Some(worker) => buckets.backward_all_reduce_mean(&loss, worker)?,
+                None => loss.backward()?,
             }
+            drop(loss);
             let norm = match cfg.grad_clip {
                 Some(max) => clip_grad_norm(&params, max)?,
                 None => grad_norm(&params)?,
@@ -249,11 +282,13 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
             let step_s = data_s + forward_s + backward_s + optimizer_s;
             let clips_per_s = (batch.clips.len() * world) as f64 / step_s;
             if let Some(metrics) = metrics.as_mut() {
-                metrics.append(&json!({
+                let mut record = json!({
                     "epoch": epoch, "step": global_step, "epoch_step": step, "loss": loss_value, "lr": lr,
                     "grad_norm": norm, "clips_per_s": clips_per_s, "time_s": run_start.elapsed().as_secs_f64(),
                     "data_s": data_s, "forward_s": forward_s, "backward_s": backward_s, "optimizer_s": optimizer_s,
-                }))?;
+                });
+                add_gpu_memory(&mut record, device);
+                metrics.append(&record)?;
             }
             bar.set_message(format!(
                 "epoch {}/{}  loss {loss_value:.4}  lr {lr:.2e}  {clips_per_s:.1} clips/s",
@@ -267,10 +302,12 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         last_epoch_loss = loss_sum / steps_per_epoch as f64;
         let epoch_s = epoch_start.elapsed().as_secs_f64();
         if let Some(metrics) = metrics.as_mut() {
-            metrics.append(&json!({
+            let mut record = json!({
                 "epoch": epoch, "step": global_step, "epoch_loss": last_epoch_loss, "epoch_time_s": epoch_s,
                 "epoch_clips_per_s": (steps_per_epoch * cfg.batch_size) as f64 / epoch_s,
-            }))?;
+            });
+            add_gpu_memory(&mut record, device);
+            metrics.append(&record)?;
             metrics.write_plots()?;
         }
         let mut saved = String::new();
@@ -282,9 +319,12 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         }
         if verbose {
             let line = format!(
-                "epoch {epochs_done}/{}  loss {last_epoch_loss:.4}  {:.1} clips/s  {epoch_s:.1} s{saved}",
+                "epoch {epochs_done}/{}  loss {last_epoch_loss:.4}  {:.1} clips/s  {epoch_s:.1} s{}{saved}",
                 cfg.epochs,
-                (steps_per_epoch * cfg.batch_size) as f64 / epoch_s
+                (steps_per_epoch * cfg.batch_size) as f64 / epoch_s,
+                gpu_memory(device).map_or(String::new(), |(peak, reserved)| format!(
+                    "  peak GPU memory {peak:.0} MiB ({reserved:.0} MiB reserved)"
+                )),
             );
             // On a terminal the line goes above the bar; in a log it is the only output.
             if bar.is_hidden() {
@@ -306,4 +346,54 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         last_epoch_loss,
         clips_per_s: clips_seen as f64 / run_start.elapsed().as_secs_f64().max(1e-9),
     })
+}
+
+/// The device this process trains on: the CPU, or for `--device cuda` the GPU of its local
+/// rank (0 without a launcher), opened here so that a missing driver or GPU fails before any work.
+fn training_device(cfg: &TrainConfig) -> Result<Device> {
+    if cfg.device != "cuda" {
+        return Ok(Device::Cpu);
+    }
+    #[cfg(feature = "cuda")]
+    {
+        let ordinal = crate::dist::DistEnv::from_env()?.map_or(0, |env| env.local_rank);
+        crate::backend::cuda::devices::gpu(ordinal)?;
+        Ok(Device::Cuda(ordinal))
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(Error::invalid("--device", "this build has no CUDA backend (build with --features cuda); use --device cpu"))
+}
+
+/// "NVIDIA H100 80GB HBM3 (cuda:0)" (the emulator says it is one), for the console; `None` on the CPU.
+fn device_name(device: Device) -> Option<String> {
+    match device {
+        Device::Cpu => None,
+        #[cfg(feature = "cuda")]
+        Device::Cuda(i) => crate::backend::cuda::devices::gpu(i).ok().map(|g| format!("{} (cuda:{i})", g.name())),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => None,
+    }
+}
+
+/// Peak GPU memory so far in MiB: (held by tensors, reserved by the caching allocator); `None` on the CPU.
+fn gpu_memory(device: Device) -> Option<(f64, f64)> {
+    match device {
+        Device::Cpu => None,
+        #[cfg(feature = "cuda")]
+        Device::Cuda(i) => {
+            let stats = crate::backend::cuda::devices::gpu(i).ok()?.memory_stats();
+            let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
+            Some((mib(stats.peak_in_use_bytes), mib(stats.peak_reserved_bytes)))
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => None,
+    }
+}
+
+/// Adds the GPU memory peaks to a metrics record (nothing on the CPU).
+fn add_gpu_memory(record: &mut serde_json::Value, device: Device) {
+    if let Some((peak, reserved)) = gpu_memory(device) {
+        record["gpu_peak_mib"] = json!(peak);
+        record["gpu_reserved_peak_mib"] = json!(reserved);
+    }
 }

@@ -9,12 +9,16 @@
 //!   the same global batch: same gradients and weights (f64, 1e-9) with
 //!   `--sync_bn`; with per-rank batch norm (the default) the statistics, and so
 //!   the gradients, differ by design;
+//! - gradient all-reduce overlapped with backward: bitwise the after-backward
+//!   result (tied and unused parameters, sync batch norm), buckets launched
+//!   during backward, and a rank that fails or stalls mid-backward failing the
+//!   others with a clear error within the timeout;
 //! - rendezvous: torchrun/SLURM variables, node lists, the TCP id exchange.
 
 use simclr::dist::rendezvous::{expand_nodelist, fetch_blob, first_host, serve_blob, share_from_rank0, Launcher};
 use simclr::dist::{
-    all_gather, convert_sync_batch_norm, global_nt_xent, sync_batch_norm_2d, Communicator, DistEnv, GradientBuckets,
-    SingleProcess, TcpCommunicator, ThreadGroup,
+    all_gather, convert_sync_batch_norm, global_nt_xent, sync_batch_norm_2d, CommWorker, Communicator, DistEnv,
+    GradientBuckets, SingleProcess, TcpCommunicator, ThreadGroup,
 };
 use simclr::nn::simclr::{Encoder, SimClr};
 use simclr::nn::{parameters, Linear, Module};
@@ -24,7 +28,7 @@ use simclr::optim::AdamW;
 use simclr::{DType, Error, Rng, Tensor};
 use std::collections::HashMap;
 use std::net::TcpListener;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -612,6 +616,304 @@ fn per_rank_batch_norm_is_the_default_and_differs_by_design() {
         params_equal > 40 && running_differ == 40,
         "{params_equal} parameters equal, {running_differ} stats differ"
     );
+}
+
+// ------------------------------------------------------------------ all-reduce overlapped with backward
+
+/// A small network with the awkward cases: `w_shared` used by two layers (and
+/// listed twice, as tied weights are), `rank0_bias` used on rank 0 only,
+/// `unused` on no rank, and global NT-Xent, whose backward is a collective.
+struct Tied {
+    w_in: Tensor,
+    b: Tensor,
+    w_shared: Tensor,
+    rank0_bias: Tensor,
+    w_out: Tensor,
+    unused: Tensor,
+}
+
+impl Tied {
+    fn new() -> Tied {
+        let p = |shape: &[usize], seed| randn(shape, seed).mul_scalar(0.5).unwrap().requires_grad().unwrap();
+        Tied {
+            w_in: p(&[5, 6], 61),
+            b: p(&[6], 62),
+            w_shared: p(&[6, 6], 63),
+            rank0_bias: p(&[6], 64),
+            w_out: p(&[6, 4], 65),
+            unused: p(&[7], 66),
+        }
+    }
+
+    fn params(&self) -> Vec<Tensor> {
+        [&self.w_in, &self.b, &self.w_shared, &self.rank0_bias, &self.w_out, &self.unused, &self.w_shared]
+            .map(Tensor::clone)
+            .to_vec()
+    }
+
+    /// This rank's share of a fixed global batch of 16 rows: (first hidden layer, loss).
+    fn forward(&self, comm: &Arc<dyn Communicator>) -> (Tensor, Tensor) {
+        let rows = shard_rows(16, comm.world_size(), comm.rank());
+        let x = randn(&[16, 5], 67).index_select(0, &rows).unwrap();
+        let h1 = x.matmul(&self.w_in).unwrap().add(&self.b).unwrap().tanh().unwrap();
+        let mut h = h1.matmul(&self.w_shared).unwrap().tanh().unwrap().matmul(&self.w_shared).unwrap();
+        if comm.rank() == 0 {
+            h = h.add(&self.rank0_bias).unwrap();
+        }
+        let loss = global_nt_xent(&h.matmul(&self.w_out).unwrap(), 0.5, comm).unwrap();
+        (h1, loss)
+    }
+}
+
+fn grads_of(params: &[Tensor]) -> Vec<Option<Tensor>> {
+    params.iter().map(|p| p.grad()).collect()
+}
+
+fn zero_grads(params: &[Tensor]) {
+    params.iter().for_each(Tensor::zero_grad);
+}
+
+fn assert_bitwise_equal(a: &[Option<Tensor>], b: &[Option<Tensor>], what: &str) {
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        match (x, y) {
+            (Some(x), Some(y)) => assert_eq!(bits(x), bits(y), "{what}: parameter {i}"),
+            (None, None) => {}
+            _ => panic!("{what}: parameter {i} has a gradient on one side only"),
+        }
+    }
+}
+
+/// 200 bytes: 25 f64 elements per bucket.
+const SMALL_BUCKET_MB: f64 = 200.0 / (1024.0 * 1024.0);
+
+#[test]
+fn overlapped_all_reduce_equals_after_backward_bitwise_with_tied_and_unused_parameters() {
+    for (world, transport) in [2, 4].into_iter().flat_map(|w| TRANSPORTS.map(|t| (w, t))) {
+        let results = run_over(transport, world, TIMEOUT, |comm| {
+            let model = Tied::new();
+            let params = model.params();
+            let buckets = GradientBuckets::new(&params, SMALL_BUCKET_MB).unwrap();
+
+            // The reference: backward, then the buckets one by one on this thread.
+            let (_, loss) = model.forward(&comm);
+            loss.backward().unwrap();
+            buckets.all_reduce_mean(&*comm).unwrap();
+            let after = grads_of(&params);
+            zero_grads(&params);
+
+            // Overlapped: every collective of the rank through its communication thread.
+            let worker = Arc::new(CommWorker::spawn(comm.clone()).unwrap());
+            let through_worker: Arc<dyn Communicator> = worker.clone();
+            let (_, loss) = model.forward(&through_worker);
+            buckets.backward_all_reduce_mean(&loss, &worker).unwrap();
+            (buckets.bucket_numels(), after, grads_of(&params))
+        });
+        for (rank, (numels, after, overlapped)) in results.iter().enumerate() {
+            let what = format!("W={world} {transport:?} rank {rank}");
+            // Reverse registration order, `w_shared` once: [unused], [w_out], [rank0_bias],
+            // [w_shared] (larger than the cap, alone), [b], [w_in].
+            assert_eq!(numels, &[7, 24, 6, 36, 6, 30], "{what}");
+            assert_bitwise_equal(after, overlapped, &what);
+            assert_bitwise_equal(overlapped, &results[0].2, &format!("{what} against rank 0"));
+            assert!(overlapped[5].is_none(), "{what}: a parameter no rank used keeps no gradient");
+            assert!(overlapped.iter().take(5).all(Option::is_some), "{what}: rank 0's bias is averaged everywhere");
+        }
+    }
+}
+
+/// Wraps a communicator and logs every collective (name, elements) in the order it ran.
+struct Recording {
+    inner: Arc<dyn Communicator>,
+    log: Mutex<Vec<(&'static str, usize)>>,
+}
+
+impl Recording {
+    fn record(&self, op: &'static str, t: Option<&Tensor>) {
+        self.log.lock().unwrap().push((op, t.map_or(0, Tensor::numel)));
+    }
+
+    fn take(&self) -> Vec<(&'static str, usize)> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+}
+
+impl Communicator for Recording {
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+    fn world_size(&self) -> usize {
+        self.inner.world_size()
+    }
+    fn all_reduce_sum(&self, t: &Tensor) -> simclr::Result<Tensor> {
+        self.record("all_reduce_sum", Some(t));
+        self.inner.all_reduce_sum(t)
+    }
+    fn all_gather(&self, t: &Tensor) -> simclr::Result<Tensor> {
+        self.record("all_gather", Some(t));
+        self.inner.all_gather(t)
+    }
+    fn broadcast(&self, t: &Tensor, root: usize) -> simclr::Result<Tensor> {
+        self.record("broadcast", Some(t));
+        self.inner.broadcast(t, root)
+    }
+    fn barrier(&self) -> simclr::Result<()> {
+        self.record("barrier", None);
+        self.inner.barrier()
+    }
+}
+
+#[test]
+fn overlapped_buckets_run_during_backward_between_sync_batch_norm_collectives() {
+    // Sync batch norm all-reduces inside backward: those collectives and the buckets
+    // share the communication thread, so every rank runs them in the same order.
+    for (world, transport) in [(2, Transport::Threads), (4, Transport::Threads), (2, Transport::Tcp)] {
+        let b = GLOBAL_BATCH / world;
+        let results = run_over(transport, world, TIMEOUT, |comm| {
+            let rec = Arc::new(Recording { inner: comm.clone(), log: Mutex::new(Vec::new()) });
+            let mut model = small_simclr();
+            let (params, _) = adamw(&model);
+            let buckets = GradientBuckets::new(&params, 0.05).unwrap();
+            let (v1, v2) = global_views(0);
+            let r = comm.rank();
+            let local = Tensor::cat(&[&v1.narrow(0, r * b, b).unwrap(), &v2.narrow(0, r * b, b).unwrap()], 0).unwrap();
+            let step = |comm: Arc<dyn Communicator>, model: &mut SimClr| {
+                convert_sync_batch_norm(model, Some(comm.clone()));
+                global_nt_xent(&model.forward(&local).unwrap(), TAU, &comm).unwrap()
+            };
+
+            let loss = step(rec.clone(), &mut model);
+            loss.backward().unwrap();
+            buckets.all_reduce_mean(&*rec).unwrap();
+            let (after, after_log) = (grads_of(&params), rec.take());
+            zero_grads(&params);
+
+            let worker = Arc::new(CommWorker::spawn(rec.clone()).unwrap());
+            let loss = step(worker.clone(), &mut model);
+            buckets.backward_all_reduce_mean(&loss, &worker).unwrap();
+            (after, grads_of(&params), after_log, rec.take(), buckets.len())
+        });
+        for (rank, (after, overlapped, after_log, overlapped_log, n_buckets)) in results.iter().enumerate() {
+            let what = format!("W={world} {transport:?} rank {rank}");
+            assert_bitwise_equal(after, overlapped, &what);
+            assert_bitwise_equal(overlapped, &results[0].1, &format!("{what} against rank 0"));
+            // After backward, the buckets are the last collectives; their sizes (thousands of
+            // elements) differ from every other collective's (batch-norm moments, projections).
+            let (others, bucket_calls) = after_log.split_at(after_log.len() - n_buckets);
+            assert!(bucket_calls.iter().all(|c| !others.contains(c)), "{what}: bucket sizes must be recognisable");
+            assert!(others.iter().filter(|c| c.0 == "all_reduce_sum").count() > 20, "{what}: sync BN in backward");
+            // Overlapped: the same collectives, the buckets in the same order, but the first
+            // bucket runs before backward's last batch-norm all-reduce.
+            let mut sorted = (after_log.clone(), overlapped_log.clone());
+            sorted.0.sort_unstable();
+            sorted.1.sort_unstable();
+            assert_eq!(sorted.0, sorted.1, "{what}: the same collectives");
+            let positions: Vec<usize> =
+                overlapped_log.iter().enumerate().filter(|(_, c)| bucket_calls.contains(c)).map(|(i, _)| i).collect();
+            let order: Vec<_> = positions.iter().map(|&i| overlapped_log[i]).collect();
+            assert_eq!(order, bucket_calls, "{what}: buckets in bucket order");
+            let last_other = (0..overlapped_log.len()).rfind(|i| !positions.contains(i)).unwrap();
+            assert!(
+                positions[0] < last_other,
+                "{what}: the first bucket ran at collective #{} of {}, after backward's last (#{last_other})",
+                positions[0],
+                overlapped_log.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_rank_that_fails_or_stalls_mid_backward_fails_the_others_within_the_timeout() {
+    for transport in TRANSPORTS {
+        // Rank 1 fails halfway through backward: the graph below the first hidden layer was
+        // already used by another backward. The buckets of the last layers are launched by then.
+        let timeout = Duration::from_secs(5);
+        let start = Instant::now();
+        let results = run_over(transport, 3, timeout, |comm| {
+            let model = Tied::new();
+            let params = model.params();
+            let buckets = GradientBuckets::new(&params, SMALL_BUCKET_MB).unwrap();
+            let worker = Arc::new(CommWorker::spawn(comm.clone()).unwrap());
+            let (h1, loss) = model.forward(&(worker.clone() as Arc<dyn Communicator>));
+            if comm.rank() == 1 {
+                h1.sum_all().unwrap().backward().unwrap();
+            }
+            buckets.backward_all_reduce_mean(&loss, &worker).map(|_| ()).unwrap_err().to_string()
+        });
+        let elapsed = start.elapsed();
+        assert!(results[1].contains("already used by an earlier backward"), "{transport:?}: {}", results[1]);
+        for rank in [0, 2] {
+            let msg = &results[rank];
+            assert!(msg.contains("rank 1 left the") && msg.contains("all_reduce_sum"), "{transport:?} {rank}: {msg}");
+        }
+        assert!(elapsed < timeout, "{transport:?}: the others learnt of it only after {elapsed:?}");
+
+        // Rank 1 stalls after its forward: the others time out in backward, in the all-reduce of
+        // the gathered projections' gradient, which runs on the communication thread.
+        let timeout = Duration::from_millis(800);
+        let results = run_over(transport, 3, timeout, |comm| {
+            let model = Tied::new();
+            let params = model.params();
+            let buckets = GradientBuckets::new(&params, SMALL_BUCKET_MB).unwrap();
+            let worker = Arc::new(CommWorker::spawn(comm.clone()).unwrap());
+            let (_, loss) = model.forward(&(worker.clone() as Arc<dyn Communicator>));
+            if comm.rank() == 1 {
+                std::thread::sleep(Duration::from_millis(2000));
+            }
+            let start = Instant::now();
+            let err = buckets.backward_all_reduce_mean(&loss, &worker).unwrap_err();
+            assert!(matches!(err, Error::Dist { .. }), "{err:?}");
+            (err.to_string(), start.elapsed())
+        });
+        for rank in [0, 2] {
+            let (msg, waited) = &results[rank];
+            assert!(
+                msg.contains("timed out after 0.8 s waiting for rank 1") && msg.contains("all_reduce_sum"),
+                "{msg}"
+            );
+            assert!(*waited < timeout + Duration::from_millis(700), "{transport:?} rank {rank} waited {waited:?}");
+        }
+        // The late rank finds the group broken (threads), or, over TCP, rank 0's process gone
+        // (it returned after its error) before it reads rank 0's answer.
+        let late = &results[1].0;
+        assert!(late.contains("timed out after 0.8 s") || late.contains("rank 0 left the job"), "{late}");
+    }
+}
+
+/// A communicator whose all-reduce panics (a bug, or a library that aborts).
+struct Panicking;
+
+impl Communicator for Panicking {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum(&self, _: &Tensor) -> simclr::Result<Tensor> {
+        panic!("all_reduce_sum panics on purpose (test)")
+    }
+    fn all_gather(&self, t: &Tensor) -> simclr::Result<Tensor> {
+        SingleProcess.all_gather(t)
+    }
+    fn broadcast(&self, t: &Tensor, root: usize) -> simclr::Result<Tensor> {
+        SingleProcess.broadcast(t, root)
+    }
+    fn barrier(&self) -> simclr::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_collective_that_panics_on_the_communication_thread_is_an_error_not_a_hang() {
+    let worker = CommWorker::spawn(Arc::new(Panicking)).unwrap();
+    let x = Tensor::ones(&[2], DType::F64).unwrap();
+    assert_eq!(worker.all_gather(&x).unwrap().to_f64_vec(), [1.0, 1.0], "collectives run on the thread");
+    let first = dist_err_msg(worker.all_reduce_sum(&x));
+    assert!(first.contains("communication thread of rank 0 stopped") && first.contains("panicked"), "{first}");
+    // The thread is gone: later collectives fail the same way instead of waiting forever.
+    assert!(dist_err_msg(worker.barrier()).contains("communication thread of rank 0 stopped"));
 }
 
 // ------------------------------------------------------------------ rendezvous

@@ -13,7 +13,9 @@
 //!
 //! On top of the collectives:
 //! - [`gather`]: a differentiable `all_gather` and NT-Xent over the global batch;
-//! - [`buckets`]: gradient averaging in flat buckets, like PyTorch DDP;
+//! - [`buckets`]: gradient averaging in flat buckets, like PyTorch DDP, after
+//!   backward or overlapped with it ([`overlap`]) on the rank's communication
+//!   thread ([`worker`], which then makes all of the rank's collectives);
 //! - [`sync_batchnorm`]: batch norm with statistics over every rank's batch;
 //! - [`rendezvous`]: rank and world size from torchrun or SLURM, and the TCP
 //!   exchange that hands rank 0's NCCL id to the others.
@@ -23,12 +25,14 @@ pub mod gather;
 pub mod launch;
 #[cfg(feature = "nccl")]
 pub mod nccl;
+pub mod overlap;
 pub mod rendezvous;
 mod round;
 pub mod single;
 pub mod sync_batchnorm;
 pub mod tcp;
 pub mod threads;
+pub mod worker;
 
 pub use buckets::GradientBuckets;
 pub use gather::{all_gather, global_nt_xent};
@@ -37,6 +41,7 @@ pub use single::SingleProcess;
 pub use sync_batchnorm::{convert_sync_batch_norm, sync_batch_norm_2d};
 pub use tcp::TcpCommunicator;
 pub use threads::{ThreadCommunicator, ThreadGroup};
+pub use worker::{CommWorker, Pending};
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;

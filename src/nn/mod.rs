@@ -24,8 +24,9 @@ pub use layernorm::LayerNorm;
 pub use linear::Linear;
 pub use mlp::Mlp;
 
+use crate::backend::Device;
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 use std::collections::HashMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,8 +82,37 @@ pub fn parameter_count(m: &dyn Module) -> usize {
     parameters(m).iter().map(|(_, t)| t.numel()).sum()
 }
 
-/// Copies `tensors` into the module's parameters and buffers by name.
-/// `strict`: every module tensor must be present and every given tensor used.
+/// Moves the module's parameters and floating-point buffers (batch-norm running statistics)
+/// to `device` in place, so every parameter keeps its identity and gradient slot: an optimiser
+/// built before or after the move updates the moved tensors. Integer buffers (batch norm's
+/// `num_batches_tracked` counter, read on the host every step) stay on the host.
+pub fn move_to_device(m: &dyn Module, device: Device) -> Result<()> {
+    let mut result = Ok(());
+    m.visit("", &mut |name, t, _| {
+        if result.is_ok() && matches!(t.dtype(), DType::F32 | DType::F64 | DType::BF16 | DType::F16) {
+            result = move_tensor(t, device).map_err(|e| match e {
+                // Out of memory keeps its own message (it says what to reduce).
+                e @ Error::OutOfMemory { .. } => e,
+                e => Error::invalid("move_to_device", format!("`{name}`: {e}")),
+            });
+        }
+    });
+    result
+}
+
+#[cfg(feature = "cuda")]
+fn move_tensor(t: &Tensor, device: Device) -> Result<()> {
+    t.move_to_device(device)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn move_tensor(t: &Tensor, device: Device) -> Result<()> {
+    // Without the CUDA backend every tensor is on the CPU already; to_device says why not elsewhere.
+    t.to_device(device).map(|_| ())
+}
+
+/// Copies `tensors` into the module's parameters and buffers by name, onto the device each
+/// module tensor is on. `strict`: every module tensor must be present and every given tensor used.
 pub fn load_state_dict(m: &dyn Module, tensors: &[(String, Tensor)], strict: bool) -> Result<()> {
     let by_name: HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut problems = Vec::new();
@@ -95,10 +125,13 @@ pub fn load_state_dict(m: &dyn Module, tensors: &[(String, Tensor)], strict: boo
         }
         Some(src) => {
             used += 1;
-            let converted = src.to_dtype(target.dtype());
-            match converted.and_then(|c| target.set_data(&c)) {
-                Ok(()) => {}
-                Err(_) => problems.push(format!("`{name}`: expected {:?}, got {:?}", target.shape(), src.shape())),
+            if src.shape() != target.shape() {
+                problems.push(format!("`{name}`: expected {:?}, got {:?}", target.shape(), src.shape()));
+                return;
+            }
+            let converted = src.to_dtype(target.dtype()).and_then(|c| c.to_device(target.device()));
+            if let Err(e) = converted.and_then(|c| target.set_data(&c)) {
+                problems.push(format!("`{name}`: {e}"));
             }
         }
     });

@@ -10,6 +10,9 @@ use crate::tensor::Tensor;
 
 pub struct AdamW {
     params: Vec<Tensor>,
+    /// The fused kernel of the parameters on a GPU (made at their first step).
+    #[cfg(feature = "cuda")]
+    fused: Option<crate::backend::cuda::kernels::optim::FusedAdam>,
     m: Vec<Option<Tensor>>,
     v: Vec<Option<Tensor>>,
     pub lr: f64,
@@ -38,6 +41,8 @@ impl AdamW {
         let n = params.len();
         Ok(AdamW {
             params,
+            #[cfg(feature = "cuda")]
+            fused: None,
             m: vec![None; n],
             v: vec![None; n],
             lr,
@@ -54,9 +59,16 @@ impl AdamW {
         let (b1, b2) = self.betas;
         let (c1, c2) = (1.0 - b1.powi(self.steps as i32), 1.0 - b2.powi(self.steps as i32));
         no_grad(|| {
+            #[cfg(feature = "cuda")]
+            let mut on_device = Vec::new();
             for i in 0..self.params.len() {
                 let p = &self.params[i];
                 let Some(mut g) = p.grad() else { continue };
+                #[cfg(feature = "cuda")]
+                if super::cuda::fused(p) {
+                    on_device.push(i);
+                    continue;
+                }
                 let w = p.detach();
                 if !self.decoupled && self.weight_decay > 0.0 {
                     g = g.add(&w.mul_scalar(self.weight_decay)?)?;
@@ -78,6 +90,19 @@ impl AdamW {
                 p.set_data(&decayed.sub(&update.mul_scalar(self.lr)?)?.contiguous()?)?;
                 self.m[i] = Some(m);
                 self.v[i] = Some(v);
+            }
+            #[cfg(feature = "cuda")]
+            {
+                use crate::backend::cuda::kernels::optim::AdamConfig;
+                let config = AdamConfig {
+                    lr: self.lr,
+                    betas: self.betas,
+                    eps: self.eps,
+                    weight_decay: self.weight_decay,
+                    decoupled: self.decoupled,
+                };
+                let (params, m, v) = (&self.params, &mut self.m, &mut self.v);
+                super::cuda::adam_step(&mut self.fused, config, params, m, v, &on_device, self.steps)?;
             }
             Ok(())
         })

@@ -12,6 +12,9 @@ use crate::tensor::Tensor;
 
 pub struct Lars {
     params: Vec<Tensor>,
+    /// The fused kernels of the parameters on a GPU (made at their first step).
+    #[cfg(feature = "cuda")]
+    fused: Option<crate::backend::cuda::kernels::optim::FusedLars>,
     momentum_buf: Vec<Option<Tensor>>,
     pub lr: f64,
     pub momentum: f64,
@@ -36,13 +39,30 @@ impl Lars {
             ));
         }
         let n = params.len();
-        Ok(Lars { params, momentum_buf: vec![None; n], lr, momentum, weight_decay, eta })
+        Ok(Lars {
+            params,
+            #[cfg(feature = "cuda")]
+            fused: None,
+            momentum_buf: vec![None; n],
+            lr,
+            momentum,
+            weight_decay,
+            eta,
+        })
     }
 
     pub fn step(&mut self) -> Result<()> {
         no_grad(|| {
-            for (p, buf) in self.params.iter().zip(self.momentum_buf.iter_mut()) {
+            #[cfg(feature = "cuda")]
+            let mut on_device = Vec::new();
+            #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+            for (i, (p, buf)) in self.params.iter().zip(self.momentum_buf.iter_mut()).enumerate() {
                 let Some(g) = p.grad() else { continue };
+                #[cfg(feature = "cuda")]
+                if super::cuda::fused(p) {
+                    on_device.push(i);
+                    continue;
+                }
                 let w = p.detach();
                 let (g, trust) = if is_adapted(p) {
                     let g = if self.weight_decay > 0.0 { g.add(&w.mul_scalar(self.weight_decay)?)? } else { g };
@@ -59,6 +79,13 @@ impl Lars {
                 };
                 p.set_data(&w.sub(&u)?.contiguous()?)?;
                 *buf = Some(u);
+            }
+            #[cfg(feature = "cuda")]
+            {
+                use crate::backend::cuda::kernels::optim::LarsConfig;
+                let config =
+                    LarsConfig { lr: self.lr, momentum: self.momentum, weight_decay: self.weight_decay, eta: self.eta };
+                super::cuda::lars_step(&mut self.fused, config, &self.params, &mut self.momentum_buf, &on_device)?;
             }
             Ok(())
         })

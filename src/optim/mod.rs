@@ -1,7 +1,12 @@
 //! Optimisers and schedules. Each optimiser owns its per-parameter state and
 //! updates parameters in place through `Tensor::set_data`, outside the graph.
+//!
+//! Parameters on a GPU (f32) are updated by the fused kernels instead (`cuda.rs`), with their
+//! state on the same device; the CPU code path is the reference they are tested against.
 
 pub mod adamw;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod lars;
 pub mod schedule;
 pub mod sgd;
@@ -36,17 +41,19 @@ pub struct OptimizerState {
     pub buffers: Vec<(String, Tensor)>,
 }
 
-/// Appends `bufs` (one slot per parameter) to `out` as `{name}.{i}`.
+/// Appends `bufs` (one slot per parameter) to `out` as `{name}.{i}`: snapshots, not handles
+/// (device state is updated in place, and a detached copy shares only the storage, which the
+/// next step then copies before writing).
 pub(crate) fn export_buffers(name: &str, bufs: &[Option<Tensor>], out: &mut Vec<(String, Tensor)>) {
     for (i, b) in bufs.iter().enumerate() {
         if let Some(t) = b {
-            out.push((format!("{name}.{i}"), t.clone()));
+            out.push((format!("{name}.{i}"), t.detach()));
         }
     }
 }
 
 /// The inverse of `export_buffers`: fills `bufs` from `state`, checking each
-/// buffer has its parameter's shape.
+/// buffer has its parameter's shape, and puts each on its parameter's device.
 pub(crate) fn import_buffers(
     name: &str,
     params: &[Tensor],
@@ -57,7 +64,7 @@ pub(crate) fn import_buffers(
     for (i, (p, slot)) in params.iter().zip(bufs.iter_mut()).enumerate() {
         *slot = match by_name.get(format!("{name}.{i}").as_str()) {
             None => None,
-            Some(t) if t.shape() == p.shape() => Some(t.to_dtype(p.dtype())?.contiguous()?),
+            Some(t) if t.shape() == p.shape() => Some(t.to_dtype(p.dtype())?.contiguous()?.to_device(p.device())?),
             Some(t) => {
                 return Err(Error::invalid(
                     "optimizer state",

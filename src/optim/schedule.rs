@@ -15,12 +15,24 @@ pub fn warmup_cosine(step: usize, total: usize, warmup: usize, base_lr: f64, fin
     final_lr + 0.5 * (base_lr - final_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
 }
 
-/// The joint L2 norm of the parameters' gradients (missing ones count as 0).
+/// The joint L2 norm of the parameters' gradients (missing ones count as 0). Gradients on a
+/// GPU are summed there and read back once per device, not once per tensor.
 pub fn grad_norm(params: &[Tensor]) -> Result<f64> {
     no_grad(|| {
         let mut total = 0.0;
+        #[cfg(feature = "cuda")]
+        let mut on_device = Vec::new();
         for g in params.iter().filter_map(Tensor::grad) {
+            #[cfg(feature = "cuda")]
+            if matches!(g.device(), crate::backend::Device::Cuda(_)) {
+                on_device.push(g);
+                continue;
+            }
             total += g.mul(&g)?.sum_all()?.item()?;
+        }
+        #[cfg(feature = "cuda")]
+        if !on_device.is_empty() {
+            total += super::cuda::sum_of_squares(&on_device)?;
         }
         Ok(total.sqrt())
     })

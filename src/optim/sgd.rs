@@ -34,8 +34,16 @@ impl Sgd {
     /// One update from the accumulated gradients; parameters without a gradient are skipped.
     pub fn step(&mut self) -> Result<()> {
         no_grad(|| {
-            for (p, v) in self.params.iter().zip(self.velocity.iter_mut()) {
+            #[cfg(feature = "cuda")]
+            let mut on_device = Vec::new();
+            #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+            for (i, (p, v)) in self.params.iter().zip(self.velocity.iter_mut()).enumerate() {
                 let Some(g) = p.grad() else { continue };
+                #[cfg(feature = "cuda")]
+                if super::cuda::fused(p) {
+                    on_device.push(i);
+                    continue;
+                }
                 let g = if self.weight_decay > 0.0 { g.add(&p.detach().mul_scalar(self.weight_decay)?)? } else { g };
                 let new_v = match v.take() {
                     Some(prev) if self.momentum > 0.0 => prev.mul_scalar(self.momentum)?.add(&g)?,
@@ -44,6 +52,15 @@ impl Sgd {
                 p.set_data(&p.detach().sub(&new_v.mul_scalar(self.lr)?)?.contiguous()?)?;
                 *v = Some(new_v);
             }
+            #[cfg(feature = "cuda")]
+            super::cuda::sgd_step(
+                self.lr,
+                self.momentum,
+                self.weight_decay,
+                &self.params,
+                &mut self.velocity,
+                &on_device,
+            )?;
             Ok(())
         })
     }

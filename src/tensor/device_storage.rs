@@ -5,7 +5,8 @@
 //! take whole [`DeviceBuffer`]s, so a view that starts inside a buffer (a `narrow`) is
 //! handed to them as a [`DeviceSlice`]: an alias of the elements from its offset on.
 
-use std::ops::Deref;
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use super::dtype::DType;
@@ -38,6 +39,7 @@ pub struct DeviceStorage {
 pub trait DeviceStorageElement: DeviceElement + super::StorageElement {
     fn wrap_device(buf: DeviceBuffer<Self>) -> DeviceData;
     fn device_buffer(d: &DeviceData) -> Option<&DeviceBuffer<Self>>;
+    fn device_buffer_mut(d: &mut DeviceData) -> Option<&mut DeviceBuffer<Self>>;
 }
 
 macro_rules! device_storage_element {
@@ -47,6 +49,12 @@ macro_rules! device_storage_element {
                 DeviceData::$variant(buf)
             }
             fn device_buffer(d: &DeviceData) -> Option<&DeviceBuffer<Self>> {
+                match d {
+                    DeviceData::$variant(b) => Some(b),
+                    _ => None,
+                }
+            }
+            fn device_buffer_mut(d: &mut DeviceData) -> Option<&mut DeviceBuffer<Self>> {
                 match d {
                     DeviceData::$variant(b) => Some(b),
                     _ => None,
@@ -202,5 +210,104 @@ impl Tensor {
             TensorData::Device(s) => Ok(s),
             TensorData::Host(_) => Err(Error::Device { op, msg: "expected a CUDA tensor, got a CPU one".into() }),
         }
+    }
+}
+
+// ---------------------------------------------------------------- models and optimisers on a device
+
+/// Write access to the whole device buffer of a tensor, from [`Tensor::device_buffer_mut`]. It
+/// holds the tensor's data lock: nothing else can read the tensor (or share its storage) until
+/// it drops, so the buffer stays this tensor's alone while kernels are queued on it.
+pub struct DeviceBufferMut<'a, T: DeviceStorageElement> {
+    guard: std::sync::RwLockWriteGuard<'a, TensorData>,
+    _element: PhantomData<T>,
+}
+
+impl<T: DeviceStorageElement> Deref for DeviceBufferMut<'_, T> {
+    type Target = DeviceBuffer<T>;
+    fn deref(&self) -> &DeviceBuffer<T> {
+        match &*self.guard {
+            TensorData::Device(s) => T::device_buffer(&s.data).expect("dtype checked when the guard was made"),
+            TensorData::Host(_) => unreachable!("device placement checked when the guard was made"),
+        }
+    }
+}
+
+impl<T: DeviceStorageElement> DerefMut for DeviceBufferMut<'_, T> {
+    fn deref_mut(&mut self) -> &mut DeviceBuffer<T> {
+        match &mut *self.guard {
+            TensorData::Device(s) => {
+                // Unique since the guard was made: sharing the storage needs the lock we hold.
+                let s = Arc::get_mut(s).expect("storage made unique when the guard was made");
+                T::device_buffer_mut(&mut s.data).expect("dtype checked when the guard was made")
+            }
+            TensorData::Host(_) => unreachable!("device placement checked when the guard was made"),
+        }
+    }
+}
+
+impl Tensor {
+    /// True when both handles are the same tensor (not merely equal values or shared storage).
+    pub(crate) fn same_tensor(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Moves this tensor's elements to `device` in place (nothing to do if they are there),
+    /// keeping its identity: a parameter stays the same leaf with the same gradient slot, and a
+    /// gradient it holds moves with it, so the model and optimiser that hold it need nothing
+    /// else. This is how a model goes to a GPU; only a tensor owning its whole storage (a
+    /// parameter or buffer, not a view) can move. [`Tensor::to_device`] is the copying form.
+    pub fn move_to_device(&self, device: Device) -> Result<()> {
+        if self.device() == device {
+            return Ok(());
+        }
+        if !(self.is_contiguous() && self.layout().offset == 0 && self.data().len() == self.numel()) {
+            return Err(Error::invalid(
+                "move_to_device",
+                format!("a {:?} view cannot move in place; use to_device for a moved copy", self.shape()),
+            ));
+        }
+        let moved = transfer(self, device)?;
+        let grad = self.grad().map(|g| g.to_device(device)).transpose()?;
+        *self.0.data.write().unwrap_or_else(|e| e.into_inner()) = moved.data();
+        if grad.is_some() {
+            self.set_grad(grad)?;
+        }
+        Ok(())
+    }
+
+    /// The device buffer of a whole-storage tensor (a parameter, an optimiser moment), for a
+    /// kernel that updates it in place (the fused optimiser steps). Device storage is otherwise
+    /// never written after its op, so if anything else shares it — a view, a tensor saved for
+    /// backward, an exported optimiser state — the values are first copied to a private
+    /// buffer, and those keep the old values, as after [`Tensor::set_data`].
+    ///
+    /// Until the guard drops, reading this tensor's data on the same thread (`device()`,
+    /// `dtype()`, `grad()` of it is fine) would wait for the guard forever: look first, then lock.
+    pub fn device_buffer_mut<T: DeviceStorageElement>(&self, op: &'static str) -> Result<DeviceBufferMut<'_, T>> {
+        let (whole_view, numel) = (self.is_contiguous() && self.layout().offset == 0, self.numel());
+        let mut guard = self.0.data.write().unwrap_or_else(|e| e.into_inner());
+        let TensorData::Device(storage) = &mut *guard else {
+            return Err(Error::Device { op, msg: format!("expected a CUDA tensor, got a CPU one {:?}", self.shape()) });
+        };
+        if !(whole_view && storage.len() == numel) {
+            return Err(Error::invalid(op, "only a tensor owning its whole storage (not a view) is updated in place"));
+        }
+        if T::device_buffer(&storage.data).is_none() {
+            return Err(Error::dtype(op, format!("tensor is {}, the kernel wants {}", storage.dtype(), T::DTYPE)));
+        }
+        let private_copy = match Arc::get_mut(storage) {
+            Some(_) => None,
+            None => {
+                let buf = T::device_buffer(&storage.data).expect("dtype checked above");
+                let mut copy = buf.gpu().alloc::<T>(buf.len())?;
+                buf.gpu().copy(buf, &mut copy)?;
+                Some(copy)
+            }
+        };
+        if let Some(copy) = private_copy {
+            *storage = Arc::new(DeviceStorage { data: T::wrap_device(copy), ordinal: storage.ordinal });
+        }
+        Ok(DeviceBufferMut { guard, _element: PhantomData })
     }
 }

@@ -5,8 +5,8 @@
 #
 #   .gpu/executables.tar.xz   stripped, packed:
 #       bin/          release binaries (simclr-train, simclr-eval, simclr-data)
-#       tests/        the test executables that need a GPU (cuda_parity, nccl)
-#       benches/      the CUDA benchmark executables
+#       tests/        the test executables that need a GPU (cuda_parity, cuda_ops, nccl)
+#       benches/      the CUDA benchmark executables and allreduce_buckets (NCCL at world size 1)
 #   .gpu/tools/       the scripts and PyTorch references run there
 #   .gpu/commit       the commit (and whether the tree was dirty) the binaries come from
 #
@@ -35,8 +35,8 @@ for line in sys.stdin:
 '
 }
 # Only the tests that need the GPU machine: the rest run in CI here.
-executables test --release --test cuda_parity --test nccl | while read -r name path; do cp "$path" ".gpu/tests/$name"; done
-for bench in cuda_kernels conv_kernels attention_kernels; do
+executables test --release --test cuda_parity --test cuda_ops --test nccl | while read -r name path; do cp "$path" ".gpu/tests/$name"; done
+for bench in cuda_kernels conv_kernels attention_kernels allreduce_buckets gpu_train_step; do
     executables bench --bench "$bench" | while read -r name path; do cp "$path" ".gpu/benches/$name"; done
 done
 

@@ -7,17 +7,38 @@
 #   3. compute-sanitizer memcheck over the GPU parity tests;
 #   4. nccl: the NCCL communicator at world size 1 (tests/nccl.rs);
 #   5. bench / conv / attention: the PyTorch reference timings (tools/gpu/torch_*.py ->
-#      $OUT/torch_*.json) and our benchmarks, which print ratios against them.
+#      $OUT/torch_*.json) and our benchmarks, which print ratios against them;
+#   6. torch_reference (only when named; ~5 min): the PyTorch reference of a whole SimCLR training
+#      step (tools/torch_reference/bench_step.py) on bouncing-ball shards made by our simclr-data:
+#      --check, then eager and torch.compile runs of resnet18 and vivit_small at batch 256,
+#      20 frames, 128x128 -> $OUT/torch_reference.jsonl (one JSON line per run) and .txt (log).
+#      TORCH_REF_MODELS / TORCH_REF_MODES / TORCH_REF_STEPS / TORCH_REF_WARMUP override its defaults;
+#   7. allreduce: the per-step cost of the bucketed gradient all-reduce, after and overlapped
+#      with backward (benches/allreduce_buckets.rs: 2 thread ranks on the CPU, then NCCL at
+#      world size 1; ~1 min);
+#   8. ops: every tensor op on CUDA tensors vs the CPU through autograd (tests/cuda_ops --ignored);
+#   9. train (after torch_reference, only when named): benches/gpu_train_step.rs, our whole training
+#      step on the GPU, with clips/s ratios against $OUT/torch_reference.jsonl.
 # The device lends 15 minutes a session: name the steps that matter most first, e.g.
 #   bash .gpu/tools/run.sh facts parity conv attention
-# Usage: bash .gpu/tools/run.sh [steps...]   (steps: facts parity sanitizer nccl bench conv attention; default all)
+# Usage: bash .gpu/tools/run.sh [steps...]
+#   (steps: facts parity ops sanitizer nccl bench conv attention allreduce torch_reference train;
+#    default all but torch_reference and train)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/simclr-gpu-out}"
 mkdir -p "$OUT"
-steps="${*:-facts parity sanitizer nccl bench conv attention}"
+steps="${*:-facts parity ops sanitizer nccl bench conv attention allreduce}"
 status=0
 step() { echo; echo "=== $1 ($(date -u +%H:%M:%S))"; }
+# pip's NCCL (PyTorch's dependency) ships libnccl.so.2 only; cudarc looks for libnccl.so.
+nccl_lib_path() {
+    local dir
+    dir="$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null || true)"
+    mkdir -p /tmp/simclr-nccl-lib
+    if [ -n "$dir" ] && [ -e "$dir/libnccl.so.2" ]; then ln -sf "$dir/libnccl.so.2" /tmp/simclr-nccl-lib/libnccl.so; fi
+    echo "/tmp/simclr-nccl-lib:${dir}:${LD_LIBRARY_PATH:-}"
+}
 
 # prepare.sh packs the executables (the carry limit is 64 MiB); unpack them once.
 if [ -f .gpu/executables.tar.xz ] && [ ! -d .gpu/tests ]; then
@@ -37,6 +58,16 @@ for s in $steps; do
         .gpu/tests/cuda_parity --ignored --test-threads 1 2>&1 | tee "$OUT/parity_gpu.txt" || status=1
         step "parity tests on the emulator (same machine)"
         .gpu/tests/cuda_parity --test-threads 4 2>&1 | tail -n 30 | tee "$OUT/parity_emulated.txt" || status=1
+        ;;
+    ops)
+        step "tensor ops on the GPU vs the CPU, through autograd (tests/cuda_ops)"
+        .gpu/tests/cuda_ops --ignored --test-threads 1 2>&1 | tee "$OUT/cuda_ops_gpu.txt" || status=1
+        ;;
+    train)
+        step "training step: ours (benches/gpu_train_step.rs) vs the PyTorch reference in the same run"
+        ref_steps="$OUT/torch_reference.jsonl"
+        [ -s "$ref_steps" ] || echo "no $ref_steps: run the torch_reference step first for the ratios"
+        SIMCLR_TORCH_REFERENCE_STEPS="$ref_steps" .gpu/benches/gpu_train_step 2>&1 | tee "$OUT/gpu_train_step.txt" || status=1
         ;;
     sanitizer)
         step "compute-sanitizer memcheck over the GPU parity tests"
@@ -63,13 +94,45 @@ for s in $steps; do
         ;;
     nccl)
         step "NCCL at world size 1 (collectives + a training run through the same code)"
-        # pip's NCCL (PyTorch's dependency) ships libnccl.so.2 only; cudarc looks for libnccl.so.
-        nccl_dir="$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null || true)"
-        mkdir -p /tmp/simclr-nccl-lib
-        if [ -n "$nccl_dir" ] && [ -e "$nccl_dir/libnccl.so.2" ]; then ln -sf "$nccl_dir/libnccl.so.2" /tmp/simclr-nccl-lib/libnccl.so; fi
-        LD_LIBRARY_PATH="/tmp/simclr-nccl-lib:${nccl_dir}:${LD_LIBRARY_PATH:-}" .gpu/tests/nccl --ignored --test-threads 1 2>&1 | tee "$OUT/nccl.txt" || status=1
+        LD_LIBRARY_PATH="$(nccl_lib_path)" .gpu/tests/nccl --ignored --test-threads 1 2>&1 | tee "$OUT/nccl.txt" || status=1
         ;;
-    *) echo "unknown step $s (facts parity sanitizer nccl bench conv attention)"; status=2 ;;
+    allreduce)
+        step "bucketed all-reduce: after vs overlapped with backward (CPU threads, then NCCL world size 1)"
+        LD_LIBRARY_PATH="$(nccl_lib_path)" .gpu/benches/allreduce_buckets 2>&1 | tee "$OUT/allreduce_buckets.txt" || status=1
+        ;;
+    torch_reference)
+        step "PyTorch reference SimCLR training step (tools/torch_reference)"
+        log="$OUT/torch_reference.txt"; results="$OUT/torch_reference.jsonl"; : > "$results"
+        data_bin=.gpu/bin/simclr-data; [ -x "$data_bin" ] || data_bin=target/release/simclr-data
+        data_dir=/tmp/simclr-torch-reference-shards
+        # 256 clips x 20 frames x 128 px (252 MB, a few seconds): one batch of 256 distinct clips.
+        "$data_bin" bouncing --out "$data_dir" --clips 256 --frames 20 --size 128 --seed 0 2>&1 | tail -n 2 | tee "$log"
+        if [ ! -f "$data_dir/manifest.json" ]; then
+            echo "no shards in $data_dir (is $data_bin there? run tools/gpu/prepare.sh)" | tee -a "$log"; status=1
+        else
+            ref=tools/torch_reference/bench_step.py
+            # Every model once at tiny sizes on the GPU (bf16, SDPA kernels): finite, decreasing loss.
+            PYTHONUNBUFFERED=1 timeout 300 python3 "$ref" --check --device cuda --processed_dir "$data_dir" \
+                2>&1 | tee -a "$log" || status=1
+            for model in ${TORCH_REF_MODELS:-resnet18 vivit_small}; do
+                for mode in ${TORCH_REF_MODES:-eager compile}; do
+                    echo "--- $model $mode ($(date -u +%H:%M:%S))" | tee -a "$log"
+                    timeout 420 python3 "$ref" --processed_dir "$data_dir" --base_model "$model" \
+                        --batch_size 256 --frames 20 --size 128 --steps "${TORCH_REF_STEPS:-5}" \
+                        --warmup "${TORCH_REF_WARMUP:-2}" --mode "$mode" --device cuda \
+                        > /tmp/simclr-torch-ref.out 2> /tmp/simclr-torch-ref.err
+                    rc=$?
+                    tee -a "$results" "$log" < /tmp/simclr-torch-ref.out
+                    tail -n 40 /tmp/simclr-torch-ref.err | tee -a "$log"
+                    if [ $rc -ne 0 ]; then
+                        status=1
+                        [ $rc -eq 124 ] && echo "{\"model\": \"$model\", \"mode\": \"$mode\", \"error\": \"timed out after 420 s\"}" | tee -a "$results" "$log"
+                    fi
+                done
+            done
+        fi
+        ;;
+    *) echo "unknown step $s (facts parity ops sanitizer nccl bench conv attention allreduce torch_reference train)"; status=2 ;;
     esac
 done
 echo; echo "run.sh finished with status $status; logs in $OUT"

@@ -4,16 +4,19 @@
 //! With `SIMCLR_CUDA_EMULATOR=1` in the environment (or after [`use_emulator`]), every
 //! ordinal is the CPU emulator of the kernels instead: the whole device path — tensors,
 //! ops, autograd, training — then runs, slowly, on a machine without a GPU, which is how
-//! the test suite checks it against the CPU backend.
+//! the test suite checks it against the CPU backend. `SIMCLR_CUDA_EMULATOR_MEMORY_MIB` sets
+//! the emulator's device memory (default 4 GiB), so a test can make a run exhaust it.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use super::Gpu;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The environment variable that turns every CUDA device into the emulator.
 pub const EMULATOR_ENV: &str = "SIMCLR_CUDA_EMULATOR";
+/// The emulator's memory per device in MiB (out-of-memory tests of whole runs).
+pub const EMULATOR_MEMORY_ENV: &str = "SIMCLR_CUDA_EMULATOR_MEMORY_MIB";
 
 fn registry() -> &'static Mutex<HashMap<usize, Gpu>> {
     static DEVICES: OnceLock<Mutex<HashMap<usize, Gpu>>> = OnceLock::new();
@@ -44,7 +47,45 @@ pub fn gpu(ordinal: usize) -> Result<Gpu> {
     if let Some(g) = devices.get(&ordinal) {
         return Ok(g.clone());
     }
-    let g = if emulated() { Gpu::emulated() } else { Gpu::open(ordinal)? };
+    let g = if emulated() {
+        match emulator_memory()? {
+            Some(bytes) => Gpu::emulated_with_memory(bytes),
+            None => Gpu::emulated(),
+        }
+    } else {
+        Gpu::open(ordinal)?
+    };
     devices.insert(ordinal, g.clone());
     Ok(g)
+}
+
+/// The emulator memory asked for in the environment, in bytes (`None`: the default).
+fn emulator_memory() -> Result<Option<usize>> {
+    let Ok(v) = std::env::var(EMULATOR_MEMORY_ENV) else { return Ok(None) };
+    match v.trim().parse::<usize>() {
+        Ok(mib) if mib > 0 => Ok(Some(mib << 20)),
+        _ => Err(Error::invalid(EMULATOR_MEMORY_ENV, format!("{v:?} is not a positive number of MiB"))),
+    }
+}
+
+/// Makes device `ordinal` of this process an emulator with `bytes` of memory (tests of the
+/// out-of-memory path, beside devices of the default size). An error if it is already open.
+pub fn insert_emulated(ordinal: usize, bytes: usize) -> Result<Gpu> {
+    let mut devices = registry().lock().unwrap_or_else(|p| p.into_inner());
+    if devices.contains_key(&ordinal) {
+        return Err(Error::invalid("insert_emulated", format!("CUDA device {ordinal} is already open")));
+    }
+    let g = Gpu::emulated_with_memory(bytes);
+    devices.insert(ordinal, g.clone());
+    Ok(g)
+}
+
+/// How many CUDA devices training can use: the driver's count, or 1 on the emulator (which
+/// stands in for any ordinal, but one is what a run without a GPU should assume).
+pub fn device_count() -> Result<usize> {
+    if emulated() {
+        Ok(1)
+    } else {
+        Gpu::device_count()
+    }
 }

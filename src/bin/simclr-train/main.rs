@@ -5,6 +5,7 @@
 //! simclr-train --processed_dir data/bouncing --epochs 100 --batch_size 256 --lr 3e-4 --base_model resnet18
 //! simclr-train --config run.toml --seed 3        # a TOML file of the same keys; flags win
 //! simclr-train --resume runs/checkpoint_epoch_50.safetensors   # continues exactly where it stopped
+//! simclr-train --device cuda ...                 # on GPU 0 (a build with --features cuda)
 //! ```
 //!
 //! Settings are resolved as: defaults (the PyTorch baseline's) → the resumed
@@ -91,6 +92,9 @@ struct Cli {
     /// cpu | cuda [default: cpu].
     #[arg(long)]
     device: Option<String>,
+    /// On the GPU: bf16 (tensor-core matmul/conv/attention, f32 weights) | f32 [default: bf16].
+    #[arg(long)]
+    precision: Option<String>,
     /// Data-loading threads [default: 2].
     #[arg(long)]
     workers: Option<usize>,
@@ -146,6 +150,7 @@ impl Cli {
         set("seed", self.seed.map(|s| toml::Value::Integer(s as i64)));
         set("out", path(&self.out));
         set("device", self.device.clone().map(toml::Value::String));
+        set("precision", self.precision.clone().map(toml::Value::String));
         set("workers", int(self.workers));
         set("ddp", self.ddp.then_some(toml::Value::Boolean(true)));
         set("num_gpus", int(self.num_gpus));
@@ -207,10 +212,27 @@ fn run(cli: Cli) -> simclr::Result<()> {
 fn launch_ranks(cfg: &TrainConfig) -> simclr::Result<()> {
     let ranks = match (cfg.num_gpus, cfg.device.as_str()) {
         (Some(0), _) => return Err(simclr::Error::invalid("--num_gpus", "must be at least 1")),
+        (Some(n), "cuda") => {
+            let gpus = gpu_count()?;
+            if n > gpus {
+                return Err(simclr::Error::invalid(
+                    "--num_gpus",
+                    format!("{n} ranks asked for, but this machine has {gpus} CUDA device(s)"),
+                ));
+            }
+            n
+        }
         (Some(n), _) => n,
-        // Unreachable today (config validation refuses --device cuda until training runs on the GPU);
-        // then this becomes the GPU count.
-        (None, "cuda") => return Err(simclr::Error::invalid("--ddp", "cannot count GPUs: no CUDA backend")),
+        // One rank per GPU of this machine.
+        (None, "cuda") => match gpu_count()? {
+            0 => {
+                return Err(simclr::Error::invalid(
+                    "--ddp",
+                    "no CUDA device found on this machine; use --device cpu --num_gpus N for CPU processes",
+                ))
+            }
+            n => n,
+        },
         (None, _) => {
             return Err(simclr::Error::invalid(
                 "--ddp",
@@ -228,6 +250,18 @@ fn launch_ranks(cfg: &TrainConfig) -> simclr::Result<()> {
         .map_err(|e| simclr::Error::dist("--ddp", format!("cannot find this program to start the ranks: {e}")))?;
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     simclr::dist::launch::run_local_ranks(&program, &args, ranks)
+}
+
+/// The CUDA devices of this machine (1 on the kernel emulator, `SIMCLR_CUDA_EMULATOR=1`).
+#[cfg(feature = "cuda")]
+fn gpu_count() -> simclr::Result<usize> {
+    simclr::backend::cuda::devices::device_count()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_count() -> simclr::Result<usize> {
+    // Config validation refuses --device cuda in such a build before this is asked.
+    Err(simclr::Error::invalid("--device", "this build has no CUDA backend (build with --features cuda)"))
 }
 
 /// Ranks on this machine, as the launcher says (torchrun, our --ddp launch, srun).
