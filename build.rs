@@ -177,12 +177,23 @@ fn check_unique_entries(modules: &[Module]) {
 }
 
 /// One C++ translation unit per kernel file: the file itself plus a table of trampolines
-/// (`simclr_emu_kernels_<stem>`) that unpack a cuLaunchKernel-style argument array.
+/// (`simclr_emu_kernels_<stem>`) that unpack a cuLaunchKernel-style argument array, each with the
+/// bounds of the file's static shared memory (its own linker section, which the emulator fills
+/// with garbage before every block).
 #[cfg(feature = "cuda")]
 fn compile_emulator(kernel_dir: &Path, modules: &[Module], out_dir: &Path) {
     let emu_dir = kernel_dir.join("emu");
     let header = emu_dir.join("cuda_emu.h");
     let mut build = cc::Build::new();
+    if let Some(clang) = emulator_compiler() {
+        build.compiler(clang);
+    } else {
+        println!(
+            "cargo:warning=clang++ not found: the kernel emulator is built with the default C++ compiler, which \
+             ignores the section attribute on the __shared__ arrays of templates, so those are not refilled with \
+             garbage before each block (install clang for the strict emulator)"
+        );
+    }
     build
         .cpp(true)
         .std("c++20")
@@ -191,22 +202,43 @@ fn compile_emulator(kernel_dir: &Path, modules: &[Module], out_dir: &Path) {
         .warnings(false)
         .flag("-pthread")
         .flag("-Wno-unknown-pragmas")
+        // Misaligned typed loads/stores call the handler in emu_runtime.cpp (no sanitizer runtime).
+        .flag("-fsanitize=alignment")
+        .flag("-fsanitize-recover=alignment")
         .flag("-include")
         .flag(header.to_str().unwrap())
         .include(kernel_dir)
         .file(emu_dir.join("emu_runtime.cpp"));
     for m in modules {
-        let mut unit = format!("#include \"{}\"\n", m.source.display());
+        let section = format!("simclr_emu_shared_{}", m.stem);
+        let mut unit = format!(
+            "#undef SIMCLR_EMU_SHARED_SECTION\n#define SIMCLR_EMU_SHARED_SECTION \"{section}\"\n#include \"{}\"\n",
+            m.source.display()
+        );
+        writeln!(unit, "SIMCLR_EMU_SHARED_BOUNDS({section})").unwrap();
         writeln!(unit, "extern \"C\" const simclr_emu_kernel simclr_emu_kernels_{}[] = {{", m.stem).unwrap();
         for e in &m.entries {
-            writeln!(unit, "    {{\"{e}\", &simclr_emu_trampoline_for<&{e}>}},").unwrap();
+            writeln!(unit, "    {{\"{e}\", &simclr_emu_trampoline_for<&{e}>, __start_{section}, __stop_{section}}},")
+                .unwrap();
         }
-        unit.push_str("    {nullptr, nullptr}};\n");
+        unit.push_str("    {nullptr, nullptr, nullptr, nullptr}};\n");
         let path = out_dir.join(format!("emu_{}.cpp", m.stem));
         write_if_changed(&path, &unit);
         build.file(path);
     }
     build.compile("simclr_cuda_emu");
+}
+
+/// `SIMCLR_EMU_CXX`, else `clang++` when it runs: the emulator's static shared memory check
+/// needs a compiler that honours `section` on template static locals (GCC drops it).
+#[cfg(feature = "cuda")]
+fn emulator_compiler() -> Option<PathBuf> {
+    println!("cargo:rerun-if-env-changed=SIMCLR_EMU_CXX");
+    if let Some(cxx) = env::var_os("SIMCLR_EMU_CXX") {
+        return Some(PathBuf::from(cxx));
+    }
+    let clang = PathBuf::from("clang++");
+    Command::new(&clang).arg("--version").output().is_ok_and(|o| o.status.success()).then_some(clang)
 }
 
 fn write_rust_table(modules: &[Module], out_dir: &Path) {

@@ -36,27 +36,43 @@ template <> __device__ __forceinline__ float from_float<float>(float x) { return
 template <> __device__ __forceinline__ bf16 from_float<bf16>(float x) { return __float2bfloat16(x); }
 template <> __device__ __forceinline__ f16 from_float<f16>(float x) { return __float2half(x); }
 
+// One 8- or 16-byte access of a CUDA vector type (float2/float4/uint2/uint4) at `p`. Every such
+// access goes through these two: the GPU faults on a misaligned one, and the emulator checks the
+// alignment here and names the kernel (x86 would otherwise accept it, or crash without a word).
+template <typename V> __device__ __forceinline__ V load_vector(const void* p) {
+#ifdef SIMCLR_EMU
+    simclr_emu_check_aligned(p, alignof(V), "a vector load");
+#endif
+    return *reinterpret_cast<const V*>(p);
+}
+template <typename V> __device__ __forceinline__ void store_vector(void* p, const V& v) {
+#ifdef SIMCLR_EMU
+    simclr_emu_check_aligned(p, alignof(V), "a vector store");
+#endif
+    *reinterpret_cast<V*>(p) = v;
+}
+
 // Vector loads and stores: VEC (1 or 4) elements of T <-> VEC floats, as one float4 (f32) or
 // uint2 (bf16) access when VEC = 4. bf16 → f32 is exact: the bf16 bits are the high half of the
 // f32 (element 0 in the low bytes).
 __device__ __forceinline__ void vec_load4(const float* p, float* v) {
-    const float4 q = *reinterpret_cast<const float4*>(p);
+    const float4 q = load_vector<float4>(p);
     v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
 }
 __device__ __forceinline__ void vec_load4(const bf16* p, float* v) {
-    const uint2 q = *reinterpret_cast<const uint2*>(p);
+    const uint2 q = load_vector<uint2>(p);
     v[0] = __uint_as_float(q.x << 16), v[1] = __uint_as_float(q.x & 0xffff0000u);
     v[2] = __uint_as_float(q.y << 16), v[3] = __uint_as_float(q.y & 0xffff0000u);
 }
 __device__ __forceinline__ void vec_store4(float* p, const float* v) {
-    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+    store_vector(p, make_float4(v[0], v[1], v[2], v[3]));
 }
 __device__ __forceinline__ void vec_store4(bf16* p, const float* v) {
     const auto bits = [](float f) -> unsigned { return __bfloat16_as_ushort(__float2bfloat16(f)); };
     uint2 q;
     q.x = bits(v[0]) | (bits(v[1]) << 16);
     q.y = bits(v[2]) | (bits(v[3]) << 16);
-    *reinterpret_cast<uint2*>(p) = q;
+    store_vector(p, q);
 }
 template <int VEC, typename T>
 __device__ __forceinline__ void vec_load(const T* p, float* v) {

@@ -37,7 +37,7 @@ template <int V, typename T> __device__ __forceinline__ void load_vec(const T* p
     static_assert(V % N == 0, "V must be a whole number of packs");
 #pragma unroll
     for (int j = 0; j < V / N; ++j) {
-        const Pack<T> pk = reinterpret_cast<const Pack<T>*>(p)[j];
+        const Pack<T> pk = load_vector<Pack<T>>(p + j * N);
 #pragma unroll
         for (int k = 0; k < N; ++k) out[j * N + k] = to_float(pk.v[k]);
     }
@@ -51,7 +51,7 @@ template <int V, typename T> __device__ __forceinline__ void store_vec(T* p, con
         Pack<T> pk;
 #pragma unroll
         for (int k = 0; k < N; ++k) pk.v[k] = from_float<T>(in[j * N + k]);
-        reinterpret_cast<Pack<T>*>(p)[j] = pk;
+        store_vector(p + j * N, pk);
     }
 }
 

@@ -121,6 +121,8 @@ template <int TILES, bool TRANS> __device__ __forceinline__ void ldmatrix_emulat
     const int lane = lane_id();
     unsigned long long rows[32];  // every lane's row address
     warp_all_gather64((unsigned long long)(uintptr_t)row, rows);
+    // The hardware needs every row it reads (lanes 0 .. 8·TILES−1) on a 16-byte boundary.
+    if (lane < 8 * TILES) simclr_emu_check_aligned(row, 16, TRANS ? "an ldmatrix.trans row" : "an ldmatrix row");
     for (int i = 0; i < TILES; ++i) {
         unsigned short e[2];
         for (int j = 0; j < 2; ++j) {
@@ -171,6 +173,9 @@ __device__ __forceinline__ void ldmatrix_x2_trans(uint32_t r[2], const void* row
 // ---------------------------------------------------------------------------------------------
 #ifdef SIMCLR_EMU
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
+    simclr_emu_check_aligned(smem, 16, "the shared-memory destination of cp.async (16 bytes)");
+    // PTX asks both addresses to be aligned even when src-size is 0 (the zero-fill case).
+    simclr_emu_check_aligned(gmem, 16, "the global source of cp.async (16 bytes)");
     if (valid)
         memcpy(smem, gmem, 16);
     else

@@ -21,12 +21,12 @@ template <typename T> struct Pack {
 };
 
 __device__ __forceinline__ void load_pack(const float* p, float* v) {
-    const float4 q = *reinterpret_cast<const float4*>(p);
+    const float4 q = load_vector<float4>(p);
     v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
 }
 
 __device__ __forceinline__ void load_pack(const bf16* p, float* v) {
-    const uint4 q = *reinterpret_cast<const uint4*>(p);
+    const uint4 q = load_vector<uint4>(p);
     const unsigned w[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
@@ -36,7 +36,7 @@ __device__ __forceinline__ void load_pack(const bf16* p, float* v) {
 }
 
 __device__ __forceinline__ void store_pack(float* p, const float* v) {
-    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+    store_vector(p, make_float4(v[0], v[1], v[2], v[3]));
 }
 
 // f32 -> bf16 bits, round to nearest even, NaN -> 0x7fff: what __float2bfloat16 gives.
@@ -52,7 +52,7 @@ __device__ __forceinline__ void store_pack(bf16* p, const float* v) {
     q.y = bf16_bits(v[2]) | (bf16_bits(v[3]) << 16);
     q.z = bf16_bits(v[4]) | (bf16_bits(v[5]) << 16);
     q.w = bf16_bits(v[6]) | (bf16_bits(v[7]) << 16);
-    *reinterpret_cast<uint4*>(p) = q;
+    store_vector(p, q);
 }
 
 // ---------------------------------------------------------------- normalisation (one warp per row)
@@ -133,11 +133,11 @@ struct OnlineLse {
 template <int V> struct FloatVec;
 template <> struct FloatVec<2> {
     __device__ __forceinline__ static void load(const float* p, float* v) {
-        const float2 q = *reinterpret_cast<const float2*>(p);
+        const float2 q = load_vector<float2>(p);
         v[0] = q.x, v[1] = q.y;
     }
     __device__ __forceinline__ static void store(float* p, const float* v) {
-        *reinterpret_cast<float2*>(p) = make_float2(v[0], v[1]);
+        store_vector(p, make_float2(v[0], v[1]));
     }
 };
 template <> struct FloatVec<4> {

@@ -104,17 +104,17 @@ extern "C" __global__ void adam_step_f32(const long long* ptrs, const long long*
     for_chunk(
         c.len, vec,
         [&](long long k) {
-            float4 w4 = *reinterpret_cast<float4*>(w + k);
-            const float4 g4 = *reinterpret_cast<const float4*>(g + k);
-            float4 m4 = *reinterpret_cast<float4*>(m + k);
-            float4 v4 = *reinterpret_cast<float4*>(v + k);
+            float4 w4 = load_vector<float4>(w + k);
+            const float4 g4 = load_vector<float4>(g + k);
+            float4 m4 = load_vector<float4>(m + k);
+            float4 v4 = load_vector<float4>(v + k);
             adam_one(w4.x, g4.x, m4.x, v4.x, h);
             adam_one(w4.y, g4.y, m4.y, v4.y, h);
             adam_one(w4.z, g4.z, m4.z, v4.z, h);
             adam_one(w4.w, g4.w, m4.w, v4.w, h);
-            *reinterpret_cast<float4*>(w + k) = w4;
-            *reinterpret_cast<float4*>(m + k) = m4;
-            *reinterpret_cast<float4*>(v + k) = v4;
+            store_vector(w + k, w4);
+            store_vector(m + k, m4);
+            store_vector(v + k, v4);
         },
         [&](long long k) { adam_one(w[k], g[k], m[k], v[k], h); });
 }
@@ -150,8 +150,8 @@ extern "C" __global__ void lars_sumsq_f32(const long long* ptrs, const long long
     for_chunk(
         c.len, vec,
         [&](long long k) {
-            const float4 w4 = *reinterpret_cast<const float4*>(w + k);
-            const float4 g4 = *reinterpret_cast<const float4*>(g + k);
+            const float4 w4 = load_vector<float4>(w + k);
+            const float4 g4 = load_vector<float4>(g + k);
             one(w4.x, g4.x), one(w4.y, g4.y), one(w4.z, g4.z), one(w4.w, g4.w);
         },
         [&](long long k) { one(w[k], g[k]); });
@@ -211,12 +211,12 @@ extern "C" __global__ void lars_step_f32(const long long* ptrs, const long long*
     for_chunk(
         c.len, vec,
         [&](long long k) {
-            float4 w4 = *reinterpret_cast<float4*>(w + k);
-            const float4 g4 = *reinterpret_cast<const float4*>(g + k);
-            float4 u4 = *reinterpret_cast<float4*>(u + k);
+            float4 w4 = load_vector<float4>(w + k);
+            const float4 g4 = load_vector<float4>(g + k);
+            float4 u4 = load_vector<float4>(u + k);
             one(w4.x, g4.x, u4.x), one(w4.y, g4.y, u4.y), one(w4.z, g4.z, u4.z), one(w4.w, g4.w, u4.w);
-            *reinterpret_cast<float4*>(w + k) = w4;
-            *reinterpret_cast<float4*>(u + k) = u4;
+            store_vector(w + k, w4);
+            store_vector(u + k, u4);
         },
         [&](long long k) { one(w[k], g[k], u[k]); });
 }

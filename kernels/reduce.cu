@@ -68,9 +68,8 @@ __device__ __forceinline__ void reduce_rows(const T* __restrict__ x, float* __re
     constexpr int V = Pack<T>::N;
     int done = 0;
     if (cols % V == 0 && aligned16(x)) {
-        const Pack<T>* p = reinterpret_cast<const Pack<T>*>(xr);
         for (int g = lane; g < cols / V; g += tpr) {
-            const Pack<T> pk = p[g];
+            const Pack<T> pk = load_vector<Pack<T>>(xr + (long long)g * V);
 #pragma unroll
             for (int k = 0; k < V; ++k) acc = Op::combine(acc, to_float(pk.v[k]));
         }
@@ -162,10 +161,9 @@ __device__ __forceinline__ void sum_all(const T* __restrict__ x, long long n, fl
     float acc = 0.0f;
     long long done = 0;
     if (aligned16(x)) {
-        const Pack<T>* p = reinterpret_cast<const Pack<T>*>(x);
         const long long groups = n / V;
         for (long long g = tid; g < groups; g += stride) {
-            const Pack<T> pk = p[g];
+            const Pack<T> pk = load_vector<Pack<T>>(x + g * V);
 #pragma unroll
             for (int k = 0; k < V; ++k) acc += F::f(to_float(pk.v[k]));
         }

@@ -45,7 +45,7 @@ template <int V, typename T> __device__ __forceinline__ void load_n(const T* p, 
         out[0] = to_float(*p);
     } else {
         static_assert(V == Pack<T>::N, "V is 1 or a whole pack");
-        const Pack<T> pk = *reinterpret_cast<const Pack<T>*>(p);
+        const Pack<T> pk = load_vector<Pack<T>>(p);
 #pragma unroll
         for (int k = 0; k < V; ++k) out[k] = to_float(pk.v[k]);
     }
@@ -58,7 +58,7 @@ template <int V, typename T> __device__ __forceinline__ void store_n(T* p, const
         Pack<T> pk;
 #pragma unroll
         for (int k = 0; k < V; ++k) pk.v[k] = from_float<T>(in[k]);
-        *reinterpret_cast<Pack<T>*>(p) = pk;
+        store_vector(p, pk);
     }
 }
 

@@ -66,12 +66,20 @@
 #define __constant__ inline
 #define __managed__
 
-// __shared__ is `static`. A static local (or namespace-scope static) exists once per process and
-// is seen by every OS thread, which is exactly "one copy per block, shared by the block's threads"
-// because (1) blocks run strictly one after another and (2) the launch mutex in emu_runtime.cpp
-// runs one launch at a time. Unlike the GPU, such memory is zero-initialised at program start and
-// keeps its values from one block to the next; kernels must not rely on either.
-#define __shared__ static
+// __shared__ is `static`, placed in one linker section per kernel file. A static local (or
+// namespace-scope static) exists once per process and is seen by every OS thread, which is exactly
+// "one copy per block, shared by the block's threads" because (1) blocks run one after another and
+// (2) the launch mutex in emu_runtime.cpp runs one launch at a time. On the GPU such memory starts
+// every block as garbage; here the runtime fills the kernel file's whole section with garbage
+// before each block (it finds the section through the linker's __start_/__stop_ symbols, see
+// SIMCLR_EMU_SHARED_BOUNDS), so a tile read before it is written gives wrong results here too.
+// build.rs names each kernel file's section (SIMCLR_EMU_SHARED_SECTION); a file compiled on its
+// own (the self-test) uses the default. Only clang honours the section attribute on the static
+// locals of templates; GCC silently drops it there (build.rs prefers clang++ for that reason).
+#ifndef SIMCLR_EMU_SHARED_SECTION
+#define SIMCLR_EMU_SHARED_SECTION "simclr_emu_shared"
+#endif
+#define __shared__ static __attribute__((section(SIMCLR_EMU_SHARED_SECTION)))
 
 // ---------------------------------------------------------------------------------------------
 // Vector types (aggregates with CUDA's alignment, so layouts match device memory) and dim3
@@ -133,13 +141,31 @@ inline constexpr int warpSize = 32;
 // A kernel trampoline: unpacks the CUDA-style argument array (args[i] points at the i-th
 // argument's value, exactly as cuLaunchKernel takes them) and calls the kernel.
 typedef void (*simclr_emu_trampoline)(void** args);
+// One kernel as the launcher sees it: its name (for error messages), its trampoline, and the
+// static shared memory of its kernel file ([shared_begin, shared_end), poisoned before each block).
 struct simclr_emu_kernel {
     const char* name;
     simclr_emu_trampoline fn;
+    unsigned char* shared_begin;
+    unsigned char* shared_end;
 };
-extern "C" int simclr_emu_launch(simclr_emu_trampoline kernel, unsigned gx, unsigned gy, unsigned gz,
+extern "C" int simclr_emu_launch(const simclr_emu_kernel* kernel, unsigned gx, unsigned gy, unsigned gz,
                                  unsigned bx, unsigned by, unsigned bz, unsigned dynamic_smem_bytes,
                                  void** args, char* err, unsigned err_len);
+
+// Strictness switches (all on by default; SIMCLR_EMU_STRICT=0 turns them off, which is the old,
+// lenient emulator): garbage-filled static shared memory, shuffled block order, alignment checks.
+extern "C" void simclr_emu_set_strict(int strict);
+// The seed of the block order (SIMCLR_EMU_BLOCK_SEED, else random per process; 0 = blocks in
+// order x, y, z). Printed with every emulator error so that a failing run can be repeated.
+extern "C" unsigned long long simclr_emu_block_seed();
+extern "C" void simclr_emu_set_block_seed(unsigned long long seed);
+
+// The bounds of a section (the linker defines __start_S/__stop_S for a section S named like a C
+// identifier; weak, so a kernel file without __shared__ variables yields null bounds).
+#define SIMCLR_EMU_SHARED_BOUNDS(section)                                                          \
+    extern "C" __attribute__((weak)) unsigned char __start_##section[];                            \
+    extern "C" __attribute__((weak)) unsigned char __stop_##section[];
 
 // simclr_emu_trampoline_for<&kernel>: deduces the kernel's parameter types from its pointer type
 // and copies each argument out of args[i] (cuLaunchKernel semantics: kernels get copies).
@@ -199,6 +225,9 @@ unsigned simclr_emu_activemask();
 void simclr_emu_report_inactive_source(unsigned lane, unsigned src_lane);
 // Fatal kernel-side error (e.g. __trap()): prints and aborts.
 [[noreturn]] void simclr_emu_fatal(const char* what);
+// Aborts with the kernel, thread, address and required alignment when `p` is not a multiple of
+// `align` bytes, as the GPU faults with "misaligned address" (cp.async, ldmatrix, vector access).
+void simclr_emu_check_aligned(const void* p, unsigned align, const char* what);
 long long simclr_emu_clock64();
 void simclr_emu_nanosleep(unsigned ns);
 
@@ -950,7 +979,7 @@ SIMCLR_EMU_MATCH_OVERLOADS(double)
 // Dynamic shared memory. nvcc code declares `extern __shared__ unsigned char x[]`; that has no
 // CPU equivalent, so kernels use this macro (kernels/common.cuh defines the nvcc version only
 // when SIMCLR_EMU is not defined). The runtime gives each block a fresh, 16-byte aligned buffer
-// of the launch's dynamic size, filled with 0xCD so that reading it uninitialised shows.
+// of the launch's dynamic size, filled with garbage (as static shared memory) so that reading it uninitialised shows.
 // ---------------------------------------------------------------------------------------------
 #define SIMCLR_DYNAMIC_SMEM(type, name) type* name = reinterpret_cast<type*>(simclr_emu_dynamic_smem())
 

@@ -1,7 +1,8 @@
 // emu_runtime.cpp — runs kernels compiled with cuda_emu.h on the CPU.
 //
 // Model: a launch creates one OS thread per CUDA thread of a block (the "workers") and runs the
-// grid's blocks one after another on them (x fastest, then y, then z). Within a block the workers
+// grid's blocks one after another on them, in a seeded shuffled order (the GPU promises no order,
+// so a kernel whose result depends on it must fail here too). Within a block the workers
 // run freely in parallel and meet only where CUDA makes threads meet:
 //   * __syncthreads*: a barrier over the block's threads that have not returned from the kernel
 //     (a thread that returns drops out, as on the hardware in practice);
@@ -10,6 +11,13 @@
 // check possible: if every live thread of the block is waiting and no wait can be satisfied,
 // the kernel is wrong (a divergent __syncthreads or shuffle). The emulator then prints what each
 // thread waits for and aborts instead of hanging.
+//
+// Strict by default, so that bugs the GPU would show also show here (SIMCLR_EMU_STRICT=0 turns it
+// off): static and dynamic shared memory start every block filled with garbage; blocks run in a
+// shuffled order seeded by SIMCLR_EMU_BLOCK_SEED (random per process when unset, 0 = in order,
+// printed with every error); misaligned cp.async/ldmatrix addresses and misaligned typed loads and
+// stores (build.rs compiles the kernels with -fsanitize=alignment, whose handler is below) abort
+// with the kernel, block, thread, address and required alignment.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -24,6 +32,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 #include "cuda_emu.h"
@@ -52,6 +61,7 @@ struct Warp {
 
 struct Block {
     std::mutex m;
+    const char* kernel = "?";
     unsigned nthreads = 0;
     unsigned live = 0;     // threads that have not returned from the kernel
     unsigned blocked = 0;  // live threads waiting in a barrier or rendezvous that is not complete
@@ -71,6 +81,41 @@ struct Block {
 thread_local Block* t_block = nullptr;
 thread_local unsigned t_tid = 0;
 
+// splitmix64: the block-order shuffle's and the garbage pattern's random numbers.
+std::uint64_t mix64(std::uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+std::uint64_t parse_u64_env(const char* name, std::uint64_t fallback) {
+    const char* v = std::getenv(name);
+    if (!v || !*v) return fallback;
+    char* end = nullptr;
+    const unsigned long long x = std::strtoull(v, &end, 0);
+    if (*end) {
+        std::fprintf(stderr, "emulator: %s=%s is not a number (decimal or 0x hex)\n", name, v);
+        std::abort();
+    }
+    return x;
+}
+
+struct Settings {
+    std::atomic<bool> strict;
+    std::atomic<std::uint64_t> seed;
+    Settings() {
+        strict = parse_u64_env("SIMCLR_EMU_STRICT", 1) != 0;
+        const std::uint64_t fresh =
+            mix64((std::uint64_t)std::chrono::steady_clock::now().time_since_epoch().count() ^ ((std::uint64_t)getpid() << 32));
+        seed = parse_u64_env("SIMCLR_EMU_BLOCK_SEED", fresh | 1);  // never 0 (in order) by chance
+    }
+};
+Settings& settings() {
+    static Settings s;
+    return s;
+}
+
 Block& current_block(const char* what) {
     if (!t_block) {
         std::fprintf(stderr, "emulator: %s called outside an emulated kernel\n", what);
@@ -80,8 +125,10 @@ Block& current_block(const char* what) {
 }
 
 void describe_block(Block& b) {
-    std::fprintf(stderr, "  block (%u,%u,%u): %u of %u threads still running, %u waiting at __syncthreads\n",
-                 b.index.x, b.index.y, b.index.z, b.live, b.nthreads, b.bar_arrived);
+    std::fprintf(stderr, "  kernel %s, block (%u,%u,%u): %u of %u threads still running, %u waiting at __syncthreads\n",
+                 b.kernel, b.index.x, b.index.y, b.index.z, b.live, b.nthreads, b.bar_arrived);
+    std::fprintf(stderr, "  block order seed %llu (SIMCLR_EMU_BLOCK_SEED=%llu repeats this run's block order)\n",
+                 (unsigned long long)settings().seed.load(), (unsigned long long)settings().seed.load());
     for (unsigned w = 0; w < b.nwarps; ++w)
         for (auto& g : b.warps[w].pending)
             std::fprintf(stderr,
@@ -235,6 +282,81 @@ long long simclr_emu_clock64() {
 
 void simclr_emu_nanosleep(unsigned ns) { std::this_thread::sleep_for(std::chrono::nanoseconds(ns)); }
 
+void simclr_emu_check_aligned(const void* p, unsigned align, const char* what) {
+    if (((std::uintptr_t)p % align) == 0 || !settings().strict) return;
+    char msg[256];
+    std::snprintf(msg, sizeof msg, "misaligned address %p for %s (needs %u-byte alignment; the GPU faults here)", p,
+                  what, align);
+    simclr_emu_fatal(msg);
+}
+
+extern "C" void simclr_emu_set_strict(int strict) { settings().strict = strict != 0; }
+extern "C" unsigned long long simclr_emu_block_seed() { return settings().seed; }
+extern "C" void simclr_emu_set_block_seed(unsigned long long seed) { settings().seed = seed; }
+
+// ---------------------------------------------------------------------------------------------
+// -fsanitize=alignment: the compiler checks every typed load and store of the kernel files (a
+// float4 needs 16-byte alignment, a uint2 8, a float 4) and calls this handler when one is
+// misaligned. The data layout is the sanitizer ABI that GCC and clang share ("v1" handlers);
+// defining the handler here means no sanitizer runtime is linked.
+// ---------------------------------------------------------------------------------------------
+namespace {
+struct UbsanSourceLocation {
+    const char* file;
+    std::uint32_t line, column;
+};
+struct UbsanTypeDescriptor {
+    std::uint16_t kind, info;
+    char name[1];
+};
+struct UbsanTypeMismatch {
+    UbsanSourceLocation loc;
+    const UbsanTypeDescriptor& type;
+    unsigned char log_alignment;
+    unsigned char check_kind;
+};
+const char* ubsan_check_kind(unsigned char kind) {
+    switch (kind) {
+    case 0: return "load of";
+    case 1: return "store to";
+    case 2: return "reference binding to";
+    case 3: case 4: return "member access through";
+    default: return "access to";
+    }
+}
+}  // namespace
+
+// (void* parameters: the declaration GCC has built in.)
+extern "C" void __ubsan_handle_type_mismatch_v1(void* raw_data, void* raw_pointer) {
+    const auto* data = static_cast<const UbsanTypeMismatch*>(raw_data);
+    const std::uintptr_t pointer = (std::uintptr_t)raw_pointer;
+    const std::uintptr_t align = std::uintptr_t(1) << data->log_alignment;
+    if (pointer == 0 || pointer % align == 0 || !settings().strict) return;  // only alignment is checked
+    char msg[512];
+    std::snprintf(msg, sizeof msg, "%s:%u:%u: %s misaligned address 0x%llx for type '%s', which needs %llu-byte "
+                  "alignment (the GPU faults here)", data->loc.file, data->loc.line, data->loc.column,
+                  ubsan_check_kind(data->check_kind), (unsigned long long)pointer, data->type.name,
+                  (unsigned long long)align);
+    simclr_emu_fatal(msg);
+}
+extern "C" void __ubsan_handle_type_mismatch_v1_abort(void* data, void* pointer) {
+    __ubsan_handle_type_mismatch_v1(data, pointer);
+}
+// clang also checks __builtin_assume_aligned (libstdc++ uses it): a wrong assumption is the same
+// kind of bug.
+extern "C" void __ubsan_handle_alignment_assumption(void* raw_data, void* pointer, void* alignment, void* offset) {
+    const auto* loc = static_cast<const UbsanSourceLocation*>(raw_data);  // the data starts with it
+    if (!settings().strict) return;
+    char msg[512];
+    std::snprintf(msg, sizeof msg, "%s:%u:%u: address %p assumed to be %llu-byte aligned (offset %llu) but is not",
+                  loc->file, loc->line, loc->column, pointer, (unsigned long long)(std::uintptr_t)alignment,
+                  (unsigned long long)(std::uintptr_t)offset);
+    simclr_emu_fatal(msg);
+}
+extern "C" void __ubsan_handle_alignment_assumption_abort(void* data, void* pointer, void* alignment, void* offset) {
+    __ubsan_handle_alignment_assumption(data, pointer, alignment, offset);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The launcher
 // ---------------------------------------------------------------------------------------------
@@ -301,12 +423,12 @@ std::mutex g_launch_mutex;  // one launch at a time: __shared__ statics are per 
 
 }  // namespace
 
-extern "C" int simclr_emu_launch(simclr_emu_trampoline kernel, unsigned gx, unsigned gy, unsigned gz,
+extern "C" int simclr_emu_launch(const simclr_emu_kernel* kernel, unsigned gx, unsigned gy, unsigned gz,
                                  unsigned bx, unsigned by, unsigned bz, unsigned dynamic_smem_bytes,
                                  void** args, char* err, unsigned err_len) {
     // The limits of current GPUs (compute capability 8.x/9.x).
     const unsigned long long nthreads = (unsigned long long)bx * by * bz;
-    if (!kernel) return set_error(err, err_len, "invalid launch: null kernel"), 1;
+    if (!kernel || !kernel->fn) return set_error(err, err_len, "invalid launch: null kernel"), 1;
     if (!gx || !gy || !gz || !bx || !by || !bz)
         return set_error(err, err_len, "invalid launch configuration: zero dimension in grid (%u,%u,%u) or block (%u,%u,%u)",
                          gx, gy, gz, bx, by, bz), 1;
@@ -322,11 +444,12 @@ extern "C" int simclr_emu_launch(simclr_emu_trampoline kernel, unsigned gx, unsi
 
     std::lock_guard<std::mutex> launch_lock(g_launch_mutex);
     Launch L;
-    L.kernel = kernel;
+    L.kernel = kernel->fn;
     L.args = args;
     L.grid = dim3(gx, gy, gz);
     L.block = dim3(bx, by, bz);
     Block& b = L.state;
+    b.kernel = kernel->name ? kernel->name : "?";
     b.nthreads = (unsigned)nthreads;
     b.nwarps = (b.nthreads + 31) / 32;
     b.warps.reset(new Warp[b.nwarps]);
@@ -348,37 +471,66 @@ extern "C" int simclr_emu_launch(simclr_emu_trampoline kernel, unsigned gx, unsi
         return set_error(err, err_len, "emulator: could not create %u threads for a block: %s", b.nthreads, e.what()), 2;
     }
 
-    for (unsigned z = 0; z < gz; ++z)
-        for (unsigned y = 0; y < gy; ++y)
-            for (unsigned x = 0; x < gx; ++x) {
-                // Fresh per-block state; the workers are all parked, so no lock is needed for it,
-                // and the lock below publishes it to them.
-                b.index = uint3{x, y, z};
-                b.live = b.nthreads;
-                b.blocked = 0;
-                b.bar_arrived = 0;
-                b.bar_any = 0;
-                b.bar_all = 1;
-                b.bar_count = 0;
-                for (unsigned w = 0; w < b.nwarps; ++w) {
-                    const unsigned lanes = std::min(32u, b.nthreads - 32 * w);
-                    b.warps[w].exists = b.warps[w].live = lanes == 32 ? 0xffffffffu : (1u << lanes) - 1;
-                    b.warps[w].pending.clear();
-                }
-                // 16-byte aligned (operator new with alignment), deliberately filled with garbage.
-                std::unique_ptr<unsigned char, void (*)(unsigned char*)> smem(
-                    static_cast<unsigned char*>(::operator new(dynamic_smem_bytes, std::align_val_t(16))),
-                    [](unsigned char* p) { ::operator delete(p, std::align_val_t(16)); });
-                std::memset(smem.get(), 0xCD, dynamic_smem_bytes);
-                b.dyn_smem = smem.get();
+    // The order the blocks run in: shuffled (Fisher-Yates) by a permutation that depends only on
+    // the seed and the launch shape, so a seed repeats a run whatever else runs in the process.
+    const bool strict = settings().strict;
+    const std::uint64_t seed = strict ? settings().seed.load() : 0;
+    const unsigned long long nblocks = (unsigned long long)gx * gy * gz;
+    std::vector<unsigned long long> order;
+    if (seed != 0) {
+        if (nblocks > (1ull << 26)) {
+            stop_workers();
+            return set_error(err, err_len, "emulator: %llu blocks are more than it can shuffle (2^26)", nblocks), 2;
+        }
+        order.resize(nblocks);
+        for (unsigned long long i = 0; i < nblocks; ++i) order[i] = i;
+        std::uint64_t state = mix64(seed ^ mix64(((std::uint64_t)gx << 32) ^ ((std::uint64_t)gy << 16) ^ gz) ^
+                                    mix64(((std::uint64_t)bx << 32) ^ ((std::uint64_t)by << 16) ^ bz));
+        for (unsigned long long i = nblocks - 1; i > 0; --i) {
+            state = mix64(state);
+            std::swap(order[i], order[state % (i + 1)]);
+        }
+    }
+    // 16-byte aligned (operator new with alignment), refilled with garbage for every block.
+    std::unique_ptr<unsigned char, void (*)(unsigned char*)> smem(
+        static_cast<unsigned char*>(::operator new(dynamic_smem_bytes, std::align_val_t(16))),
+        [](unsigned char* p) { ::operator delete(p, std::align_val_t(16)); });
+    const std::size_t static_smem_bytes =
+        kernel->shared_begin && kernel->shared_end > kernel->shared_begin ? kernel->shared_end - kernel->shared_begin : 0;
 
-                std::unique_lock<std::mutex> lock(L.m);
-                L.finished = 0;
-                ++L.round;
-                L.start_cv.notify_all();
-                L.done_cv.wait(lock, [&] { return L.finished == b.nthreads; });
-                b.dyn_smem = nullptr;
-            }
+    for (unsigned long long i = 0; i < nblocks; ++i) {
+        const unsigned long long linear = order.empty() ? i : order[i];
+        const unsigned x = (unsigned)(linear % gx), y = (unsigned)(linear / gx % gy), z = (unsigned)(linear / gx / gy);
+        // Fresh per-block state; the workers are all parked, so no lock is needed for it,
+        // and the lock below publishes it to them.
+        b.index = uint3{x, y, z};
+        b.live = b.nthreads;
+        b.blocked = 0;
+        b.bar_arrived = 0;
+        b.bar_any = 0;
+        b.bar_all = 1;
+        b.bar_count = 0;
+        for (unsigned w = 0; w < b.nwarps; ++w) {
+            const unsigned lanes = std::min(32u, b.nthreads - 32 * w);
+            b.warps[w].exists = b.warps[w].live = lanes == 32 ? 0xffffffffu : (1u << lanes) - 1;
+            b.warps[w].pending.clear();
+        }
+        // Garbage: bytes whose f32/bf16/f16 reading is NaN (0xFF), a huge positive (0x7F) or a large
+        // negative number (0xCD), chosen per block. The lenient emulator keeps static shared memory
+        // as the previous block left it (zero at first), as it used to.
+        const unsigned char garbage[3] = {0xFF, 0x7F, 0xCD};
+        const unsigned char fill = garbage[mix64(seed ^ (linear * 0x2545F4914F6CDD1Dull)) % 3];
+        std::memset(smem.get(), fill, dynamic_smem_bytes);
+        if (strict && static_smem_bytes) std::memset(kernel->shared_begin, fill, static_smem_bytes);
+        b.dyn_smem = smem.get();
+
+        std::unique_lock<std::mutex> lock(L.m);
+        L.finished = 0;
+        ++L.round;
+        L.start_cv.notify_all();
+        L.done_cv.wait(lock, [&] { return L.finished == b.nthreads; });
+        b.dyn_smem = nullptr;
+    }
 
     stop_workers();
     return 0;

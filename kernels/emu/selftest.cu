@@ -1,11 +1,9 @@
 // Self-test kernels for the CPU emulator (cuda_emu.h + emu_runtime.cpp), written as ordinary CUDA:
 // this file also compiles with nvcc. selftest_main.cpp launches them and checks the results; see
 // its top comment for the build command.
-#ifndef SIMCLR_EMU
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#define SIMCLR_DYNAMIC_SMEM(type, name) extern __shared__ __align__(16) unsigned char simclr_dyn_smem_[]; type* name = reinterpret_cast<type*>(simclr_dyn_smem_)
-#endif
+// mma.cuh (and through it common.cuh: the CUDA headers and SIMCLR_DYNAMIC_SMEM under nvcc) for
+// the planted cp.async and ldmatrix bugs at the end.
+#include "../mma.cuh"
 
 // Block sum with a static __shared__ array and __syncthreads, for a block size that is not a
 // multiple of 32. Threads leave as soon as they are no longer needed: threads past the end of the
@@ -110,7 +108,8 @@ extern "C" __global__ void emu_dynamic_smem(const int* in, int* out, int* ok) {
     const int tid = threadIdx.x;
     const int i = blockIdx.x * blockDim.x + tid;
     const bool aligned = (reinterpret_cast<unsigned long long>(buf) % 16) == 0;
-    const bool garbage = buf[tid] == (int)0xCDCDCDCDu;  // a fresh buffer per block, never zeroed
+    // Refilled with garbage for every block (one of the runtime's three byte patterns), never zeroed.
+    const bool garbage = buf[tid] == (int)0xFFFFFFFFu || buf[tid] == 0x7F7F7F7F || buf[tid] == (int)0xCDCDCDCDu;
     __syncthreads();
     buf[tid] = in[i];
     __syncthreads();
@@ -218,4 +217,70 @@ extern "C" __global__ void emu_bad_mixed_intrinsics(unsigned* out) {
 extern "C" __global__ void emu_shfl_from_exited_lane(float* out) {
     if (threadIdx.x >= 16) return;
     out[threadIdx.x] = __shfl_down_sync(0xffffffffu, 1.0f, 8);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Planted bugs: kernels that the GPU would get wrong or fault on, and that the lenient emulator
+// (SIMCLR_EMU_STRICT=0, the emulator as it was) runs to a plausible result. The strict one must
+// show each of them (selftest_main.cpp runs both).
+// ---------------------------------------------------------------------------------------------
+
+// Reads a static shared tile of which only the first half was written: on the GPU the second
+// half is garbage; an emulator whose static shared memory starts at zero returns 0 there.
+extern "C" __global__ void emu_planted_uninit_static_smem(float* out) {
+    __shared__ float tile[64];
+    if (threadIdx.x < 32) tile[threadIdx.x] = 1.0f;
+    __syncthreads();
+    out[blockIdx.x * 64 + threadIdx.x] = tile[threadIdx.x];
+}
+// The same bug inside a template, where GCC would drop the section attribute (clang keeps it).
+template <int N> __device__ void planted_uninit_tile(float* out) {
+    __shared__ float tile[N];
+    if (threadIdx.x < N / 2) tile[threadIdx.x] = 1.0f;
+    __syncthreads();
+    out[blockIdx.x * N + threadIdx.x] = tile[threadIdx.x];
+}
+extern "C" __global__ void emu_planted_uninit_template_smem(float* out) { planted_uninit_tile<64>(out); }
+
+// Block b reads what block b − 1 wrote in the same launch: in-order blocks give 1, 2, 3, ...; the
+// GPU runs blocks in no promised order.
+extern "C" __global__ void emu_planted_block_chain(int* out) {
+    if (threadIdx.x == 0) out[blockIdx.x] = blockIdx.x == 0 ? 1 : out[blockIdx.x - 1] + 1;
+}
+
+// Float atomics from many blocks: the sum's rounding depends on the order the blocks add in.
+extern "C" __global__ void emu_planted_atomic_sum(const float* in, float* sum) {
+    if (threadIdx.x == 0) atomicAdd(sum, in[blockIdx.x]);
+}
+
+// A float4 load from an address 4 bytes past a 16-byte boundary: fine on x86, a fault on the GPU.
+extern "C" __global__ void emu_planted_misaligned_float4(const float* in, float* out) {
+    const float4 v = load_vector<float4>(in + 1);
+    out[threadIdx.x] = v.x + v.y + v.z + v.w;
+}
+
+// A 4-byte store of two bf16 at an odd element: the compiler's alignment check sees it.
+extern "C" __global__ void emu_planted_misaligned_pair_store(bf16* out) {
+    *reinterpret_cast<uint32_t*>(out + 2 * threadIdx.x + 1) = 0x3f803f80u;
+}
+
+// cp.async from a global address 8 bytes past a 16-byte boundary (the GPU faults).
+extern "C" __global__ void emu_planted_misaligned_cp_async(const float* in, float* out) {
+    __shared__ __align__(16) float tile[4];
+    if (threadIdx.x == 0) cp_async_16(tile, in + 2, true);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    out[threadIdx.x] = tile[threadIdx.x % 4];
+}
+
+// ldmatrix whose rows start 8 bytes into a 16-byte boundary (row stride 16 elements + 4): the
+// hardware needs every row address 16-byte aligned.
+extern "C" __global__ void emu_planted_misaligned_ldmatrix(const unsigned short* in, unsigned* out) {
+    __shared__ __align__(16) unsigned short tile[8 * 24];
+    for (int i = threadIdx.x; i < 8 * 24; i += 32) tile[i] = in[i];
+    __syncthreads();
+    uint32_t r[2];
+    ldmatrix_x2(r, tile + 4 + 24 * (threadIdx.x % 8));
+    out[threadIdx.x] = r[0] ^ r[1];
 }

@@ -1,10 +1,16 @@
 // Self-test of the CPU emulator: launches the kernels of selftest.cu through simclr_emu_launch and
 // the trampolines, and checks the results. Build and run from the repository root:
 //
-//   g++ -std=c++20 -O1 -pthread -Wall -Wno-unknown-pragmas -x c++ -include kernels/emu/cuda_emu.h kernels/emu/selftest.cu -x none kernels/emu/selftest_main.cpp kernels/emu/emu_runtime.cpp -o /tmp/emu_selftest && /tmp/emu_selftest
+//   CXX="clang++ -std=c++20 -O1 -pthread -Wno-unknown-pragmas -fsanitize=alignment -fsanitize-recover=alignment"
+//   $CXX -x c++ -include kernels/emu/cuda_emu.h -c kernels/emu/selftest.cu -o /tmp/emu_selftest_kernels.o
+//   $CXX -c kernels/emu/selftest_main.cpp -o /tmp/emu_selftest_main.o
+//   $CXX -c kernels/emu/emu_runtime.cpp -o /tmp/emu_runtime.o
+//   clang++ -pthread /tmp/emu_selftest_*.o /tmp/emu_runtime.o -o /tmp/emu_selftest && /tmp/emu_selftest
 //
-// (clang++ works the same way.) Prints "emu selftest: N checks passed" and exits 0, or reports
-// every failed check and exits 1. The checks that a broken kernel aborts instead of hanging run
+// (compiled with -fsanitize but linked without it: emu_runtime.cpp defines the one sanitizer
+// handler used, so no sanitizer runtime is needed; g++ works the same way, but skips the template
+// case of the static shared memory check, see cuda_emu.h.) Prints "emu selftest: N checks
+// passed" and exits 0, or reports every failed check and exits 1. The checks that a broken kernel aborts instead of hanging run
 // the kernel in a child process (fork), with an alarm as the hang detector.
 #include <cmath>
 #include <csignal>
@@ -34,7 +40,17 @@ void emu_block_reduce(const float* in, float* out);
 void emu_bad_divergent_barrier(float* out);
 void emu_bad_mixed_intrinsics(unsigned* out);
 void emu_shfl_from_exited_lane(float* out);
+void emu_planted_uninit_static_smem(float* out);
+void emu_planted_uninit_template_smem(float* out);
+void emu_planted_block_chain(int* out);
+void emu_planted_atomic_sum(const float* in, float* sum);
+void emu_planted_misaligned_float4(const float* in, float* out);
+void emu_planted_misaligned_pair_store(__nv_bfloat16* out);
+void emu_planted_misaligned_cp_async(const float* in, float* out);
+void emu_planted_misaligned_ldmatrix(const unsigned short* in, unsigned* out);
 }
+// selftest.cu's static shared memory: the default section of cuda_emu.h.
+SIMCLR_EMU_SHARED_BOUNDS(simclr_emu_shared)
 
 static int g_checks = 0, g_failures = 0;
 
@@ -51,11 +67,17 @@ static int g_checks = 0, g_failures = 0;
 
 // Launches F like cuLaunchKernel: an array of pointers to the argument values. The argument
 // types must be exactly the kernel's parameter types.
+template <auto F>
+static const simclr_emu_kernel* kernel_entry() {
+    static const simclr_emu_kernel entry{"selftest kernel", &simclr_emu_trampoline_for<F>, __start_simclr_emu_shared,
+                                         __stop_simclr_emu_shared};
+    return &entry;
+}
 template <auto F, typename... Args>
 static int launch(dim3 grid, dim3 block, unsigned smem, Args... args) {
     void* ptrs[] = {static_cast<void*>(&args)..., nullptr};
     char err[256] = "";
-    const int rc = simclr_emu_launch(&simclr_emu_trampoline_for<F>, grid.x, grid.y, grid.z, block.x, block.y,
+    const int rc = simclr_emu_launch(kernel_entry<F>(), grid.x, grid.y, grid.z, block.x, block.y,
                                      block.z, smem, ptrs, err, sizeof err);
     if (rc != 0) std::fprintf(stderr, "launch failed: %s\n", err);
     return rc;
@@ -303,7 +325,7 @@ static void test_concurrent_block_reduce() {
 
 static void test_invalid_configs() {
     char err[128];
-    const auto k = &simclr_emu_trampoline_for<&emu_grid3d>;
+    const auto k = kernel_entry<&emu_grid3d>();
     unsigned* p = nullptr;
     void* args[] = {&p};
     CHECK(simclr_emu_launch(k, 1, 1, 1, 1025, 1, 1, 0, args, err, sizeof err) != 0, "1025 threads accepted");
@@ -373,6 +395,124 @@ static void test_broken_kernels() {
     CHECK(log.find("emulator: warning") != std::string::npos, "shuffle from exited lane message: %s", log.c_str());
 }
 
+
+// Each planted bug of selftest.cu twice, in a child process each: the lenient emulator (the old
+// one) accepts it, the strict one shows it. `strict` picks the mode; 0 = lenient.
+static void test_planted_bugs() {
+    std::string log;
+    // 1. Static shared memory read before it is written.
+    for (int strict = 0; strict < 2; ++strict) {
+        for (int templated = 0; templated < 2; ++templated) {
+#ifndef __clang__
+            if (templated && strict) {
+                std::printf("note: not clang: the template case of uninitialised static shared memory is skipped\n");
+                continue;
+            }
+#endif
+            log.clear();
+            const int status = run_in_child([strict, templated] {
+                simclr_emu_set_strict(strict);
+                // The old emulator's static shared memory was zero at program start: earlier
+                // (strict) launches of this process left garbage, so start the child afresh.
+                std::memset(__start_simclr_emu_shared, 0, __stop_simclr_emu_shared - __start_simclr_emu_shared);
+                std::vector<float> out(3 * 64, -1.0f);
+                if (templated) launch<&emu_planted_uninit_template_smem>(dim3(3), dim3(64), 0, out.data());
+                else launch<&emu_planted_uninit_static_smem>(dim3(3), dim3(64), 0, out.data());
+                int zeros = 0;  // what the old emulator returned for the unwritten half
+                for (int b = 0; b < 3; ++b)
+                    for (int t = 32; t < 64; ++t) zeros += out[b * 64 + t] == 0.0f;
+                _exit(zeros == 3 * 32 ? 10 : zeros == 0 ? 20 : 30);
+            }, log);
+            const int expect = strict ? 20 : 10;
+            CHECK(WIFEXITED(status) && WEXITSTATUS(status) == expect,
+                  "uninitialised static shared memory (%s, %s): child status 0x%x (10: read zeros, 20: garbage)",
+                  templated ? "template" : "plain", strict ? "strict" : "lenient", status);
+        }
+    }
+
+    // 2. Block order: a chain through the previous block's output, and float atomics.
+    for (int strict = 0; strict < 2; ++strict) {
+        log.clear();
+        const int status = run_in_child([strict] {
+            simclr_emu_set_strict(strict);
+            simclr_emu_set_block_seed(12345);
+            std::vector<int> out(32, 0);
+            launch<&emu_planted_block_chain>(dim3(32), dim3(32), 0, out.data());
+            int in_order = 0;
+            for (int b = 0; b < 32; ++b) in_order += out[b] == b + 1;
+            _exit(in_order == 32 ? 10 : 20);
+        }, log);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == (strict ? 20 : 10),
+              "blocks reading each other (%s): child status 0x%x (10: in-order result)", strict ? "strict" : "lenient",
+              status);
+    }
+    {
+        // Magnitudes from 1 to 2^24: the rounding of the sum depends on the order of the adds.
+        std::vector<float> in(64);
+        for (int i = 0; i < 64; ++i) in[i] = std::ldexp(1.0f + 0.37f * (float)(i % 5), (i * 7) % 25) + 0.1f * (float)i;
+        auto sum_with_seed = [&](unsigned long long seed) {
+            simclr_emu_set_block_seed(seed);
+            float sum = 0.0f;
+            launch<&emu_planted_atomic_sum>(dim3(64), dim3(32), 0, (const float*)in.data(), &sum);
+            return sum;
+        };
+        const unsigned long long saved = simclr_emu_block_seed();
+        const float in_order_a = sum_with_seed(0), in_order_b = sum_with_seed(0);
+        int differ = 0;
+        for (unsigned long long seed = 1; seed <= 8; ++seed) differ += sum_with_seed(seed) != in_order_a;
+        simclr_emu_set_block_seed(saved);
+        CHECK(in_order_a == in_order_b, "in-order float atomics changed: %a vs %a", in_order_a, in_order_b);
+        CHECK(differ > 0, "8 block orders gave the same float atomic sum bits: the order is not shuffled");
+    }
+
+    // 3. Misaligned accesses: a float4 load (the -fsanitize=alignment handler), cp.async, ldmatrix.
+    struct Case {
+        const char* what;
+        void (*run)();
+        const char* message;
+    };
+    const Case cases[] = {
+        {"float4 load", [] {
+             alignas(16) float in[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+             float out[32];
+             launch<&emu_planted_misaligned_float4>(dim3(1), dim3(32), 0, (const float*)in, (float*)out);
+         }, "a vector load (needs 16-byte alignment"},
+        {"bf16 pair store", [] {
+             std::vector<__nv_bfloat16> out(80);
+             launch<&emu_planted_misaligned_pair_store>(dim3(1), dim3(32), 0, out.data());
+         }, "needs 4-byte alignment"},
+        {"cp.async", [] {
+             alignas(16) float in[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+             float out[32];
+             launch<&emu_planted_misaligned_cp_async>(dim3(1), dim3(32), 0, (const float*)in, (float*)out);
+         }, "cp.async"},
+        {"ldmatrix", [] {
+             std::vector<unsigned short> in(8 * 24, 1);
+             unsigned out[32];
+             launch<&emu_planted_misaligned_ldmatrix>(dim3(1), dim3(32), 0, (const unsigned short*)in.data(), (unsigned*)out);
+         }, "ldmatrix row"},
+    };
+    for (const Case& c : cases) {
+        for (int strict = 0; strict < 2; ++strict) {
+            log.clear();
+            auto run = c.run;
+            const int status = run_in_child([strict, run] {
+                simclr_emu_set_strict(strict);
+                run();
+            }, log);
+            if (strict) {
+                CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, "misaligned %s: child status 0x%x", c.what, status);
+                CHECK(log.find("misaligned address") != std::string::npos && log.find(c.message) != std::string::npos &&
+                          log.find("selftest kernel") != std::string::npos && log.find("block order seed") != std::string::npos,
+                      "misaligned %s message: %s", c.what, log.c_str());
+            } else {
+                CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "misaligned %s, lenient: child status 0x%x, log: %s",
+                      c.what, status, log.c_str());
+            }
+        }
+    }
+}
+
 int main() {
     test_block_sum();
     test_warp_shuffles();
@@ -386,6 +526,7 @@ int main() {
     test_concurrent_block_reduce();
     test_invalid_configs();
     test_broken_kernels();
+    test_planted_bugs();
     if (g_failures) {
         std::fprintf(stderr, "emu selftest: %d of %d checks FAILED\n", g_failures, g_checks);
         return 1;

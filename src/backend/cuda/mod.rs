@@ -26,4 +26,5 @@ pub use buffer::{DeviceBuffer, DeviceElement};
 pub use gemm::{gemm, GemmElement, GemmShape};
 pub use gpu::Gpu;
 pub use kernels_table::{KernelModule, MODULES};
+pub use emulator::{block_order_seed, set_block_order_seed};
 pub use launch::{Arg, LaunchConfig};
