@@ -8,6 +8,11 @@
 //!    library that runs the same kernels on the CPU (one OS thread per CUDA thread). The parity
 //!    tests use it on machines without a GPU, so CI executes every kernel, not just compiles it.
 //!
+//! 3. A table of every kernel's signature and resources for the launch checks
+//!    (src/backend/cuda/launch_check.rs): its parameters from the PTX's `.param` lines, and the
+//!    registers, static shared memory and spills that ptxas reports (`-Xptxas -v`) for each GPU
+//!    architecture, the largest of them kept.
+//!
 //! Without feature `cuda` this script does nothing and the build needs no CUDA at all (nor the
 //! optional `cc` build dependency, hence the cfg on the emulator step).
 #![cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -65,6 +70,19 @@ struct Module {
     fatbin: PathBuf,
     source: PathBuf,
     entries: Vec<String>,
+    /// Per entry (same order): its parameters and what ptxas reported for it.
+    signatures: Vec<Signature>,
+}
+
+/// One kernel's parameter types (PTX spelling: `u64`, `u32`, `f32`, ...) and resources: the
+/// largest over the architectures compiled for.
+#[derive(Default)]
+struct Signature {
+    params: Vec<String>,
+    registers: u32,
+    static_smem: u32,
+    stack_bytes: u32,
+    spill_bytes: u32,
 }
 
 fn fail(msg: &str) -> ! {
@@ -144,9 +162,9 @@ fn compile_for_gpu(nvcc: &Path, kernel_dir: &Path, src: &Path, out_dir: &Path) -
     common(&mut cmd);
     run(cmd.arg("-o").arg(&ptx), &format!("nvcc -ptx {}", src.display()));
     let mut cmd = Command::new(nvcc);
-    cmd.arg("-fatbin").args(GENCODE);
+    cmd.arg("-fatbin").args(GENCODE).arg("-Xptxas").arg("-v");
     common(&mut cmd);
-    run(cmd.arg("-o").arg(&fatbin), &format!("nvcc -fatbin {}", src.display()));
+    let ptxas_report = run_quiet_info(cmd.arg("-o").arg(&fatbin), &format!("nvcc -fatbin {}", src.display()));
 
     let text = std::fs::read_to_string(&ptx).unwrap();
     let entries = text
@@ -162,7 +180,99 @@ fn compile_for_gpu(nvcc: &Path, kernel_dir: &Path, src: &Path, out_dir: &Path) -
             ));
         }
     }
-    Module { stem, fatbin, source: src.to_path_buf(), entries }
+    let mut params = ptx_params(&text);
+    let mut resources = ptxas_resources(&ptxas_report);
+    let signatures = entries
+        .iter()
+        .map(|e| {
+            let mut sig = resources.remove(e).unwrap_or_else(|| {
+                fail(&format!("ptxas -v reported nothing for kernel {e} of {}", src.display()))
+            });
+            sig.params = params.remove(e).unwrap_or_default();
+            sig
+        })
+        .collect();
+    Module { stem, fatbin, source: src.to_path_buf(), entries, signatures }
+}
+
+/// Like [`run`], but returns stderr and passes only the lines that are not ptxas's resource
+/// report (`ptxas info`, and the indented lines that continue it) on as cargo warnings.
+fn run_quiet_info(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| fail(&format!("{what}: cannot run {:?}: {e}", cmd.get_program())));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        fail(&format!("{what} failed ({}):\n{}{stderr}", out.status, String::from_utf8_lossy(&out.stdout)));
+    }
+    for line in stderr.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("ptxas info") && !l.starts_with("    ")) {
+        println!("cargo:warning={what}: {line}");
+    }
+    stderr
+}
+
+/// Parameter types of each `.entry` of a PTX file: `.param .u64 .ptr .align 1 name_param_0` → `u64`;
+/// a by-value struct `.param .align 8 .b8 name_param_3[24]` → `b8[24]`.
+fn ptx_params(ptx: &str) -> std::collections::HashMap<String, Vec<String>> {
+    let mut all = std::collections::HashMap::new();
+    let mut current: Option<(String, Vec<String>)> = None;
+    for line in ptx.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix(".visible .entry ") {
+            current = Some((rest.split('(').next().unwrap().trim().to_string(), Vec::new()));
+        } else if let Some((_, params)) = current.as_mut() {
+            if let Some(rest) = line.strip_prefix(".param ") {
+                let words: Vec<&str> = rest.split_whitespace().collect();
+                let ty = words.iter().find(|w| w.starts_with('.') && *w != &".ptr" && *w != &".align" && !w.starts_with(".global"));
+                let ty = ty.unwrap_or_else(|| fail(&format!("cannot read the PTX parameter `{line}`"))).trim_start_matches('.');
+                let name = words.last().unwrap().trim_end_matches(',');
+                params.push(match name.find('[') {
+                    Some(i) => format!("{ty}{}", &name[i..]),
+                    None => ty.to_string(),
+                });
+            } else if line.starts_with(')') {
+                let (name, params) = current.take().unwrap();
+                all.insert(name, params);
+            }
+        }
+    }
+    all
+}
+
+/// What `ptxas -v` says of each entry function, the largest value over the architectures:
+///   ptxas info    : Compiling entry function 'k' for 'sm_90'
+///   ptxas info    : Function properties for k
+///       8 bytes stack frame, 8 bytes spill stores, 8 bytes spill loads
+///   ptxas info    : Used 40 registers, used 1 barriers, 1024 bytes smem, 400 bytes cmem[0]
+fn ptxas_resources(report: &str) -> std::collections::HashMap<String, Signature> {
+    let number_before = |line: &str, unit: &str| -> u32 {
+        let at = match line.find(unit) {
+            Some(at) => at,
+            None => return 0,
+        };
+        line[..at].split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty()).last().map_or(0, |n| n.parse().unwrap())
+    };
+    let mut all: std::collections::HashMap<String, Signature> = std::collections::HashMap::new();
+    let mut entry: Option<String> = None; // the entry the following lines describe
+    let mut properties_of: Option<String> = None;
+    for line in report.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            let name = rest.split('\'').next().unwrap().to_string();
+            all.entry(name.clone()).or_default();
+            entry = Some(name);
+        } else if let Some(rest) = line.split("Function properties for ").nth(1) {
+            properties_of = Some(rest.trim().to_string());
+        } else if line.contains("bytes stack frame") {
+            if let Some(sig) = properties_of.take().and_then(|n| all.get_mut(&n)) {
+                sig.stack_bytes = sig.stack_bytes.max(number_before(line, "bytes stack frame"));
+                let spills = number_before(line, "bytes spill stores") + number_before(line, "bytes spill loads");
+                sig.spill_bytes = sig.spill_bytes.max(spills);
+            }
+        } else if line.contains("Used ") && line.contains(" registers") {
+            if let Some(sig) = entry.as_ref().and_then(|n| all.get_mut(n)) {
+                sig.registers = sig.registers.max(number_before(line, " registers"));
+                sig.static_smem = sig.static_smem.max(number_before(line, " bytes smem"));
+            }
+        }
+    }
+    all
 }
 
 fn check_unique_entries(modules: &[Module]) {
@@ -265,6 +375,27 @@ fn write_rust_table(modules: &[Module], out_dir: &Path) {
         write!(rs, "&raw const simclr_emu_kernels_{}, ", m.stem).unwrap();
     }
     rs.push_str("]\n}\n");
+
+    // Sorted by name for binary search.
+    let mut signatures: Vec<(&String, &Signature)> =
+        modules.iter().flat_map(|m| m.entries.iter().zip(&m.signatures)).collect();
+    signatures.sort_by(|a, b| a.0.cmp(b.0));
+    rs.push_str("\n/// Every kernel's parameters and resources (ptxas), sorted by name.\n");
+    rs.push_str("pub const SIGNATURES: &[KernelSignature] = &[\n");
+    for (name, sig) in signatures {
+        let params: Vec<String> = sig.params.iter().map(|p| format!("{p:?}")).collect();
+        writeln!(
+            rs,
+            "    KernelSignature {{ name: {name:?}, params: &[{}], registers: {}, static_smem: {}, stack_bytes: {}, spill_bytes: {} }},",
+            params.join(", "),
+            sig.registers,
+            sig.static_smem,
+            sig.stack_bytes,
+            sig.spill_bytes
+        )
+        .unwrap();
+    }
+    rs.push_str("];\n");
     write_if_changed(&out_dir.join("cuda_kernels.rs"), &rs);
 }
 

@@ -26,7 +26,7 @@ use half::bf16;
 use simclr::backend::cuda::kernels::attention::{
     flash_attention_backward, flash_attention_forward, AttentionSaved, AttentionShape,
 };
-use simclr::backend::cuda::{DeviceBuffer, Gpu};
+use simclr::backend::cuda::{set_deterministic, DeviceBuffer, Gpu};
 use simclr::nn::vivit::VivitConfig;
 use simclr::{Result, Rng};
 
@@ -79,11 +79,17 @@ fn case(b: &Bench, model: &str, image: usize) -> Result<()> {
     );
 
     let fwd_ms = b.time(|| flash_attention_forward(gpu, shape, scale, &q, &k, &v, &mut out, &mut lse))?;
-    let total_ms = b.time(|| {
+    let mut fwd_bwd = || {
         flash_attention_forward(gpu, shape, scale, &q, &k, &v, &mut out, &mut lse)?;
         let saved = AttentionSaved { q: &q, k: &k, v: &v, out: &out, lse: &lse };
         flash_attention_backward(gpu, shape, scale, saved, &dout, &mut dq, &mut dk, &mut dv)
-    })?;
+    };
+    let total_ms = b.time(&mut fwd_bwd)?;
+    // Again with dQ summed by atomics: the cost of deterministic mode (the default).
+    set_deterministic(false);
+    let atomic_ms = b.time(&mut fwd_bwd);
+    set_deterministic(true);
+    let atomic_ms = atomic_ms?;
 
     let fwd_flops = 4.0 * (shape.batch_heads * shape.q_len * shape.kv_len * shape.head_dim) as f64;
     let total_flops = 3.5 * fwd_flops;
@@ -104,6 +110,11 @@ fn case(b: &Bench, model: &str, image: usize) -> Result<()> {
         "",
         tflops(total_flops, total_ms),
         vs("ms", total_ms)
+    );
+    println!(
+        "{:<38} fwd+bwd with atomic dQ {atomic_ms:9.3} ms (deterministic {:+5.1} %)",
+        "",
+        100.0 * (total_ms / atomic_ms - 1.0)
     );
     Ok(())
 }

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 use half::bf16;
 use simclr::backend::cuda::kernels::conv::{self, ConvEpilogue, ConvShape};
-use simclr::backend::cuda::{DeviceBuffer, Gpu};
+use simclr::backend::cuda::{set_deterministic, DeviceBuffer, Gpu};
 use simclr::{Result, Rng};
 
 /// Images per launch on the GPU: 32 clips × 20 frames (see the module doc).
@@ -116,6 +116,12 @@ impl Bench {
             self.time(|| conv::conv2d_backward_input(&self.gpu, s, &dy, &w, &mut dx))?,
             self.time(|| conv::conv2d_backward_weight(&self.gpu, s, &x, &dy, &mut dw))?,
         ];
+        // The weight gradient again on the atomic path: what deterministic mode (the default,
+        // fixed-order split sums) costs.
+        set_deterministic(false);
+        let wgrad_atomic = self.time(|| conv::conv2d_backward_weight(&self.gpu, s, &x, &dy, &mut dw));
+        set_deterministic(true);
+        let wgrad_atomic = wgrad_atomic?;
         let case = case_name(s);
         let t = Times { ours, torch: self.torch_times(&case) };
         let flops = s.flops();
@@ -130,7 +136,11 @@ impl Bench {
                 }
             })
             .collect();
-        println!("{case:<42} {}", cols.join("  "));
+        println!(
+            "{case:<42} {}  wgrad atomic {wgrad_atomic:7.3} ms (deterministic {:+5.1} %)",
+            cols.join("  "),
+            100.0 * (t.ours[2] / wgrad_atomic - 1.0)
+        );
         Ok(t)
     }
 }

@@ -244,7 +244,12 @@ __device__ __forceinline__ void attention_bwd_preprocess(const T* __restrict__ o
 //   dPᵀ = V·dOᵀ, dSᵀ = Pᵀ ⊙ (dPᵀ − delta), dK += dSᵀ·Q   (dK·scale at the end),
 // then writes dSᵀ to shared memory; after a barrier the whole block forms dQ = scale·dS·K for
 // the tile (warps split its 16-column groups) and adds it into the f32 accumulator with atomics
-// (other key blocks of the same head add theirs). When one block holds all the keys of a head
+// (other key blocks of the same head add theirs). In deterministic mode (`dq_partials`) the
+// accumulator has a slice per block instead ([BH][key block][L][D], all zeroed by the launcher):
+// each element then receives exactly one addition onto zero, so it is exact whatever the order,
+// and attention_dq_convert sums the slices in key-block order. (The same atomic store serves
+// both modes: a separate plain-store path costs the 5-warp kernels registers they spill.) When
+// one block holds all the keys of a head
 // (kv_tiles == 1: ViViT's 65 tokens), it is the only contributor: the launcher passes `dq` and a
 // null accumulator, and dQ is stored directly, saving the accumulator's zeroing, atomics and
 // conversion (four times the bytes of dQ itself).
@@ -255,7 +260,7 @@ __device__ __forceinline__ void attention_bwd(const T* __restrict__ q, const T* 
                                               const float* __restrict__ lse, const float* __restrict__ delta,
                                               float* __restrict__ dq_accum, T* __restrict__ dq, T* __restrict__ dk,
                                               T* __restrict__ dv, int L, int S, float scale, float scale_log2,
-                                              int kv_tiles) {
+                                              int kv_tiles, int dq_partials) {
     constexpr int N = 16 * WARPS, THREADS = 32 * WARPS, STRIDE = D + 8, DS_STRIDE = M + 8;
     constexpr int KC = D / 16;  // 16-wide steps over the head dimension
     constexpr int QC = M / 16;  // 16-query chunks of a tile
@@ -276,7 +281,8 @@ __device__ __forceinline__ void attention_bwd(const T* __restrict__ q, const T* 
     const float* lse_g = lse + (long long)bh * L;
     const float* delta_g = delta + (long long)bh * L;
     const bool dq_direct = kv_tiles == 1;  // then dq_accum is null and dq is written
-    float* dq_g = dq_direct ? nullptr : dq_accum + (long long)bh * L * D;
+    // Deterministic mode: slice blockIdx.x = bh·kv_tiles + key block.
+    float* dq_g = dq_direct ? nullptr : dq_accum + (long long)(dq_partials ? blockIdx.x : bh) * L * D;
     T* dq_direct_g = dq_direct ? dq + (long long)bh * L * D : nullptr;
     const int tid = threadIdx.x, warp = tid >> 5, lane = lane_id(), g = lane >> 2, t = lane & 3;
     const int warp_key0 = k0 + 16 * warp;
@@ -459,11 +465,19 @@ __device__ __forceinline__ void attention_bwd(const T* __restrict__ q, const T* 
     }
 }
 
-// Backward, step 3: dQ = T(dq_accum).
+// Backward, step 3: dQ = T(dq_accum), one head of `head_elems` = L·D elements after another;
+// with `parts` > 1 (deterministic mode) each head's slices are summed in key-block order:
+// dQ[h][j] = Σ_p dq_accum[(h·parts + p)·head_elems + j].
 template <typename T>
 __device__ __forceinline__ void attention_dq_convert(const float* __restrict__ dq_accum, T* __restrict__ dq,
-                                                     long long n) {
-    GRID_STRIDE_LOOP(i, n) dq[i] = from_float<T>(dq_accum[i]);
+                                                     long long n, long long head_elems, int parts) {
+    GRID_STRIDE_LOOP(i, n) {
+        const long long h = i / head_elems, j = i - h * head_elems;
+        const float* slices = dq_accum + h * parts * head_elems + j;
+        float sum = slices[0];
+        for (int p = 1; p < parts; ++p) sum += slices[p * head_elems];
+        dq[i] = from_float<T>(sum);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -485,9 +499,9 @@ __device__ __forceinline__ void attention_dq_convert(const float* __restrict__ d
     extern "C" __global__ void __launch_bounds__(32 * WARPS)                                                    \
         attention_bwd_d##D##_w##WARPS##_##SUF(const T* q, const T* k, const T* v, const T* dout, const float* lse,        \
                                    const float* delta, float* dq_accum, T* dq, T* dk, T* dv, int L, int S,      \
-                                   float scale, float scale_log2, int kv_tiles) {                                \
+                                   float scale, float scale_log2, int kv_tiles, int dq_partials) {               \
         attention_bwd<T, D, WARPS, M>(q, k, v, dout, lse, delta, dq_accum, dq, dk, dv, L, S, scale, scale_log2, \
-                                      kv_tiles);                                                                 \
+                                      kv_tiles, dq_partials);                                                    \
     }
 #define ATTN_KERNELS(T, SUF)                                                                                    \
     ATTN_FWD_KERNEL(32, 4, T, SUF)                                                                              \
@@ -506,8 +520,9 @@ __device__ __forceinline__ void attention_dq_convert(const float* __restrict__ d
                                        int D) {                                                                  \
         attention_bwd_preprocess<T>(o, dout, delta, dq_accum, rows, D);                                          \
     }                                                                                                            \
-    extern "C" __global__ void attention_dq_convert_##SUF(const float* dq_accum, T* dq, long long n) {          \
-        attention_dq_convert<T>(dq_accum, dq, n);                                                                \
+    extern "C" __global__ void attention_dq_convert_##SUF(const float* dq_accum, T* dq, long long n,             \
+                                                          long long head_elems, int parts) {                     \
+        attention_dq_convert<T>(dq_accum, dq, n, head_elems, parts);                                             \
     }
 
 ATTN_KERNELS(bf16, bf16)

@@ -638,10 +638,12 @@ __device__ void conv_dgrad_tc(const T* __restrict__ dy, const T* __restrict__ wt
 }
 
 // Block (x, y, z) computes the (BM × BN) tile of dW over pixel tiles [z·tiles_per_split, ...)
-// and adds it into dW (zeroed by the launcher) with f32 atomics.
+// and either adds it into dW (zeroed by the launcher) with f32 atomics, or — `store_partials`:
+// one split, or the deterministic mode — stores it into slice z of dw ([splits][K][R·S·C]; the
+// launcher then sums the slices in order with conv_wgrad_sum_splits_f32).
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, bool VEC>
 __device__ void conv_wgrad_tc(const T* __restrict__ x, const T* __restrict__ dy, float* __restrict__ dw, ConvGeom g,
-                              int tiles_per_split) {
+                              int tiles_per_split, int store_partials) {
     using Gemm = TcGemm<T, BM, BN, WARPS_M, WARPS_N, STAGES, false, false>;
     __shared__ __align__(16) T as[STAGES * Gemm::ATile::SIZE];
     __shared__ __align__(16) T bs[STAGES * Gemm::BTile::SIZE];
@@ -667,8 +669,14 @@ __device__ void conv_wgrad_tc(const T* __restrict__ x, const T* __restrict__ dy,
         const int k = m0 + row, rsc = n0 + col;
         if (k >= prob.M || rsc >= prob.N) return;
         float* out = dw + (long long)k * prob.N + rsc;
-        atomicAdd(out, v0);
-        if (rsc + 1 < prob.N) atomicAdd(out + 1, v1);
+        if (store_partials) {
+            out += (long long)blockIdx.z * prob.M * prob.N;
+            out[0] = v0;
+            if (rsc + 1 < prob.N) out[1] = v1;
+        } else {
+            atomicAdd(out, v0);
+            if (rsc + 1 < prob.N) atomicAdd(out + 1, v1);
+        }
     });
 }
 
@@ -734,7 +742,8 @@ __device__ void conv_dgrad_simt(const float* dy, const float* wt, float* dx, Con
         }
 }
 
-__device__ void conv_wgrad_simt(const float* x, const float* dy, float* dw, ConvGeom g, int tiles_per_split) {
+__device__ void conv_wgrad_simt(const float* x, const float* dy, float* dw, ConvGeom g, int tiles_per_split,
+                                int store_partials) {
     const int npq = g.n * g.p * g.q;
     const long long begin_ll = (long long)blockIdx.z * tiles_per_split * SIMT_BK;
     if (begin_ll >= npq) return;
@@ -748,7 +757,10 @@ __device__ void conv_wgrad_simt(const float* x, const float* dy, float* dw, Conv
     for (int i = 0; i < 4; ++i)
         for (int j = 0; j < 4; ++j) {
             const int k = m0 + 4 * ty + i, rsc = n0 + 4 * tx + j;
-            if (k < prob.M && rsc < prob.N) atomicAdd(dw + (long long)k * prob.N + rsc, acc[i][j]);
+            if (k >= prob.M || rsc >= prob.N) continue;
+            const long long at = (long long)k * prob.N + rsc;
+            if (store_partials) dw[(long long)blockIdx.z * prob.M * prob.N + at] = acc[i][j];
+            else atomicAdd(dw + at, acc[i][j]);
         }
 }
 
@@ -783,16 +795,19 @@ __device__ void conv_wgrad_simt(const float* x, const float* dy, float* dw, Conv
         conv_dgrad_tc<T, 128, 64, 4, 2, 2, false>(dy, wt, dx, CONV_GEOM_ARGS);                                   \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(TC_THREADS)                                                     \
-        conv_wgrad_128x128_##SUF(const T* x, const T* dy, float* dw, CONV_GEOM_PARAMS, int tiles_per_split) {    \
-        conv_wgrad_tc<T, 128, 128, 2, 4, 2, true>(x, dy, dw, CONV_GEOM_ARGS, tiles_per_split);                   \
+        conv_wgrad_128x128_##SUF(const T* x, const T* dy, float* dw, CONV_GEOM_PARAMS, int tiles_per_split,      \
+        int store_partials) {                                                                                     \
+        conv_wgrad_tc<T, 128, 128, 2, 4, 2, true>(x, dy, dw, CONV_GEOM_ARGS, tiles_per_split, store_partials);   \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(TC_THREADS)                                                     \
-        conv_wgrad_64x128_##SUF(const T* x, const T* dy, float* dw, CONV_GEOM_PARAMS, int tiles_per_split) {     \
-        conv_wgrad_tc<T, 64, 128, 2, 4, 3, true>(x, dy, dw, CONV_GEOM_ARGS, tiles_per_split);                    \
+        conv_wgrad_64x128_##SUF(const T* x, const T* dy, float* dw, CONV_GEOM_PARAMS, int tiles_per_split,       \
+        int store_partials) {                                                                                     \
+        conv_wgrad_tc<T, 64, 128, 2, 4, 3, true>(x, dy, dw, CONV_GEOM_ARGS, tiles_per_split, store_partials);    \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(TC_THREADS)                                                     \
-        conv_wgrad_scalar_##SUF(const T* x, const T* dy, float* dw, CONV_GEOM_PARAMS, int tiles_per_split) {     \
-        conv_wgrad_tc<T, 64, 128, 2, 4, 2, false>(x, dy, dw, CONV_GEOM_ARGS, tiles_per_split);                   \
+        conv_wgrad_scalar_##SUF(const T* x, const T* dy, float* dw, CONV_GEOM_PARAMS, int tiles_per_split,       \
+        int store_partials) {                                                                                     \
+        conv_wgrad_tc<T, 64, 128, 2, 4, 2, false>(x, dy, dw, CONV_GEOM_ARGS, tiles_per_split, store_partials);   \
     }
 
 CONV_TC_KERNELS(bf16, bf16)
@@ -808,6 +823,15 @@ extern "C" __global__ void __launch_bounds__(SIMT_THREADS)
     conv_dgrad_simt(dy, wt, dx, CONV_GEOM_ARGS);
 }
 extern "C" __global__ void __launch_bounds__(SIMT_THREADS)
-    conv_wgrad_f32(const float* x, const float* dy, float* dw, CONV_GEOM_PARAMS, int tiles_per_split) {
-    conv_wgrad_simt(x, dy, dw, CONV_GEOM_ARGS, tiles_per_split);
+    conv_wgrad_f32(const float* x, const float* dy, float* dw, CONV_GEOM_PARAMS, int tiles_per_split, int store_partials) {
+    conv_wgrad_simt(x, dy, dw, CONV_GEOM_ARGS, tiles_per_split, store_partials);
+}
+
+// Deterministic split-K: dw[i] = Σ_z partials[z·n + i], the splits added in order z = 0, 1, ...
+extern "C" __global__ void conv_wgrad_sum_splits_f32(const float* partials, float* dw, long long n, int splits) {
+    GRID_STRIDE_LOOP(i, n) {
+        float sum = partials[i];
+        for (int z = 1; z < splits; ++z) sum += partials[z * n + i];
+        dw[i] = sum;
+    }
 }

@@ -59,6 +59,11 @@ pub struct TrainConfig {
     /// accumulation (autocast; weights, optimiser and every other op stay f32), or `f32`
     /// throughout. The CPU always computes in f32.
     pub precision: String,
+    /// On the GPU, the fixed-order path of the kernels that would otherwise add partial sums with
+    /// atomics (conv weight gradient, attention dQ): the same bits every run, a resume that
+    /// matches an uninterrupted run. `false` trades that for a little speed (see
+    /// backend/cuda/determinism.rs). The CPU is always deterministic.
+    pub deterministic: bool,
     /// Data-loading worker threads.
     pub workers: usize,
     /// Data-parallel training: one process per local GPU (`--device cuda`) or per
@@ -126,6 +131,7 @@ impl Default for TrainConfig {
             out: PathBuf::from("runs"),
             device: "cpu".into(),
             precision: "bf16".into(),
+            deterministic: true,
             workers: 2,
             ddp: false,
             num_gpus: None,

@@ -358,6 +358,7 @@ fn training_device(cfg: &TrainConfig) -> Result<Device> {
     {
         let ordinal = crate::dist::DistEnv::from_env()?.map_or(0, |env| env.local_rank);
         crate::backend::cuda::devices::gpu(ordinal)?;
+        crate::backend::cuda::set_deterministic(cfg.deterministic);
         Ok(Device::Cuda(ordinal))
     }
     #[cfg(not(feature = "cuda"))]

@@ -61,3 +61,28 @@ fn emulator_selftest_passes() {
         String::from_utf8_lossy(&run.stderr)
     );
 }
+
+/// Every 8- and 16-byte vector access of the kernels goes through `load_vector`/`store_vector`
+/// (kernels/common.cuh), where the emulator checks its alignment: a raw `reinterpret_cast` to a
+/// vector type would be an aggregate copy that clang's alignment sanitizer does not see.
+#[test]
+fn kernels_access_vectors_only_through_the_checked_helpers() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    let vector_types = ["float2", "float4", "uint2", "uint4", "int2", "int4", "double2", "Pack<"];
+    let mut offenders = Vec::new();
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.extension().is_some_and(|e| e == "cu" || e == "cuh") {
+            continue;
+        }
+        for (i, line) in std::fs::read_to_string(&path).unwrap().lines().enumerate() {
+            let code = line.split("//").next().unwrap();
+            let Some(at) = code.find("reinterpret_cast<") else { continue };
+            let target = &code[at..];
+            if vector_types.iter().any(|v| target[..target.find('>').unwrap_or(target.len())].contains(v)) {
+                offenders.push(format!("{}:{}: {}", path.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "use load_vector/store_vector for vector accesses:\n{}", offenders.join("\n"));
+}

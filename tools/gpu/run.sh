@@ -19,6 +19,11 @@
 #   8. ops: every tensor op on CUDA tensors vs the CPU through autograd (tests/cuda_ops --ignored);
 #   9. train (after torch_reference, only when named): benches/gpu_train_step.rs, our whole training
 #      step on the GPU, with clips/s ratios against $OUT/torch_reference.jsonl.
+# Every step runs with the CUDA 13 libraries of the machine's python on the library path (pip
+# wheels: site-packages/nvidia/cu13/lib for cuBLAS/cuBLASLt, nvidia/nccl/lib for NCCL; cudarc opens
+# them by name only, and no system toolkit registers them); SIMCLR_CUDA_LIB_DIRS (colon-separated)
+# replaces that search. `facts` says which of libcuda, libcublas, libcublasLt and libnccl were found
+# and where.
 # The device lends 15 minutes a session: name the steps that matter most first, e.g.
 #   bash .gpu/tools/run.sh facts parity conv attention
 # Usage: bash .gpu/tools/run.sh [steps...]
@@ -31,13 +36,44 @@ mkdir -p "$OUT"
 steps="${*:-facts parity ops sanitizer nccl bench conv attention allreduce}"
 status=0
 step() { echo; echo "=== $1 ($(date -u +%H:%M:%S))"; }
-# pip's NCCL (PyTorch's dependency) ships libnccl.so.2 only; cudarc looks for libnccl.so.
-nccl_lib_path() {
-    local dir
-    dir="$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null || true)"
-    mkdir -p /tmp/simclr-nccl-lib
-    if [ -n "$dir" ] && [ -e "$dir/libnccl.so.2" ]; then ln -sf "$dir/libnccl.so.2" /tmp/simclr-nccl-lib/libnccl.so; fi
-    echo "/tmp/simclr-nccl-lib:${dir}:${LD_LIBRARY_PATH:-}"
+# The library folders of the pip-installed NVIDIA wheels (nvidia/*/lib) of python3.
+cuda_lib_dirs() {
+    if [ -n "${SIMCLR_CUDA_LIB_DIRS:-}" ]; then echo "$SIMCLR_CUDA_LIB_DIRS"; return; fi
+    python3 -c '
+import glob, os
+try:
+    import nvidia
+except ImportError:
+    raise SystemExit
+dirs = sorted({d for root in nvidia.__path__ for d in glob.glob(os.path.join(root, "*", "lib"))})
+print(":".join(dirs))' 2>/dev/null || true
+}
+# pip's NCCL ships libnccl.so.2 only, and cudarc looks for libnccl.so: a link in a folder of ours.
+nccl_link_dir=/tmp/simclr-nccl-lib
+mkdir -p "$nccl_link_dir"
+lib_dirs="$(cuda_lib_dirs)"
+for dir in ${lib_dirs//:/ }; do
+    if [ -e "$dir/libnccl.so.2" ]; then ln -sf "$dir/libnccl.so.2" "$nccl_link_dir/libnccl.so"; fi
+done
+export LD_LIBRARY_PATH="$nccl_link_dir${lib_dirs:+:$lib_dirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# Where the dynamic loader would find a library: the first LD_LIBRARY_PATH folder that has it, else
+# the loader cache.
+find_library() {
+    local name="$1" dir
+    for dir in ${LD_LIBRARY_PATH//:/ }; do
+        for f in "$dir/$name" "$dir/$name".*; do
+            if [ -L "$f" ]; then echo "$f -> $(readlink -f "$f")"; return 0; fi
+            if [ -e "$f" ]; then echo "$f"; return 0; fi
+        done
+    done
+    ldconfig -p 2>/dev/null | awk -v n="$name" '$1 ~ "^"n {print $NF; found=1; exit} END {exit !found}'
+}
+library_facts() {
+    local lib where
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+    for lib in libcuda.so libcublas.so libcublasLt.so libnccl.so; do
+        if where="$(find_library "$lib")"; then echo "library $lib: $where"; else echo "library $lib: NOT FOUND"; fi
+    done
 }
 
 # prepare.sh packs the executables (the carry limit is 64 MiB); unpack them once.
@@ -50,7 +86,7 @@ for s in $steps; do
     case "$s" in
     facts)
         step facts
-        { cat .gpu/commit; nvidia-smi; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv;
+        { cat .gpu/commit; library_facts; nvidia-smi; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv;
           command -v compute-sanitizer; python3 -c 'import torch; print("torch", torch.__version__, torch.version.cuda)'; } 2>&1 | tee "$OUT/facts.txt"
         ;;
     parity)
@@ -94,11 +130,11 @@ for s in $steps; do
         ;;
     nccl)
         step "NCCL at world size 1 (collectives + a training run through the same code)"
-        LD_LIBRARY_PATH="$(nccl_lib_path)" .gpu/tests/nccl --ignored --test-threads 1 2>&1 | tee "$OUT/nccl.txt" || status=1
+        .gpu/tests/nccl --ignored --test-threads 1 2>&1 | tee "$OUT/nccl.txt" || status=1
         ;;
     allreduce)
         step "bucketed all-reduce: after vs overlapped with backward (CPU threads, then NCCL world size 1)"
-        LD_LIBRARY_PATH="$(nccl_lib_path)" .gpu/benches/allreduce_buckets 2>&1 | tee "$OUT/allreduce_buckets.txt" || status=1
+        .gpu/benches/allreduce_buckets 2>&1 | tee "$OUT/allreduce_buckets.txt" || status=1
         ;;
     torch_reference)
         step "PyTorch reference SimCLR training step (tools/torch_reference)"

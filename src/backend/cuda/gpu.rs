@@ -169,6 +169,7 @@ impl Gpu {
     /// arguments must match its parameters in number, order and type: the typed launchers
     /// in `kernels/` are the only callers.
     pub fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+        super::launch_check::check_launch(kernel, &cfg, args)?;
         let mut packed = PackedArgs::new(args);
         match &self.0.backend {
             Backend::Driver(d) => d.launch(kernel, cfg, &mut packed),

@@ -13,6 +13,23 @@ pub struct KernelModule {
     pub entries: &'static [&'static str],
 }
 
+/// What a launch must match (src/backend/cuda/launch_check.rs): one kernel's parameter types as the PTX declares them (`u64` for
+/// pointers and `long long`, `u32` for `int`/`unsigned`, `f32`, `f64`) and what ptxas reported
+/// for it, the largest over the architectures built (sm_80, sm_90).
+#[derive(Debug)]
+pub struct KernelSignature {
+    pub name: &'static str,
+    pub params: &'static [&'static str],
+    /// Registers per thread.
+    pub registers: u32,
+    /// Static `__shared__` bytes per block.
+    pub static_smem: u32,
+    /// Local-memory stack frame per thread (local arrays and spills).
+    pub stack_bytes: u32,
+    /// Register spill stores + loads, in bytes.
+    pub spill_bytes: u32,
+}
+
 pub(crate) type EmuTrampoline = Option<unsafe extern "C" fn(args: *mut *mut c_void)>;
 
 /// Matches `simclr_emu_kernel` in kernels/emu/cuda_emu.h.

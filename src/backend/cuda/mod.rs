@@ -13,6 +13,7 @@
 mod allocator;
 mod buffer;
 pub mod devices;
+mod determinism;
 mod driver;
 mod emulator;
 pub mod gemm;
@@ -20,11 +21,13 @@ pub(crate) mod gpu;
 pub mod kernels;
 mod kernels_table;
 mod launch;
+pub mod launch_check;
 
 pub use allocator::MemoryStats;
 pub use buffer::{DeviceBuffer, DeviceElement};
 pub use gemm::{gemm, GemmElement, GemmShape};
 pub use gpu::Gpu;
-pub use kernels_table::{KernelModule, MODULES};
+pub use kernels_table::{KernelModule, KernelSignature, MODULES, SIGNATURES};
+pub use determinism::{deterministic, set_deterministic};
 pub use emulator::{block_order_seed, set_block_order_seed};
 pub use launch::{Arg, LaunchConfig};

@@ -95,6 +95,10 @@ struct Cli {
     /// On the GPU: bf16 (tensor-core matmul/conv/attention, f32 weights) | f32 [default: bf16].
     #[arg(long)]
     precision: Option<String>,
+    /// On the GPU: true = the same bits every run (fixed-order sums instead of float atomics in
+    /// the conv weight gradient and attention dQ) | false [default: true].
+    #[arg(long, value_name = "true|false")]
+    deterministic: Option<bool>,
     /// Data-loading threads [default: 2].
     #[arg(long)]
     workers: Option<usize>,
@@ -151,6 +155,7 @@ impl Cli {
         set("out", path(&self.out));
         set("device", self.device.clone().map(toml::Value::String));
         set("precision", self.precision.clone().map(toml::Value::String));
+        set("deterministic", self.deterministic.map(toml::Value::Boolean));
         set("workers", int(self.workers));
         set("ddp", self.ddp.then_some(toml::Value::Boolean(true)));
         set("num_gpus", int(self.num_gpus));

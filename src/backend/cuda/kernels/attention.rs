@@ -46,7 +46,7 @@
 
 use super::check_len;
 use super::tensor_core_probe::TensorCoreInput;
-use crate::backend::cuda::{Arg, DeviceBuffer, DeviceElement, Gpu, LaunchConfig};
+use crate::backend::cuda::{deterministic, Arg, DeviceBuffer, DeviceElement, Gpu, LaunchConfig};
 use crate::cuda_args;
 use crate::error::{Error, Result};
 
@@ -206,7 +206,7 @@ pub struct AttentionSaved<'a, T: DeviceElement> {
 /// Backward of [`flash_attention_forward`] (same `shape` and `scale`): from `dout` = ∂loss/∂out
 /// writes `dq`, `dk` and `dv` (shaped like q, k, v). Allocates f32 work buffers from the caching
 /// allocator: delta ([BH, L]) and, when the keys of a head span several blocks, the dQ
-/// accumulator ([BH, L, D]).
+/// accumulator ([BH, L, D], or one such slice per key block in deterministic mode).
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_backward<T: TensorCoreInput>(
     gpu: &Gpu,
@@ -234,10 +234,19 @@ pub fn flash_attention_backward<T: TensorCoreInput>(
     let (rows, d) = (shape.lse_elems(), shape.head_dim);
     let warps = pick_warps(shape.kv_len, bwd_warp_options(d));
     let kv_tiles = shape.kv_len.div_ceil(16 * warps);
-    // One key block per head: it alone forms dQ and stores it; otherwise the blocks add into an
-    // f32 accumulator (zeroed by the delta kernel), converted at the end.
-    let mut dq_accum = if kv_tiles > 1 { Some(gpu.alloc::<f32>(shape.q_elems())?) } else { None };
+    // One key block per head: it alone forms dQ and stores it. Otherwise the blocks add into an
+    // f32 accumulator, converted to T at the end: one shared by a head's key blocks (zeroed by
+    // the delta kernel; the adds land in whatever order blocks finish), or — deterministic
+    // mode — one slice per key block ([BH][key block][L][D], zeroed here), each element added to
+    // once, summed in key-block order by the convert kernel.
+    let partials = kv_tiles > 1 && deterministic();
+    let slices = if partials { kv_tiles } else { 1 };
+    let mut dq_accum = if kv_tiles > 1 { Some(gpu.alloc::<f32>(slices * shape.q_elems())?) } else { None };
+    if let Some(accum) = dq_accum.as_ref().filter(|_| partials) {
+        gpu.memset_zero(accum)?;
+    }
     let accum_arg = || dq_accum.as_ref().map_or(Arg::Ptr(0), Arg::from);
+    let zeroed_accum_arg = || if partials { Arg::Ptr(0) } else { accum_arg() };
     let mut delta = gpu.alloc::<f32>(rows)?;
     let pre = LaunchConfig {
         grid: (rows.div_ceil(PRE_WARPS) as u32, 1, 1),
@@ -245,7 +254,7 @@ pub fn flash_attention_backward<T: TensorCoreInput>(
         shared_bytes: 0,
     };
     let args = cuda_args![out, dout, &mut delta];
-    let args = [&args[..], &[accum_arg()], &cuda_args![rows as i64, d as i32]].concat();
+    let args = [&args[..], &[zeroed_accum_arg()], &cuda_args![rows as i64, d as i32]].concat();
     gpu.launch(&format!("attention_bwd_preprocess_{}", T::SUFFIX), pre, &args)?;
 
     let cfg = LaunchConfig {
@@ -265,7 +274,8 @@ pub fn flash_attention_backward<T: TensorCoreInput>(
             shape.kv_len as i32,
             scale,
             scale_log2,
-            kv_tiles as i32
+            kv_tiles as i32,
+            partials as i32
         ],
     ]
     .concat();
@@ -275,7 +285,9 @@ pub fn flash_attention_backward<T: TensorCoreInput>(
         let n = shape.q_elems();
         let blocks = n.div_ceil(CONVERT_THREADS as usize).clamp(1, CONVERT_MAX_BLOCKS);
         let cfg = LaunchConfig { grid: (blocks as u32, 1, 1), block: (CONVERT_THREADS, 1, 1), shared_bytes: 0 };
-        gpu.launch(&format!("attention_dq_convert_{}", T::SUFFIX), cfg, &cuda_args![&accum, dq, n as i64])?;
+        let head_elems = shape.q_len * shape.head_dim;
+        let args = cuda_args![&accum, dq, n as i64, head_elems as i64, slices as i32];
+        gpu.launch(&format!("attention_dq_convert_{}", T::SUFFIX), cfg, &args)?;
     }
     Ok(())
 }

@@ -26,9 +26,11 @@
 //!   A phase no tap reaches (a 1×1 stride-2 filter's odd pixels) gets zeros.
 //! - weight gradient: `dW[k][(r,s,c)] = Σ_(n,p,q) dY[(n,p,q)][k] · X̃[(n,p,q)][(r,s,c)]`
 //!   (M = K, N = R·S·C, reduction N·P·Q: long). The reduction is split over grid.z so small
-//!   layers still fill the GPU; each block adds its partial tile into dW with f32 atomics (so dW
-//!   is zeroed first and the summation order is not fixed run to run). dW is always f32 (the
-//!   master weights are).
+//!   layers still fill the GPU. By default ([`crate::backend::cuda::deterministic`]) each split
+//!   stores its partial tile in its own slice of an f32 work buffer and a second kernel adds the
+//!   slices in split order, so dW has the same bits every run; otherwise the splits add into dW
+//!   (zeroed first) with f32 atomics, in whatever order blocks finish. One split stores straight
+//!   into dW. dW is always f32 (the master weights are).
 //!
 //! **Tensor-core tiling.** 256 threads (8 warps), block tiles 128×128 (2 cp.async stages) or
 //! 128×64 / 64×128 (3 stages, for 64-channel layers) × 32 of reduction, warp tiles of 64×32 or
@@ -45,7 +47,7 @@
 //! training, not a fast one.
 
 use super::{as_i32, check_len};
-use crate::backend::cuda::{Arg, DeviceBuffer, DeviceElement, Gpu, LaunchConfig};
+use crate::backend::cuda::{deterministic, Arg, DeviceBuffer, DeviceElement, Gpu, LaunchConfig};
 use crate::cuda_args;
 use crate::error::{Error, Result};
 
@@ -301,8 +303,9 @@ pub fn conv2d_backward_input<T: ConvElement>(
     gpu.launch(&format!("{name}_{}", T::SUFFIX), cfg, &args)
 }
 
-/// Weight gradient: `dw` (KRSC, f32) = Σ over output pixels of dY ⊗ im2col(X). Overwrites `dw`
-/// (it is zeroed, then the reduction splits add into it).
+/// Weight gradient: `dw` (KRSC, f32) = Σ over output pixels of dY ⊗ im2col(X). Overwrites `dw`.
+/// With several reduction splits it either allocates a work buffer of one f32 slice per split and
+/// sums them in order (deterministic mode, the default) or zeroes `dw` and adds into it.
 pub fn conv2d_backward_weight<T: ConvElement>(
     gpu: &Gpu,
     shape: &ConvShape,
@@ -338,14 +341,34 @@ pub fn conv2d_backward_weight<T: ConvElement>(
         block: (THREADS, 1, 1),
         shared_bytes: 0,
     };
-    gpu.memset_zero(dw)?;
-    let args: Vec<Arg> = [Arg::from(x), Arg::from(dy), Arg::from(&mut *dw)]
-        .into_iter()
-        .chain(geom.args())
-        .chain(cuda_args![as_i32(OP_WGRAD, "tiles per split", tiles_per_split)?])
-        .collect();
-    gpu.launch(&format!("{name}_{}", T::SUFFIX), cfg, &args)
+    let kernel = format!("{name}_{}", T::SUFFIX);
+    let tiles_per_split = as_i32(OP_WGRAD, "tiles per split", tiles_per_split)?;
+    let launch = |out: Arg, store_partials: bool| {
+        let args: Vec<Arg> = [Arg::from(x), Arg::from(dy), out]
+            .into_iter()
+            .chain(geom.args())
+            .chain(cuda_args![tiles_per_split, store_partials as i32])
+            .collect();
+        gpu.launch(&kernel, cfg, &args)
+    };
+    if splits == 1 {
+        return launch(Arg::from(&mut *dw), true);
+    }
+    if !deterministic() {
+        gpu.memset_zero(dw)?;
+        return launch(Arg::from(&mut *dw), false);
+    }
+    let n = shape.weight_len();
+    let partials = gpu.alloc::<f32>(splits * n)?;
+    launch(Arg::from(&partials), true)?;
+    let blocks = n.div_ceil(SUM_THREADS as usize).clamp(1, SUM_MAX_BLOCKS);
+    let cfg = LaunchConfig { grid: (blocks as u32, 1, 1), block: (SUM_THREADS, 1, 1), shared_bytes: 0 };
+    gpu.launch("conv_wgrad_sum_splits_f32", cfg, &cuda_args![&partials, &mut *dw, n as i64, splits as i32])
 }
+
+/// The split-summing pass: grid-stride, enough blocks to fill a GPU.
+const SUM_THREADS: u32 = 256;
+const SUM_MAX_BLOCKS: usize = 1024;
 
 /// (k-tiles per split, splits) for a weight gradient with `blocks` output tiles and a reduction
 /// of `k_tiles` tiles: enough splits to reach [`WGRAD_TARGET_BLOCKS`] blocks, none shorter than
