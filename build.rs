@@ -185,9 +185,9 @@ fn compile_for_gpu(nvcc: &Path, kernel_dir: &Path, src: &Path, out_dir: &Path) -
     let signatures = entries
         .iter()
         .map(|e| {
-            let mut sig = resources.remove(e).unwrap_or_else(|| {
-                fail(&format!("ptxas -v reported nothing for kernel {e} of {}", src.display()))
-            });
+            let mut sig = resources
+                .remove(e)
+                .unwrap_or_else(|| fail(&format!("ptxas -v reported nothing for kernel {e} of {}", src.display())));
             sig.params = params.remove(e).unwrap_or_default();
             sig
         })
@@ -203,7 +203,9 @@ fn run_quiet_info(cmd: &mut Command, what: &str) -> String {
     if !out.status.success() {
         fail(&format!("{what} failed ({}):\n{}{stderr}", out.status, String::from_utf8_lossy(&out.stdout)));
     }
-    for line in stderr.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("ptxas info") && !l.starts_with("    ")) {
+    for line in
+        stderr.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("ptxas info") && !l.starts_with("    "))
+    {
         println!("cargo:warning={what}: {line}");
     }
     stderr
@@ -220,8 +222,12 @@ fn ptx_params(ptx: &str) -> std::collections::HashMap<String, Vec<String>> {
         } else if let Some((_, params)) = current.as_mut() {
             if let Some(rest) = line.strip_prefix(".param ") {
                 let words: Vec<&str> = rest.split_whitespace().collect();
-                let ty = words.iter().find(|w| w.starts_with('.') && *w != &".ptr" && *w != &".align" && !w.starts_with(".global"));
-                let ty = ty.unwrap_or_else(|| fail(&format!("cannot read the PTX parameter `{line}`"))).trim_start_matches('.');
+                let ty = words
+                    .iter()
+                    .find(|w| w.starts_with('.') && *w != &".ptr" && *w != &".align" && !w.starts_with(".global"));
+                let ty = ty
+                    .unwrap_or_else(|| fail(&format!("cannot read the PTX parameter `{line}`")))
+                    .trim_start_matches('.');
                 let name = words.last().unwrap().trim_end_matches(',');
                 params.push(match name.find('[') {
                     Some(i) => format!("{ty}{}", &name[i..]),
@@ -247,7 +253,11 @@ fn ptxas_resources(report: &str) -> std::collections::HashMap<String, Signature>
             Some(at) => at,
             None => return 0,
         };
-        line[..at].split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty()).last().map_or(0, |n| n.parse().unwrap())
+        line[..at]
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|w| !w.is_empty())
+            .last()
+            .map_or(0, |n| n.parse().unwrap())
     };
     let mut all: std::collections::HashMap<String, Signature> = std::collections::HashMap::new();
     let mut entry: Option<String> = None; // the entry the following lines describe

@@ -21,7 +21,6 @@ mod common;
 
 use common::gpu::GpuBench;
 
-
 use half::bf16;
 use simclr::backend::cuda::kernels::attention::{
     flash_attention_backward, flash_attention_forward, AttentionSaved, AttentionShape,

@@ -15,7 +15,6 @@ mod common;
 
 use common::gpu::GpuBench;
 
-
 use half::bf16;
 use simclr::backend::cuda::kernels::batchnorm::{self, BatchNormSaved, RunningStats};
 use simclr::backend::cuda::kernels::elementwise::{self, Binary, Unary};

@@ -6,6 +6,8 @@
 //! checkpoint_epoch_N.safetensors        model: encoder.* + projector.*, metadata
 //!                                       {"format": "simclr-model", "model": ModelSpec, "epoch": N}
 //! checkpoint_epoch_N.state.safetensors  optimiser buffers + metadata {"state": TrainState}
+//! checkpoint_step_G.safetensors (+ .state)  the same, taken in the middle of an epoch after
+//!                                       global step G (--checkpoint_every_steps/_minutes, signals)
 //! final_model.safetensors               model at the end of training
 //! ```
 //!
@@ -18,9 +20,11 @@
 //! (`nn::load_state_dict`, `Optimizer::load_state`), so a model moved to the GPU
 //! before `load_weights_into` gets its weights, and its optimiser its state, there.
 //!
-//! Data position: checkpoints are taken at epoch boundaries, and batch
-//! (epoch, step) is a pure function of the seed (`data::loader`), so "epochs
-//! done" is the whole data state. The seed is in the saved config.
+//! Data position: batch (epoch, step) is a pure function of the seed (`data::loader`), so the
+//! epochs done and the steps done of the next epoch are the whole data state: a resumed run
+//! trains that epoch's remaining batches, in the same order. The seed is in the saved config.
+//!
+//! [`latest_checkpoint`] finds the newest complete checkpoint of a directory (`--resume auto`).
 
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
@@ -77,11 +81,19 @@ impl ModelSpec {
     }
 }
 
-/// Where training stands after `epochs_done` epochs.
+/// Where training stands after `epochs_done` epochs (and `epoch_steps_done` steps of the next).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainState {
     pub epochs_done: usize,
     pub global_step: u64,
+    /// Steps of epoch `epochs_done + 1` already trained: 0 at an epoch boundary (and in the
+    /// checkpoints of earlier versions).
+    #[serde(default)]
+    pub epoch_steps_done: usize,
+    /// The sum of those steps' losses, so that the epoch's mean loss comes out as without the
+    /// interruption.
+    #[serde(default)]
+    pub epoch_loss_sum: f64,
     pub config: TrainConfig,
     /// The dataset trained on (clip count and geometry), to refuse resuming on another.
     pub dataset: DatasetIdentity,
@@ -97,6 +109,45 @@ pub struct DatasetIdentity {
 
 pub fn checkpoint_path(out: &Path, epoch: usize) -> PathBuf {
     out.join(format!("checkpoint_epoch_{epoch}.safetensors"))
+}
+
+/// `checkpoint_epoch_N` at an epoch boundary, `checkpoint_step_G` in the middle of an epoch.
+pub fn checkpoint_path_for(out: &Path, state: &TrainState) -> PathBuf {
+    if state.epoch_steps_done == 0 {
+        checkpoint_path(out, state.epochs_done)
+    } else {
+        out.join(format!("checkpoint_step_{}.safetensors", state.global_step))
+    }
+}
+
+/// The newest complete checkpoint in `out` (the most global steps), for `--resume auto`; `None`
+/// when there is none (or no `out`). A checkpoint is complete when its model file exists (it is
+/// written last) and its state file reads; anything else — a kill between the two files, a
+/// temporary file, a damaged state — is passed over, with a warning on stderr for the damaged.
+pub fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
+    let entries = match std::fs::read_dir(out) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("list", out, e)),
+    };
+    let mut best: Option<(u64, PathBuf)> = None;
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io("list", out, e))?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let is_model =
+            name.starts_with("checkpoint_") && name.ends_with(".safetensors") && !name.ends_with(".state.safetensors");
+        if !is_model {
+            continue;
+        }
+        match load_train_state(&path) {
+            Ok((state, _)) if best.as_ref().is_none_or(|(steps, _)| state.global_step > *steps) => {
+                best = Some((state.global_step, path));
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("warning: --resume auto passes over {}: {e}", path.display()),
+        }
+    }
+    Ok(best.map(|(_, path)| path))
 }
 
 pub fn final_model_path(out: &Path) -> PathBuf {
@@ -177,7 +228,8 @@ pub fn load_weights_into(path: &Path, model: &SimClr, expected: &ModelSpec) -> R
     Ok(epoch)
 }
 
-/// Writes `checkpoint_epoch_N` (state first, then model; each atomic).
+/// Writes `checkpoint_epoch_N` or, mid-epoch, `checkpoint_step_G` (state first, then model; each
+/// atomic).
 pub fn save_checkpoint(
     out: &Path,
     model: &SimClr,
@@ -185,7 +237,7 @@ pub fn save_checkpoint(
     optimizer: &OptimizerState,
     state: &TrainState,
 ) -> Result<PathBuf> {
-    let path = checkpoint_path(out, state.epochs_done);
+    let path = checkpoint_path_for(out, state);
     let named: Vec<(&str, &Tensor)> = optimizer.buffers.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let meta = HashMap::from([
         ("format".to_string(), STATE_FORMAT.to_string()),

@@ -50,10 +50,16 @@ pub struct TrainConfig {
     pub grad_clip: Option<f64>,
     /// Write `checkpoint_epoch_N.safetensors` every this many epochs (and at the end).
     pub checkpoint_every: usize,
+    /// Also checkpoint every N steps, in the middle of epochs (resumable exactly).
+    pub checkpoint_every_steps: Option<usize>,
+    /// Also checkpoint when this many minutes have passed since the last checkpoint.
+    pub checkpoint_every_minutes: Option<f64>,
     pub seed: u64,
     /// Output directory: checkpoints, metrics.jsonl, plots.
     pub out: PathBuf,
-    /// `cpu` or `cuda` (the GPU of this rank's local rank; needs a build with feature `cuda`).
+    /// `auto` (the default: CUDA when this machine has a GPU and the build has the CUDA
+    /// backend, else the CPU), `cpu`, or `cuda` (the GPU of this rank's local rank; needs a build
+    /// with feature `cuda`).
     pub device: String,
     /// On the GPU, `bf16`: matmuls, convolutions and attention run on bf16 tensor cores with f32
     /// accumulation (autocast; weights, optimiser and every other op stay f32), or `f32`
@@ -127,9 +133,11 @@ impl Default for TrainConfig {
             warmup_fraction: 0.1,
             grad_clip: None,
             checkpoint_every: 10,
+            checkpoint_every_steps: None,
+            checkpoint_every_minutes: None,
             seed: 0,
             out: PathBuf::from("runs"),
-            device: "cpu".into(),
+            device: "auto".into(),
             precision: "bf16".into(),
             deterministic: true,
             workers: 2,
@@ -219,11 +227,17 @@ impl TrainConfig {
         if self.checkpoint_every == 0 {
             return bad("--checkpoint_every", "must be at least 1 (epochs)".into());
         }
+        if self.checkpoint_every_steps == Some(0) {
+            return bad("--checkpoint_every_steps", "must be at least 1 (steps)".into());
+        }
+        if let Some(m) = self.checkpoint_every_minutes.filter(|m| !(m.is_finite() && *m > 0.0)) {
+            return bad("--checkpoint_every_minutes", format!("{m} is not a positive number of minutes"));
+        }
         if self.workers == 0 {
             return bad("--workers", "must be at least 1".into());
         }
         match self.device.as_str() {
-            "cpu" => {}
+            "cpu" | "auto" => {}
             // Which GPU, and whether there is one, is found out when training opens it.
             "cuda" if cfg!(feature = "cuda") => {}
             "cuda" => {
@@ -234,7 +248,7 @@ impl TrainConfig {
                         .into(),
                 )
             }
-            other => return bad("--device", format!("unknown device `{other}`; use cpu or cuda")),
+            other => return bad("--device", format!("unknown device `{other}`; use auto, cpu or cuda")),
         }
         if !PRECISIONS.contains(&self.precision.as_str()) {
             return bad("--precision", format!("unknown precision `{}`; use bf16 or f32", self.precision));

@@ -22,6 +22,7 @@ pub mod ops;
 pub mod optim;
 pub mod plot;
 pub mod rng;
+pub mod signals;
 pub mod tensor;
 pub mod train;
 

@@ -13,7 +13,10 @@
 //!    cosine schedule at this step.
 //!
 //! Around it: metrics per step in `OUT/metrics.jsonl`, plots per epoch,
-//! checkpoints every `checkpoint_every` epochs, and an exact resume.
+//! checkpoints every `checkpoint_every` epochs (and, on request, every N steps or M minutes in
+//! the middle of an epoch), and an exact resume. A stop signal (`crate::signals`: SIGTERM,
+//! SIGINT, SIGUSR1) ends the run after the current step with a checkpoint: every rank agrees to
+//! stop at the same step, rank 0 writes, and the outcome says which signal it was.
 //!
 //! Data parallel (a communicator of W ranks in `TrainOptions`): the global
 //! batch is split over ranks by the sampler, the loss is NT-Xent over the
@@ -79,6 +82,10 @@ pub struct TrainOutcome {
     pub global_step: u64,
     /// Mean loss of the last epoch trained in this run (NaN if none ran).
     pub last_epoch_loss: f64,
+    /// Stopped early by a signal (its name), after writing `checkpoint`; no final model then.
+    pub stopped_by: Option<String>,
+    /// The last checkpoint written or resumed from.
+    pub checkpoint: Option<PathBuf>,
     /// Training throughput of this run (clips per second, data loading included).
     pub clips_per_s: f64,
 }
@@ -105,6 +112,15 @@ fn non_finite(what: &str, value: f64, epoch: usize, step: u64, last_checkpoint: 
          Try a lower --lr, or --grad_clip 1.0",
         epoch + 1
     ))
+}
+
+/// On a terminal the line goes above the bar; in a log it is the only output.
+fn print_line(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
+    }
 }
 
 fn progress_bar(total: u64, done: u64, verbose: bool) -> ProgressBar {
@@ -135,7 +151,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     let writer = rank == 0; // files and console output come from rank 0 only
     let verbose = opts.verbose && writer;
     let base_lr = cfg.lr * world as f64;
-    let device = training_device(cfg)?;
+    let (device, device_reason) = training_device(cfg)?;
     let bf16 = device != Device::Cpu && cfg.precision == "bf16";
     let ds = Arc::new(ShardDataset::open(&cfg.processed_dir)?);
     let m = ds.manifest().clone();
@@ -171,6 +187,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     }
 
     let (mut epochs_done, mut global_step, mut last_checkpoint) = (0usize, 0u64, None);
+    // A checkpoint taken in the middle of an epoch: the steps of it already trained.
+    let (mut resume_step, mut resume_loss_sum) = (0usize, 0.0f64);
     if let Some(path) = &opts.resume {
         let (state, opt_state) = load_train_state(path)?;
         if state.dataset != dataset {
@@ -192,8 +210,19 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
                 format!("model file says epoch {epoch} but its state file says {}", state.epochs_done),
             ));
         }
+        if state.epoch_steps_done >= steps_per_epoch {
+            return Err(Error::invalid(
+                "--resume",
+                format!(
+                    "{} was taken {} steps into an epoch, but an epoch now has {steps_per_epoch} steps (was --batch_size changed?)",
+                    path.display(),
+                    state.epoch_steps_done
+                ),
+            ));
+        }
         optimizer.load_state(&opt_state)?;
         (epochs_done, global_step, last_checkpoint) = (state.epochs_done, state.global_step, Some(path.clone()));
+        (resume_step, resume_loss_sum) = (state.epoch_steps_done, state.epoch_loss_sum);
     }
 
     let mut metrics = None;
@@ -214,10 +243,17 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
             cfg.processed_dir.display(),
             steps_per_epoch,
             cfg.epochs,
-            if epochs_done > 0 { format!(" (resuming after epoch {epochs_done})") } else { String::new() }
+            match (epochs_done, resume_step) {
+                (0, 0) => String::new(),
+                (e, 0) => format!(" (resuming after epoch {e})"),
+                (e, s) => format!(" (resuming after step {s} of epoch {})", e + 1),
+            }
         );
         if world > 1 {
             println!("{world} ranks, {} clips each per step, lr {} × {world}", cfg.batch_size / world, cfg.lr);
+        }
+        if let Some(reason) = &device_reason {
+            println!("--device auto: {} ({reason})", if device == Device::Cpu { "the CPU" } else { "CUDA" });
         }
         if let Some(name) = device_name(device) {
             println!("training on {name}, {}", if bf16 { "bf16 autocast" } else { "f32" });
@@ -227,12 +263,17 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     let bar = progress_bar(total_steps, global_step, verbose);
     let run_start = Instant::now();
     let (mut clips_seen, mut last_epoch_loss) = (0usize, f64::NAN);
+    let mut last_checkpoint_time = Instant::now();
+    let mut stopped_by: Option<String> = None;
     model.set_training(true);
-    for epoch in epochs_done..cfg.epochs {
+    'epochs: for epoch in epochs_done..cfg.epochs {
         let epoch_start = Instant::now();
-        let mut loss_sum = 0.0;
-        let mut batches = loader.epoch(epoch, 0);
-        for step in 0..steps_per_epoch {
+        // The first epoch of a mid-epoch resume starts where the checkpoint stopped.
+        let first_step = std::mem::take(&mut resume_step);
+        let mut loss_sum = std::mem::take(&mut resume_loss_sum);
+        let mut batches = loader.epoch(epoch, first_step);
+        let mut checkpoint_due = false; // a step/time checkpoint falling on the epoch's last step
+        for step in first_step..steps_per_epoch {
             let wait = Instant::now();
             let batch = batches.next().ok_or_else(|| Error::invalid("loader", "epoch ended early"))??;
             // Augmented on the host by the loader; uploaded once per step (counted as data time).
@@ -296,6 +337,38 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
                 cfg.epochs
             ));
             bar.inc(1);
+
+            // Stop (a signal on any rank) or a step/time checkpoint, agreed by every rank.
+            let (stop, due) = checkpoint_decision(cfg, global_step, last_checkpoint_time, &comm, world)?;
+            if stop {
+                stopped_by = Some(
+                    crate::signals::received()
+                        .map_or("a stop signal on another rank".into(), |s| crate::signals::name(s).to_string()),
+                );
+            }
+            if step + 1 == steps_per_epoch {
+                checkpoint_due = due; // the epoch's checkpoint below takes it
+            } else if stop || due {
+                if writer {
+                    let state = TrainState {
+                        epochs_done: epoch,
+                        global_step,
+                        epoch_steps_done: step + 1,
+                        epoch_loss_sum: loss_sum,
+                        config: cfg.clone(),
+                        dataset: dataset.clone(),
+                    };
+                    let path = save_checkpoint(&cfg.out, &model, &spec, &optimizer.state(), &state)?;
+                    if verbose {
+                        print_line(&bar, format!("step {global_step}: checkpoint → {}", path.display()));
+                    }
+                    last_checkpoint = Some(path);
+                }
+                last_checkpoint_time = Instant::now();
+                if stop {
+                    break 'epochs;
+                }
+            }
         }
         drop(batches);
         epochs_done = epoch + 1;
@@ -311,11 +384,22 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
             metrics.write_plots()?;
         }
         let mut saved = String::new();
-        if writer && (epochs_done % cfg.checkpoint_every == 0 || epochs_done == cfg.epochs) {
-            let state = TrainState { epochs_done, global_step, config: cfg.clone(), dataset: dataset.clone() };
-            let path = save_checkpoint(&cfg.out, &model, &spec, &optimizer.state(), &state)?;
-            saved = format!("  → {}", path.display());
-            last_checkpoint = Some(path);
+        let due = epochs_done % cfg.checkpoint_every == 0 || epochs_done == cfg.epochs || checkpoint_due;
+        if due || stopped_by.is_some() {
+            if writer {
+                let state = TrainState {
+                    epochs_done,
+                    global_step,
+                    epoch_steps_done: 0,
+                    epoch_loss_sum: 0.0,
+                    config: cfg.clone(),
+                    dataset: dataset.clone(),
+                };
+                let path = save_checkpoint(&cfg.out, &model, &spec, &optimizer.state(), &state)?;
+                saved = format!("  → {}", path.display());
+                last_checkpoint = Some(path);
+            }
+            last_checkpoint_time = Instant::now();
         }
         if verbose {
             let line = format!(
@@ -326,17 +410,19 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
                     "  peak GPU memory {peak:.0} MiB ({reserved:.0} MiB reserved)"
                 )),
             );
-            // On a terminal the line goes above the bar; in a log it is the only output.
-            if bar.is_hidden() {
-                println!("{line}");
-            } else {
-                bar.println(line);
-            }
+            print_line(&bar, line);
+        }
+        if stopped_by.is_some() {
+            break;
         }
     }
     bar.finish_and_clear();
+    // A stop at the very last step has finished the training all the same.
+    if epochs_done == cfg.epochs {
+        stopped_by = None;
+    }
     let final_model = final_model_path(&cfg.out);
-    if writer {
+    if writer && stopped_by.is_none() {
         save_model(&final_model, &model, &spec, epochs_done)?;
     }
     Ok(TrainOutcome {
@@ -345,24 +431,79 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         global_step,
         last_epoch_loss,
         clips_per_s: clips_seen as f64 / run_start.elapsed().as_secs_f64().max(1e-9),
+        stopped_by,
+        checkpoint: last_checkpoint,
     })
+}
+
+/// After each step: (stop, checkpoint due). Stop when a stop signal reached this or any other
+/// rank; a checkpoint is due every `--checkpoint_every_steps` steps or `--checkpoint_every_minutes`
+/// minutes. With several ranks the two flags are summed over all of them, so every rank takes the
+/// same decision at the same step (a clock or a signal seen by one rank only is enough).
+fn checkpoint_decision(
+    cfg: &TrainConfig,
+    global_step: u64,
+    last_checkpoint: Instant,
+    comm: &Arc<dyn Communicator>,
+    world: usize,
+) -> Result<(bool, bool)> {
+    let stop = crate::signals::received().is_some();
+    let due = cfg.checkpoint_every_steps.is_some_and(|n| global_step % n as u64 == 0)
+        || cfg.checkpoint_every_minutes.is_some_and(|m| last_checkpoint.elapsed().as_secs_f64() >= 60.0 * m);
+    if world == 1 {
+        return Ok((stop, due));
+    }
+    let flags = Tensor::from_vec(vec![stop as u8 as f32, due as u8 as f32], &[2])?;
+    let agreed = comm.all_reduce_sum(&flags)?.to_vec::<f32>()?;
+    Ok((agreed[0] > 0.0, agreed[1] > 0.0))
 }
 
 /// The device this process trains on: the CPU, or for `--device cuda` the GPU of its local
 /// rank (0 without a launcher), opened here so that a missing driver or GPU fails before any work.
-fn training_device(cfg: &TrainConfig) -> Result<Device> {
-    if cfg.device != "cuda" {
-        return Ok(Device::Cpu);
+/// With `--device auto`, also why that device (for the console).
+fn training_device(cfg: &TrainConfig) -> Result<(Device, Option<String>)> {
+    let local_rank = crate::dist::DistEnv::from_env()?.map_or(0, |env| env.local_rank);
+    let (wanted, reason) = match cfg.device.as_str() {
+        "auto" => {
+            let (device, reason) = auto_device(local_rank)?;
+            (device, Some(reason))
+        }
+        "cuda" => (Device::Cuda(local_rank), None),
+        _ => (Device::Cpu, None),
+    };
+    if wanted == Device::Cpu {
+        return Ok((Device::Cpu, reason));
     }
     #[cfg(feature = "cuda")]
     {
-        let ordinal = crate::dist::DistEnv::from_env()?.map_or(0, |env| env.local_rank);
-        crate::backend::cuda::devices::gpu(ordinal)?;
+        crate::backend::cuda::devices::gpu(local_rank)?;
         crate::backend::cuda::set_deterministic(cfg.deterministic);
-        Ok(Device::Cuda(ordinal))
+        Ok((wanted, reason))
     }
     #[cfg(not(feature = "cuda"))]
     Err(Error::invalid("--device", "this build has no CUDA backend (build with --features cuda); use --device cpu"))
+}
+
+/// `--device auto`: the GPU of this rank's local rank when the machine has GPUs (and this build
+/// the CUDA backend), else the CPU; with the reason.
+fn auto_device(local_rank: usize) -> Result<(Device, String)> {
+    #[cfg(feature = "cuda")]
+    {
+        match crate::backend::cuda::devices::device_count() {
+            Ok(0) => Ok((Device::Cpu, "no CUDA device on this machine".into())),
+            Ok(n) if local_rank < n => Ok((Device::Cuda(local_rank), format!("{n} CUDA device(s) on this machine"))),
+            Ok(n) => Err(Error::invalid(
+                "--device",
+                format!("auto: this is local rank {local_rank}, but the machine has only {n} CUDA device(s)"),
+            )),
+            Err(e) => Ok((Device::Cpu, format!("no usable CUDA driver: {e}"))),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = local_rank;
+        Ok((Device::Cpu, "this build has no CUDA backend (build with --features cuda for GPUs)".into()))
+    }
 }
 
 /// "NVIDIA H100 80GB HBM3 (cuda:0)" (the emulator says it is one), for the console; `None` on the CPU.

@@ -107,6 +107,14 @@ fn config_files_are_checked() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let saved = std::fs::read_to_string(out_dir.join("config.toml")).unwrap();
     assert!(saved.contains("epochs = 1"), "{saved}");
+    // The default device is `auto` (kept as such in the saved config, so that a resume on a GPU
+    // node uses its GPU); here, with no CUDA driver, it is the CPU, and the run says why.
+    assert!(saved.contains("device = \"auto\""), "{saved}");
+    let verbose: Vec<&str> = args.iter().copied().filter(|a| *a != "--quiet").collect();
+    let out = train(&verbose);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("--device auto: the CPU ("), "{stdout}");
 }
 
 #[test]

@@ -315,6 +315,8 @@ fn checkpoints_save_from_the_device_and_resume_onto_it() {
         global_step: 2,
         config: TrainConfig { device: "cuda".into(), ..TrainConfig::default() },
         dataset: DatasetIdentity { clips: 8, frames: 2, height: 16, width: 16 },
+        epoch_steps_done: 0,
+        epoch_loss_sum: 0.0,
     };
     let path = save_checkpoint(&dir, &model, &spec, &opt.state(), &state).unwrap();
 
@@ -570,7 +572,9 @@ fn simclr_train_in_bf16_on_the_emulated_gpu_stays_close_to_the_cpu() {
         flags.iter().chain(&more).chain(&["--device", device, "--out", s(out)]).map(|x| x.to_string()).collect()
     };
     assert_ok(&run_bin(train, &refs(&args(&cpu_out, "cpu")), &[]), "CPU run");
-    let stdout = assert_ok(&run_bin(train, &refs(&args(&gpu_out, "cuda")), &[EMULATOR]), "bf16 GPU run");
+    // --device auto (the default) finds the (emulated) GPU and says so.
+    let stdout = assert_ok(&run_bin(train, &refs(&args(&gpu_out, "auto")), &[EMULATOR]), "bf16 GPU run");
+    assert!(stdout.contains("--device auto: CUDA (1 CUDA device(s)"), "{stdout}");
     assert!(stdout.contains("bf16 autocast"), "{stdout}");
     let (c, g) = (&step_records(&cpu_out)[0], &step_records(&gpu_out)[0]);
     let rel = |k: &str| (g[k].as_f64().unwrap() - c[k].as_f64().unwrap()).abs() / c[k].as_f64().unwrap().abs();

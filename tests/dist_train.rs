@@ -40,6 +40,7 @@ fn train_on(world: usize, data: &Path, out: &Path, lr: f64, sync_bn: bool) -> Pa
         sync_bn,
         seed: 4,
         out: out.to_path_buf(),
+        device: "cpu".into(), // CPU ranks even on a GPU machine (`auto` would take its GPUs)
         ..TrainConfig::default()
     };
     let comms = ThreadGroup::new(world, Duration::from_secs(60)).unwrap();

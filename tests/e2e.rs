@@ -86,6 +86,10 @@ fn train_checkpoint_resume_is_exact() {
     let ckpt = resumed.join("checkpoint_epoch_2.safetensors");
     run(train, &["--resume", s(&ckpt), "--out", s(&resumed), "--quiet"]);
     assert_same_weights(&straight.join("final_model.safetensors"), &resumed.join("final_model.safetensors"));
+    // Byte for byte, metadata included: identical checkpoints have identical checksums.
+    for f in ["final_model.safetensors", "checkpoint_epoch_4.safetensors"] {
+        assert!(std::fs::read(straight.join(f)).unwrap() == std::fs::read(resumed.join(f)).unwrap(), "{f} differs");
+    }
     // The log carries on where it stopped: no step twice, none missing.
     assert_eq!(steps_logged(&resumed.join("metrics.jsonl")), (1..=12).collect::<Vec<_>>());
 

@@ -78,6 +78,7 @@ fn world_size_one_runs_every_collective_and_training_through_nccl() {
         workers: 1,
         seed: 4,
         out: dir.join(out),
+        device: "cpu".into(), // host tensors through NCCL (`auto` would train on the GPU)
         ..TrainConfig::default()
     };
     let plain = train(&cfg("plain"), &TrainOptions { resume: None, verbose: false, comm: None }).unwrap();

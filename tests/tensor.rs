@@ -94,6 +94,31 @@ fn safetensors_round_trip_every_dtype() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The same tensors and metadata give the same bytes, whatever order the metadata map iterates in
+/// (each `HashMap` has its own random order), so identical checkpoints have identical checksums.
+#[test]
+fn safetensors_bytes_do_not_depend_on_metadata_order() {
+    use simclr::tensor::safetensors_io::to_safetensors_bytes;
+    let mut rng = Rng::new(2);
+    let w = Tensor::randn(&[5, 3], 1.0, DType::F32, &mut rng).unwrap();
+    let steps = Tensor::from_vec(vec![4i64], &[1]).unwrap();
+    let half = w.to_dtype(DType::BF16).unwrap();
+    let pairs: Vec<(String, String)> = (0..12).map(|i| (format!("key{i}"), format!("value {i}"))).collect();
+    let bytes = |reverse: bool| {
+        let mut meta = std::collections::HashMap::new();
+        let ordered: Vec<_> = if reverse { pairs.iter().rev().cloned().collect() } else { pairs.clone() };
+        meta.extend(ordered);
+        to_safetensors_bytes(&[("w", &w), ("steps", &steps), ("half", &half)], Some(meta)).unwrap()
+    };
+    let first = bytes(false);
+    for reverse in [false, true, false, true] {
+        assert!(bytes(reverse) == first, "two saves of the same tensors and metadata differ");
+    }
+    // Still a safetensors file the crate reads, with every key.
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&first).unwrap();
+    assert_eq!(meta.metadata().as_ref().unwrap().len(), 12);
+}
+
 #[test]
 fn bad_shapes_dtypes_and_indices_are_errors_not_panics() {
     let a = t(&[1.0; 6], &[2, 3]);

@@ -295,10 +295,12 @@ extern "C" unsigned long long simclr_emu_block_seed() { return settings().seed; 
 extern "C" void simclr_emu_set_block_seed(unsigned long long seed) { settings().seed = seed; }
 
 // ---------------------------------------------------------------------------------------------
-// -fsanitize=alignment: the compiler checks every typed load and store of the kernel files (a
-// float4 needs 16-byte alignment, a uint2 8, a float 4) and calls this handler when one is
-// misaligned. The data layout is the sanitizer ABI that GCC and clang share ("v1" handlers);
-// defining the handler here means no sanitizer runtime is linked.
+// -fsanitize=alignment: the compiler checks the typed scalar loads and stores of the kernel files
+// (a float needs 4-byte alignment, a packed bf16 pair in a uint32_t 4) and calls this handler when
+// one is misaligned. (clang does not check whole-struct copies such as a float4: kernels make
+// those through load_vector/store_vector, which check explicitly.) The data layout is the
+// sanitizer ABI that GCC and clang share ("v1" handlers); defining the handler here means no
+// sanitizer runtime is linked.
 // ---------------------------------------------------------------------------------------------
 namespace {
 struct UbsanSourceLocation {

@@ -12,6 +12,10 @@
 //! exit unsuccessfully (error, crash, signal) stops the rest, and the launch
 //! fails naming it. (The survivors would also notice on their own, through
 //! their communicator, within its timeout; stopping them is just faster.)
+//!
+//! A stop signal this process receives (`crate::signals`) is passed on to every rank, which
+//! then finish their step, save a checkpoint and exit with `EXIT_STOPPED`; that is not a
+//! failure, and the launch ends as [`LaunchEnd::Stopped`].
 
 use crate::error::{Error, Result};
 use std::ffi::OsString;
@@ -26,10 +30,20 @@ const OP: &str = "--ddp";
 /// How often the children are polled for exits.
 const POLL: Duration = Duration::from_millis(50);
 
+/// How a launch that did not fail ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LaunchEnd {
+    /// Every rank finished its training.
+    Finished,
+    /// A stop signal ended the ranks after they saved a checkpoint (`--resume auto` continues).
+    Stopped,
+}
+
 /// Runs `program args` as ranks 0..world_size of one job on this machine and
-/// waits for all of them. Ok when every rank exits successfully; otherwise the
-/// other ranks are killed and the error names the first rank that failed.
-pub fn run_local_ranks(program: &Path, args: &[OsString], world_size: usize) -> Result<()> {
+/// waits for all of them. Ok when every rank exits successfully (or stopped on a signal, after
+/// saving a checkpoint); otherwise the other ranks are killed and the error names the first rank
+/// that failed.
+pub fn run_local_ranks(program: &Path, args: &[OsString], world_size: usize) -> Result<LaunchEnd> {
     if world_size == 0 {
         return Err(Error::invalid(OP, "needs at least one rank"));
     }
@@ -51,6 +65,19 @@ pub fn run_local_ranks(program: &Path, args: &[OsString], world_size: usize) -> 
             .stdin(Stdio::null());
         if rank > 0 {
             cmd.stderr(Stdio::piped());
+        }
+        // A rank outliving this process (killed with SIGKILL, say) gets SIGTERM, so it saves a
+        // checkpoint and stops instead of training on alone.
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe, as pre_exec requires.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
         }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
@@ -79,16 +106,34 @@ pub fn run_local_ranks(program: &Path, args: &[OsString], world_size: usize) -> 
     result
 }
 
-/// Waits until every child has exited successfully, or one has not.
-fn watch(children: &mut [Child]) -> Result<()> {
+/// Waits until every child has exited successfully (or stopped on a signal), or one has not.
+/// Passes a stop signal this process receives on to the children, once; a rank that the
+/// forwarded signal ends before it could catch it (it was still starting) counts as stopped too.
+fn watch(children: &mut [Child]) -> Result<LaunchEnd> {
     let mut done = vec![false; children.len()];
+    let (mut forwarded, mut stopped) = (None, false);
     loop {
+        if let (Some(signal), None) = (crate::signals::received(), forwarded) {
+            for (rank, child) in children.iter().enumerate() {
+                if !done[rank] {
+                    // SAFETY: kill(2) on the pid of a child we have not reaped yet.
+                    unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+                }
+            }
+            forwarded = Some(signal);
+        }
         for (rank, child) in children.iter_mut().enumerate() {
             if done[rank] {
                 continue;
             }
             match child.try_wait() {
                 Ok(Some(status)) if status.success() => done[rank] = true,
+                Ok(Some(status))
+                    if status.code() == Some(crate::signals::EXIT_STOPPED) || killed_by(status, forwarded) =>
+                {
+                    done[rank] = true;
+                    stopped = true;
+                }
                 Ok(Some(status)) => {
                     stop_all(children);
                     return Err(Error::dist(
@@ -107,7 +152,7 @@ fn watch(children: &mut [Child]) -> Result<()> {
             }
         }
         if done.iter().all(|&d| d) {
-            return Ok(());
+            return Ok(if stopped { LaunchEnd::Stopped } else { LaunchEnd::Finished });
         }
         std::thread::sleep(POLL);
     }
@@ -122,6 +167,20 @@ fn stop_all(children: &mut [Child]) {
     }
     for child in children.iter_mut() {
         let _ = child.wait();
+    }
+}
+
+/// Whether `status` is a death by the signal `forwarded` (when there is one).
+fn killed_by(status: ExitStatus, forwarded: Option<i32>) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        forwarded.is_some() && status.signal() == forwarded
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (status, forwarded);
+        false
     }
 }
 

@@ -3,9 +3,8 @@
 
 use super::{DType, Storage, Tensor};
 use crate::error::{Error, Result};
-use safetensors::tensor::{Dtype as StDtype, SafeTensors, View};
-use std::borrow::Cow;
-use std::collections::HashMap;
+use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorInfo};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 fn to_st(d: DType) -> StDtype {
@@ -38,24 +37,13 @@ struct Bytes {
     storage: Storage,
 }
 
-impl View for &Bytes {
-    fn dtype(&self) -> StDtype {
-        to_st(self.dtype)
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(self.storage.as_bytes())
-    }
-    fn data_len(&self) -> usize {
-        self.storage.as_bytes().len()
-    }
-}
-
-/// Serialises named tensors (and optional string metadata) to bytes.
+/// Serialises named tensors (and optional string metadata) to bytes. The same tensors and
+/// metadata always give the same bytes: the layout is the `safetensors` crate's (tensors by
+/// descending dtype alignment, then name; the header padded with spaces to a multiple of 8), but
+/// the metadata is written in key order (the crate writes a `HashMap` in its random iteration
+/// order, so two saves of one checkpoint had different checksums).
 pub fn to_safetensors_bytes(tensors: &[(&str, &Tensor)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
-    let flat: Vec<(String, Bytes)> = tensors
+    let mut flat: Vec<(String, Bytes)> = tensors
         .iter()
         .map(|(n, t)| {
             Ok((n.to_string(), Bytes { dtype: t.dtype(), shape: t.shape().to_vec(), storage: t.contiguous_storage()? }))
@@ -67,8 +55,40 @@ pub fn to_safetensors_bytes(tensors: &[(&str, &Tensor)], metadata: Option<HashMa
             return Err(Error::invalid("save_safetensors", format!("tensor name `{n}` appears twice")));
         }
     }
-    safetensors::serialize(flat.iter().map(|(n, b)| (n.as_str(), b)), metadata)
-        .map_err(|e| Error::invalid("save_safetensors", e.to_string()))
+    flat.sort_by(|(a, x), (b, y)| to_st(y.dtype).cmp(&to_st(x.dtype)).then(a.cmp(b)));
+
+    let bad = |e: serde_json::Error| Error::invalid("save_safetensors", e.to_string());
+    let mut header = Vec::new();
+    {
+        use serde::ser::{SerializeMap, Serializer};
+        let mut json = serde_json::Serializer::new(&mut header);
+        let mut map = json.serialize_map(Some(flat.len() + metadata.is_some() as usize)).map_err(bad)?;
+        if let Some(metadata) = metadata {
+            let sorted: BTreeMap<String, String> = metadata.into_iter().collect();
+            map.serialize_entry("__metadata__", &sorted).map_err(bad)?;
+        }
+        let mut offset = 0;
+        for (name, bytes) in &flat {
+            let n = bytes.storage.as_bytes().len();
+            let info = TensorInfo {
+                dtype: to_st(bytes.dtype),
+                shape: bytes.shape.clone(),
+                data_offsets: (offset, offset + n),
+            };
+            map.serialize_entry(name, &info).map_err(bad)?;
+            offset += n;
+        }
+        map.end().map_err(bad)?;
+    }
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let data_len: usize = flat.iter().map(|(_, b)| b.storage.as_bytes().len()).sum();
+    let mut out = Vec::with_capacity(8 + header.len() + data_len);
+    out.extend((header.len() as u64).to_le_bytes());
+    out.extend(header);
+    for (_, bytes) in &flat {
+        out.extend(bytes.storage.as_bytes());
+    }
+    Ok(out)
 }
 
 /// Writes named tensors to `path` atomically.

@@ -9,8 +9,8 @@
 #[macro_use]
 mod common;
 
+mod conv_pool_bn;
 mod elementwise;
 mod matmul;
 mod tensor;
-mod conv_pool_bn;
 mod vivit_ops;

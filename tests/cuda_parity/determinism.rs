@@ -94,7 +94,13 @@ parity_test!(attention_dq_is_order_independent, |gpu| {
     let v: Vec<f32> = (0..shape.batch_heads * shape.kv_len)
         .flat_map(|row| {
             let key = row % shape.kv_len;
-            let factor = if key < 64 { 1.0 } else if key < 128 { -1.0 } else { (-21f32).exp2() };
+            let factor = if key < 64 {
+                1.0
+            } else if key < 128 {
+                -1.0
+            } else {
+                (-21f32).exp2()
+            };
             w.iter().map(move |x| factor * x)
         })
         .collect();
@@ -108,7 +114,8 @@ parity_test!(attention_dq_is_order_independent, |gpu| {
     flash_attention_forward(gpu, shape, scale, &q, &k, &v, &mut out, &mut lse).unwrap();
     // The atomic path loses up to an ulp of the largest contribution, |C_0| = scale·64·P·|dO·w|.
     let dout_values = from_bf16(&gpu.download(&dout).unwrap());
-    let largest = dout_values.chunks(d).map(|row| row.iter().zip(&w).map(|(a, b)| a * b).sum::<f32>().abs()).fold(0f32, f32::max);
+    let largest =
+        dout_values.chunks(d).map(|row| row.iter().zip(&w).map(|(a, b)| a * b).sum::<f32>().abs()).fold(0f32, f32::max);
     let atol = 2.0 * f32::EPSILON * scale * 64.0 / 170.0 * largest;
     check_order_independence(gpu, "attention dq", atol, || {
         let mut dq = gpu.alloc::<bf16>(shape.q_elems()).unwrap();

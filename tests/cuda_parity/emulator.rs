@@ -26,7 +26,14 @@ fn emulator_selftest_passes() {
     let dir = std::env::temp_dir().join(format!("simclr_emu_selftest_{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let compiler = emulator_compiler();
-    let flags = ["-std=c++20", "-O1", "-pthread", "-Wno-unknown-pragmas", "-fsanitize=alignment", "-fsanitize-recover=alignment"];
+    let flags = [
+        "-std=c++20",
+        "-O1",
+        "-pthread",
+        "-Wno-unknown-pragmas",
+        "-fsanitize=alignment",
+        "-fsanitize-recover=alignment",
+    ];
     // Compiled with the alignment check, linked without the sanitizer runtime (emu_runtime.cpp
     // has the one handler the check calls).
     let sources: [(&str, &[&str]); 3] = [
@@ -45,7 +52,11 @@ fn emulator_selftest_passes() {
             .arg(&object)
             .output()
             .unwrap_or_else(|e| panic!("cannot run the C++ compiler `{compiler}`: {e}"));
-        assert!(build.status.success(), "selftest build of {source} failed:\n{}", String::from_utf8_lossy(&build.stderr));
+        assert!(
+            build.status.success(),
+            "selftest build of {source} failed:\n{}",
+            String::from_utf8_lossy(&build.stderr)
+        );
         objects.push(object);
     }
     let exe = dir.join("emu_selftest");

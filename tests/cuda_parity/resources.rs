@@ -33,7 +33,12 @@ fn every_kernel_fits_the_limits_of_one_block() {
     }
     for s in SIGNATURES {
         assert!(s.registers <= 255, "{}: {} registers", s.name, s.registers);
-        assert!(s.static_smem <= SHARED_MEMORY_PER_BLOCK, "{}: {} bytes of static shared memory", s.name, s.static_smem);
+        assert!(
+            s.static_smem <= SHARED_MEMORY_PER_BLOCK,
+            "{}: {} bytes of static shared memory",
+            s.name,
+            s.static_smem
+        );
         // Every kernel can run at least one warp.
         assert!(block_registers(s, 32) <= REGISTERS_PER_SM, "{}", s.name);
     }

@@ -124,7 +124,8 @@ mod tests {
 
     #[test]
     fn register_file_arithmetic() {
-        let sig = KernelSignature { name: "k", params: &[], registers: 255, static_smem: 0, stack_bytes: 0, spill_bytes: 0 };
+        let sig =
+            KernelSignature { name: "k", params: &[], registers: 255, static_smem: 0, stack_bytes: 0, spill_bytes: 0 };
         assert_eq!(block_registers(&sig, 256), 65536);
         assert_eq!(block_registers(&sig, 257), 65536 + 32 * 256);
         let sig = KernelSignature { registers: 30, ..sig };

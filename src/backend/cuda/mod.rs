@@ -12,8 +12,8 @@
 
 mod allocator;
 mod buffer;
-pub mod devices;
 mod determinism;
+pub mod devices;
 mod driver;
 mod emulator;
 pub mod gemm;
@@ -25,9 +25,9 @@ pub mod launch_check;
 
 pub use allocator::MemoryStats;
 pub use buffer::{DeviceBuffer, DeviceElement};
+pub use determinism::{deterministic, set_deterministic};
+pub use emulator::{block_order_seed, set_block_order_seed};
 pub use gemm::{gemm, GemmElement, GemmShape};
 pub use gpu::Gpu;
 pub use kernels_table::{KernelModule, KernelSignature, MODULES, SIGNATURES};
-pub use determinism::{deterministic, set_deterministic};
-pub use emulator::{block_order_seed, set_block_order_seed};
 pub use launch::{Arg, LaunchConfig};

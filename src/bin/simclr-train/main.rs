@@ -5,11 +5,16 @@
 //! simclr-train --processed_dir data/bouncing --epochs 100 --batch_size 256 --lr 3e-4 --base_model resnet18
 //! simclr-train --config run.toml --seed 3        # a TOML file of the same keys; flags win
 //! simclr-train --resume runs/checkpoint_epoch_50.safetensors   # continues exactly where it stopped
+//! simclr-train --resume auto --out runs ...      # the newest checkpoint in runs/, or a fresh start
 //! simclr-train --device cuda ...                 # on GPU 0 (a build with --features cuda)
 //! ```
 //!
 //! Settings are resolved as: defaults (the PyTorch baseline's) → the resumed
 //! checkpoint's saved config → `--config` file → flags.
+//!
+//! SIGTERM, SIGINT and SIGUSR1 end training after the current step with a checkpoint, and the
+//! process exits with status 75 (`simclr::signals::EXIT_STOPPED`): rerun the same command with
+//! `--resume auto` to continue.
 
 mod demo;
 
@@ -17,7 +22,7 @@ use clap::Parser;
 use simclr::config::{resolve, TrainConfig};
 use simclr::dist::{Communicator, DistEnv, TcpCommunicator};
 use simclr::train::{train, TrainOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +49,8 @@ struct Cli {
     /// resnet18 | resnet34 | resnet50 | vivit_tiny | vivit_small | vivit_base [default: resnet18].
     #[arg(long = "base_model")]
     base_model: Option<String>,
-    /// Continue from OUT/checkpoint_epoch_N.safetensors (its saved settings are the base).
+    /// Continue from a checkpoint (OUT/checkpoint_epoch_N.safetensors; its saved settings are the
+    /// base), or `auto` (`last`): the newest complete checkpoint in --out, else a fresh start.
     #[arg(long)]
     resume: Option<PathBuf>,
     /// TOML file with any of the settings (flags override it).
@@ -84,12 +90,18 @@ struct Cli {
     /// Checkpoint every N epochs (and at the end) [default: 10].
     #[arg(long = "checkpoint_every")]
     checkpoint_every: Option<usize>,
+    /// Also checkpoint every N steps, mid-epoch (a preempted job loses at most N steps).
+    #[arg(long = "checkpoint_every_steps")]
+    checkpoint_every_steps: Option<usize>,
+    /// Also checkpoint whenever M minutes have passed since the last checkpoint.
+    #[arg(long = "checkpoint_every_minutes")]
+    checkpoint_every_minutes: Option<f64>,
     #[arg(long)]
     seed: Option<u64>,
     /// Output directory [default: runs].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// cpu | cuda [default: cpu].
+    /// auto | cpu | cuda [default: auto: the GPU(s) when there are any, else the CPU].
     #[arg(long)]
     device: Option<String>,
     /// On the GPU: bf16 (tensor-core matmul/conv/attention, f32 weights) | f32 [default: bf16].
@@ -151,6 +163,8 @@ impl Cli {
         set("warmup_fraction", self.warmup_fraction.map(toml::Value::Float));
         set("grad_clip", self.grad_clip.map(toml::Value::Float));
         set("checkpoint_every", int(self.checkpoint_every));
+        set("checkpoint_every_steps", int(self.checkpoint_every_steps));
+        set("checkpoint_every_minutes", self.checkpoint_every_minutes.map(toml::Value::Float));
         set("seed", self.seed.map(|s| toml::Value::Integer(s as i64)));
         set("out", path(&self.out));
         set("device", self.device.clone().map(toml::Value::String));
@@ -184,7 +198,27 @@ fn run(cli: Cli) -> simclr::Result<()> {
             return Err(simclr::Error::invalid("--dist_timeout", format!("{s} is not a positive number of seconds")))
         }
     };
-    let base = match &cli.resume {
+    // Stop signals end training after a step with a checkpoint. A rank of a launched job catches
+    // every one (its launcher may forward a signal it also got itself); a lone process catches
+    // only the first, so a second Ctrl-C ends it at once.
+    simclr::signals::install(launched.is_none())?;
+    let speaks = launched.as_ref().is_none_or(|env| env.rank == 0);
+    let resume = match cli.resume.as_deref() {
+        Some(p) if p == Path::new("auto") || p == Path::new("last") => {
+            // The output directory the settings name without a checkpoint.
+            let out = resolve(&TrainConfig::default(), cli.config.as_deref(), cli.flags())?.out;
+            let found = simclr::checkpoint::latest_checkpoint(&out)?;
+            if speaks {
+                match &found {
+                    Some(path) => println!("--resume auto: {}", path.display()),
+                    None => println!("--resume auto: no checkpoint in {}, starting from scratch", out.display()),
+                }
+            }
+            found
+        }
+        other => other.map(Path::to_path_buf),
+    };
+    let base = match &resume {
         Some(path) => simclr::checkpoint::load_train_state(path)?.0.config,
         None => TrainConfig::default(),
     };
@@ -192,14 +226,33 @@ fn run(cli: Cli) -> simclr::Result<()> {
     cfg.validate()?;
     let comm: Option<Arc<dyn Communicator>> = match launched {
         Some(env) => Some(Arc::new(TcpCommunicator::connect(&env, timeout)?)),
-        None if cfg.ddp => return launch_ranks(&cfg),
+        None if cfg.ddp => {
+            return match launch_ranks(&cfg)? {
+                LaunchEnd::Finished => Ok(()),
+                LaunchEnd::Stopped => {
+                    println!("the ranks stopped on a signal after saving a checkpoint; rerun with --resume auto");
+                    std::process::exit(simclr::signals::EXIT_STOPPED);
+                }
+            }
+        }
         None if cfg.num_gpus.is_some() => {
             return Err(simclr::Error::invalid("--num_gpus", "only means something with --ddp"));
         }
         None => None,
     };
     let writer = comm.as_ref().is_none_or(|c| c.rank() == 0); // rank 0 speaks for the job
-    let outcome = train(&cfg, &TrainOptions { resume: cli.resume.clone(), verbose: !cli.quiet, comm })?;
+    let outcome = train(&cfg, &TrainOptions { resume, verbose: !cli.quiet, comm })?;
+    if let Some(signal) = &outcome.stopped_by {
+        if writer {
+            let kept = outcome.checkpoint.as_ref().map_or("no checkpoint".into(), |p| p.display().to_string());
+            println!(
+                "stopped by {signal} after step {} (epoch {}); checkpoint: {kept}. Rerun with --resume auto to continue.",
+                outcome.global_step,
+                outcome.epochs_done + 1
+            );
+        }
+        std::process::exit(simclr::signals::EXIT_STOPPED);
+    }
     if writer {
         println!(
             "trained {} epochs ({} steps, {:.1} clips/s); final model: {}",
@@ -212,10 +265,18 @@ fn run(cli: Cli) -> simclr::Result<()> {
     Ok(())
 }
 
+use simclr::dist::launch::LaunchEnd;
+
 /// `--ddp` with no launcher around us: start one rank per GPU (or per `--num_gpus` process on
 /// the CPU) from this same command line, and wait for them.
-fn launch_ranks(cfg: &TrainConfig) -> simclr::Result<()> {
-    let ranks = match (cfg.num_gpus, cfg.device.as_str()) {
+fn launch_ranks(cfg: &TrainConfig) -> simclr::Result<LaunchEnd> {
+    // --device auto: GPUs when this machine has any, else CPU processes.
+    let device = match cfg.device.as_str() {
+        "auto" if gpu_count().unwrap_or(0) > 0 => "cuda",
+        "auto" => "cpu",
+        other => other,
+    };
+    let ranks = match (cfg.num_gpus, device) {
         (Some(0), _) => return Err(simclr::Error::invalid("--num_gpus", "must be at least 1")),
         (Some(n), "cuda") => {
             let gpus = gpu_count()?;
