@@ -183,6 +183,13 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     let mut optimizer = build_optimizer(cfg, params.clone())?;
     let buckets = GradientBuckets::new(&params, BUCKET_MB)?;
     if world > 1 && cfg.sync_bn {
+        if device != Device::Cpu {
+            return Err(Error::invalid(
+                "--sync_bn",
+                "synchronised batch norm computes its statistics on the host and has no GPU path yet; \
+                 drop --sync_bn (per-rank statistics) or train on the CPU",
+            ));
+        }
         convert_sync_batch_norm(&mut model, Some(comm.clone()));
     }
 

@@ -24,6 +24,7 @@
 use super::worker::CommWorker;
 use super::Communicator;
 use crate::autograd::{leaf_id, no_grad, LeafId};
+use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::float_dispatch;
 use crate::tensor::{DType, Float, StorageElement, Tensor};
@@ -147,6 +148,8 @@ impl Bucket {
         for p in &self.params {
             match p.grad() {
                 Some(g) => {
+                    // A gradient on a GPU is staged through host memory (see `through_host`).
+                    let g = if g.device() == Device::Cpu { g } else { g.to_device(Device::Cpu)? };
                     flat.extend_from_slice(&g.host_data::<T>()?);
                     flags.push(T::one());
                 }
@@ -178,6 +181,7 @@ impl Bucket {
     }
 
     fn unflatten_as<T: Float + StorageElement>(&self, summed: &Tensor, world_size: usize) -> Result<()> {
+        let summed = if summed.device() == Device::Cpu { summed.clone() } else { summed.to_device(Device::Cpu)? };
         let summed = summed.host_data::<T>()?;
         let scale = 1.0 / world_size as f64;
         let mut start = 0;
@@ -187,7 +191,7 @@ impl Bucket {
                 None // no rank produced a gradient: leave it unset, as a single process would
             } else {
                 let mean: Vec<T> = summed[start..start + n].iter().map(|&v| T::of_f64(v.as_f64() * scale)).collect();
-                Some(Tensor::from_vec(mean, p.shape())?)
+                Some(Tensor::from_vec(mean, p.shape())?.to_device(p.device())?)
             };
             p.set_grad(grad)?;
             start += n;

@@ -8,6 +8,9 @@
 //!   timeout and clear errors when a rank leaves or the ranks disagree;
 //! - [`TcpCommunicator`]: ranks are processes (CPU training with `--ddp`,
 //!   torchrun, SLURM), a star over TCP around rank 0 with the same semantics;
+//!   these two take tensors on a GPU too, staging them through host memory
+//!   ([`through_host`]), so GPU ranks train over them where there is no NCCL
+//!   (on the kernel emulator, say);
 //! - [`nccl::NcclCommunicator`] (feature `nccl`): GPU ranks through NCCL, on device
 //!   buffers and, for the trait, on host tensors (verified on a GPU: not yet).
 //!
@@ -43,8 +46,19 @@ pub use tcp::TcpCommunicator;
 pub use threads::{ThreadCommunicator, ThreadGroup};
 pub use worker::{CommWorker, Pending};
 
+use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+
+/// Runs a host collective on a tensor wherever it is: a tensor on a GPU is copied to host memory
+/// for the collective, and the result copied back to its device. (NCCL moves device buffers
+/// without the round trip; the thread and TCP communicators only know host memory.)
+pub(crate) fn through_host(t: &Tensor, collective: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    match t.device() {
+        Device::Cpu => collective(t),
+        device => collective(&t.to_device(Device::Cpu)?)?.to_device(device),
+    }
+}
 
 /// Collectives over the ranks of one job. Inputs are CPU tensors (any layout);
 /// outputs are new tensors, never tracked by autograd (see [`gather::all_gather`]

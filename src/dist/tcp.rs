@@ -27,7 +27,7 @@
 
 use super::rendezvous::{accept_ranks, connect_to_rank0, DistEnv};
 use super::round::{complete, Entry, Kind, Outcome};
-use super::{check_all_gather_input, check_all_reduce_input, check_root, Communicator};
+use super::{check_all_gather_input, check_all_reduce_input, check_root, through_host, Communicator};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Layout, Storage, Tensor};
 use std::io::{ErrorKind, Read, Write};
@@ -207,18 +207,24 @@ impl Communicator for TcpCommunicator {
     }
 
     fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
-        check_all_reduce_input(t)?;
-        self.tensor_collective(Kind::AllReduceSum, t)
+        through_host(t, |t| {
+            check_all_reduce_input(t)?;
+            self.tensor_collective(Kind::AllReduceSum, t)
+        })
     }
 
     fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
-        check_all_gather_input(t)?;
-        self.tensor_collective(Kind::AllGather, t)
+        through_host(t, |t| {
+            check_all_gather_input(t)?;
+            self.tensor_collective(Kind::AllGather, t)
+        })
     }
 
     fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor> {
-        check_root(root, self.world_size)?;
-        self.tensor_collective(Kind::Broadcast { root }, t)
+        through_host(t, |t| {
+            check_root(root, self.world_size)?;
+            self.tensor_collective(Kind::Broadcast { root }, t)
+        })
     }
 
     fn barrier(&self) -> Result<()> {

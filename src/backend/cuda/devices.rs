@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 pub const EMULATOR_ENV: &str = "SIMCLR_CUDA_EMULATOR";
 /// The emulator's memory per device in MiB (out-of-memory tests of whole runs).
 pub const EMULATOR_MEMORY_ENV: &str = "SIMCLR_CUDA_EMULATOR_MEMORY_MIB";
+/// How many devices the emulator says the machine has (default 1): `--ddp --device cuda` with
+/// several GPU ranks, tested on a machine without any.
+pub const EMULATOR_DEVICES_ENV: &str = "SIMCLR_CUDA_EMULATOR_DEVICES";
 
 fn registry() -> &'static Mutex<HashMap<usize, Gpu>> {
     static DEVICES: OnceLock<Mutex<HashMap<usize, Gpu>>> = OnceLock::new();
@@ -84,7 +87,12 @@ pub fn insert_emulated(ordinal: usize, bytes: usize) -> Result<Gpu> {
 /// stands in for any ordinal, but one is what a run without a GPU should assume).
 pub fn device_count() -> Result<usize> {
     if emulated() {
-        Ok(1)
+        match std::env::var(EMULATOR_DEVICES_ENV) {
+            Err(_) => Ok(1),
+            Ok(v) => v.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                Error::invalid(EMULATOR_DEVICES_ENV, format!("`{v}` is not a positive number of devices"))
+            }),
+        }
     } else {
         Gpu::device_count()
     }
