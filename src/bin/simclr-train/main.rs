@@ -202,18 +202,17 @@ fn run(cli: Cli) -> simclr::Result<()> {
     // every one (its launcher may forward a signal it also got itself); a lone process catches
     // only the first, so a second Ctrl-C ends it at once.
     simclr::signals::install(launched.is_none())?;
-    let speaks = launched.as_ref().is_none_or(|env| env.rank == 0);
+    // What --resume auto found, said by the process that trains (rank 0), not by a launcher.
+    let mut found_message = None;
     let resume = match cli.resume.as_deref() {
         Some(p) if p == Path::new("auto") || p == Path::new("last") => {
             // The output directory the settings name without a checkpoint.
             let out = resolve(&TrainConfig::default(), cli.config.as_deref(), cli.flags())?.out;
             let found = simclr::checkpoint::latest_checkpoint(&out)?;
-            if speaks {
-                match &found {
-                    Some(path) => println!("--resume auto: {}", path.display()),
-                    None => println!("--resume auto: no checkpoint in {}, starting from scratch", out.display()),
-                }
-            }
+            found_message = Some(match &found {
+                Some(path) => format!("--resume auto: {}", path.display()),
+                None => format!("--resume auto: no checkpoint in {}, starting from scratch", out.display()),
+            });
             found
         }
         other => other.map(Path::to_path_buf),
@@ -241,6 +240,9 @@ fn run(cli: Cli) -> simclr::Result<()> {
         None => None,
     };
     let writer = comm.as_ref().is_none_or(|c| c.rank() == 0); // rank 0 speaks for the job
+    if let (true, Some(message)) = (writer, found_message) {
+        println!("{message}");
+    }
     let outcome = train(&cfg, &TrainOptions { resume, verbose: !cli.quiet, comm })?;
     if let Some(signal) = &outcome.stopped_by {
         if writer {
