@@ -51,6 +51,8 @@ fn config(data: PathBuf) -> TrainConfig {
         width: 0.25,
         checkpoint_every: 8,
         out: PathBuf::from("runs/demo"),
+        // The CPU demo, with the numbers the README quotes, even in a CUDA build on a GPU machine.
+        device: "cpu".into(),
         augment: AugmentSettings { crop_scale_min: 0.6, hue: 0.05, ..AugmentSettings::default() },
         ..TrainConfig::default()
     }
