@@ -84,6 +84,42 @@ fn steps_logged(out: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// Steps logged so far in a metrics.jsonl another process is writing (complete lines only).
+fn steps_logged_so_far(out: &Path) -> usize {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete.lines().filter(|l| l.contains("\"loss\":")).count()
+}
+
+/// Runs `args`, sends SIGTERM at a random moment, and returns how the run ended and when the
+/// signal went. The moment is either right after the start (`early`: usually before the handler
+/// is installed, which kills the process with nothing saved) or a random instant after the run
+/// has logged a step of its own, so that the signal lands in the middle of training whatever the
+/// machine's speed.
+fn run_and_signal(args: &[String], out: &Path, early: bool, rng: &mut Rng) -> (Output, String) {
+    let before = steps_logged_so_far(out);
+    let mut child = Command::new(TRAIN).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    let moment = if early {
+        std::thread::sleep(Duration::from_millis((rng.uniform() * 30.0) as u64));
+        format!("{} ms after the start", started.elapsed().as_millis())
+    } else {
+        while steps_logged_so_far(out) <= before
+            && child.try_wait().unwrap().is_none()
+            && started.elapsed() < Duration::from_secs(60)
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis((rng.uniform() * 50.0) as u64));
+        format!("{} ms in, after step {}", started.elapsed().as_millis(), steps_logged_so_far(out))
+    };
+    if child.try_wait().unwrap().is_none() {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    }
+    (child.wait_with_output().unwrap(), moment)
+}
+
 #[test]
 fn sigterm_at_random_moments_then_resume_auto_is_bitwise_an_uninterrupted_run() {
     let dir = temp_dir("sigterm");
@@ -120,22 +156,10 @@ fn sigterm_at_random_moments_then_resume_auto_is_bitwise_an_uninterrupted_run() 
         args.extend(["--resume", "auto"].map(String::from));
         let (mut stops, mut delays) = (0, Vec::new());
         let mut finished = false;
-        for _attempt in 0..40 {
-            // A run takes about a second here: the signal lands before the handler is
-            // installed, between steps, or after the end.
-            let delay = Duration::from_millis(40 + (rng.uniform() * 400.0) as u64);
-            delays.push(delay.as_millis());
-            let mut child =
-                Command::new(TRAIN).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-            let started = Instant::now();
-            while started.elapsed() < delay && child.try_wait().unwrap().is_none() {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if child.try_wait().unwrap().is_none() {
-                // SAFETY: kill(2) on our own child, not yet reaped.
-                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-            }
-            let out = child.wait_with_output().unwrap();
+        for attempt in 0..40 {
+            // Every third attempt (not the first) signals right at the start.
+            let (out, moment) = run_and_signal(&args, &out_dir, attempt % 3 == 2, &mut rng);
+            delays.push(moment);
             match out.status.code() {
                 Some(0) => {
                     finished = true;
@@ -148,12 +172,12 @@ fn sigterm_at_random_moments_then_resume_auto_is_bitwise_an_uninterrupted_run() 
                 // Killed before the handler was installed (the first instants of the process):
                 // nothing saved, the next attempt resumes from the previous checkpoint.
                 None => {}
-                Some(code) => panic!("round {round}: exit status {code} after {delays:?} ms:\n{}", text(&out)),
+                Some(code) => panic!("round {round}: exit status {code} (signals {delays:?}):\n{}", text(&out)),
             }
         }
-        assert!(finished, "round {round}: not finished after 40 attempts (delays {delays:?} ms)");
-        assert!(stops > 0, "round {round}: no run was stopped by the signal (delays {delays:?} ms)");
-        eprintln!("round {round}: {stops} stops, delays {delays:?} ms");
+        assert!(finished, "round {round}: not finished after 40 attempts (signals {delays:?})");
+        assert!(stops > 0, "round {round}: no run was stopped by the signal (signals {delays:?})");
+        eprintln!("round {round}: {stops} stops, signals {delays:?}");
         assert_same_weights(&straight.join("final_model.safetensors"), &out_dir.join("final_model.safetensors"));
         assert_eq!(steps_logged(&out_dir), (1..=12).collect::<Vec<_>>(), "round {round}");
     }
@@ -229,28 +253,18 @@ fn sigterm_to_a_ddp_launch_stops_every_rank_at_one_checkpoint() {
     let mut stops = 0;
     let mut delays = Vec::new();
     let mut rng = Rng::new(7);
-    for _attempt in 0..40 {
-        let delay = Duration::from_millis(30 + (rng.uniform() * 400.0) as u64);
-        delays.push(delay.as_millis());
-        let mut child = Command::new(TRAIN).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let started = Instant::now();
-        while started.elapsed() < delay && child.try_wait().unwrap().is_none() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if child.try_wait().unwrap().is_none() {
-            // SAFETY: kill(2) on our own child, not yet reaped.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        }
-        let out = child.wait_with_output().unwrap();
+    for attempt in 0..40 {
+        let (out, moment) = run_and_signal(&args, &out_dir, attempt % 3 == 2, &mut rng);
+        delays.push(moment);
         match out.status.code() {
             Some(0) => break,
             Some(75) => stops += 1,
             None => {}
-            Some(code) => panic!("exit status {code} after {delays:?} ms:\n{}", text(&out)),
+            Some(code) => panic!("exit status {code} (signals {delays:?}):\n{}", text(&out)),
         }
     }
-    assert!(stops > 0, "no launch was stopped by the signal (delays {delays:?} ms)");
-    eprintln!("--ddp: {stops} stops, delays {delays:?} ms");
+    assert!(stops > 0, "no launch was stopped by the signal (signals {delays:?})");
+    eprintln!("--ddp: {stops} stops, signals {delays:?}");
     assert_same_weights(&straight.join("final_model.safetensors"), &out_dir.join("final_model.safetensors"));
     assert_eq!(steps_logged(&out_dir), (1..=12).collect::<Vec<_>>());
     std::fs::remove_dir_all(&dir).ok();
