@@ -134,20 +134,23 @@ fn find_nvcc() -> Option<PathBuf> {
     pythons.into_iter().map(|py| py.join("site-packages/nvidia/cu13/bin/nvcc")).find(|p| works(p))
 }
 
-fn run(cmd: &mut Command, what: &str) {
+/// Runs a compiler step, failing the build with its output if it fails. Returns its stderr and
+/// passes its warnings on as cargo warnings (nvcc's are worth seeing), but not ptxas's `-v`
+/// resource report (`ptxas info` lines and the indented lines that continue them).
+fn run(cmd: &mut Command, what: &str) -> String {
     let out = cmd.output().unwrap_or_else(|e| fail(&format!("{what}: cannot run {:?}: {e}", cmd.get_program())));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
-        fail(&format!(
-            "{what} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        fail(&format!("{what} failed ({}):\n{}{stderr}", out.status, String::from_utf8_lossy(&out.stdout)));
     }
-    // Warnings from nvcc are worth seeing; cargo shows these lines.
-    for line in String::from_utf8_lossy(&out.stderr).lines().filter(|l| !l.trim().is_empty()) {
-        println!("cargo:warning={what}: {line}");
+    let mut in_report = false;
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        in_report = line.starts_with("ptxas info") || (in_report && line.starts_with("    "));
+        if !in_report {
+            println!("cargo:warning={what}: {line}");
+        }
     }
+    stderr
 }
 
 fn compile_for_gpu(nvcc: &Path, kernel_dir: &Path, src: &Path, out_dir: &Path) -> Module {
@@ -164,7 +167,7 @@ fn compile_for_gpu(nvcc: &Path, kernel_dir: &Path, src: &Path, out_dir: &Path) -
     let mut cmd = Command::new(nvcc);
     cmd.arg("-fatbin").args(GENCODE).arg("-Xptxas").arg("-v");
     common(&mut cmd);
-    let ptxas_report = run_quiet_info(cmd.arg("-o").arg(&fatbin), &format!("nvcc -fatbin {}", src.display()));
+    let ptxas_report = run(cmd.arg("-o").arg(&fatbin), &format!("nvcc -fatbin {}", src.display()));
 
     let text = std::fs::read_to_string(&ptx).unwrap();
     let entries = text
@@ -193,22 +196,6 @@ fn compile_for_gpu(nvcc: &Path, kernel_dir: &Path, src: &Path, out_dir: &Path) -
         })
         .collect();
     Module { stem, fatbin, source: src.to_path_buf(), entries, signatures }
-}
-
-/// Like [`run`], but returns stderr and passes only the lines that are not ptxas's resource
-/// report (`ptxas info`, and the indented lines that continue it) on as cargo warnings.
-fn run_quiet_info(cmd: &mut Command, what: &str) -> String {
-    let out = cmd.output().unwrap_or_else(|e| fail(&format!("{what}: cannot run {:?}: {e}", cmd.get_program())));
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if !out.status.success() {
-        fail(&format!("{what} failed ({}):\n{}{stderr}", out.status, String::from_utf8_lossy(&out.stdout)));
-    }
-    for line in
-        stderr.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("ptxas info") && !l.starts_with("    "))
-    {
-        println!("cargo:warning={what}: {line}");
-    }
-    stderr
 }
 
 /// Parameter types of each `.entry` of a PTX file: `.param .u64 .ptr .align 1 name_param_0` → `u64`;

@@ -272,6 +272,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     let (mut clips_seen, mut last_epoch_loss) = (0usize, f64::NAN);
     let mut last_checkpoint_time = Instant::now();
     let mut stopped_by: Option<String> = None;
+    // What a checkpoint records: `epochs` whole epochs and `steps` steps of the next.
+    let position = |epochs: usize, global_step: u64, steps: usize, loss_sum: f64| TrainState {
+        epochs_done: epochs,
+        global_step,
+        epoch_steps_done: steps,
+        epoch_loss_sum: loss_sum,
+        config: cfg.clone(),
+        dataset: dataset.clone(),
+    };
     model.set_training(true);
     'epochs: for epoch in epochs_done..cfg.epochs {
         let epoch_start = Instant::now();
@@ -357,14 +366,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
                 checkpoint_due = due; // the epoch's checkpoint below takes it
             } else if stop || due {
                 if writer {
-                    let state = TrainState {
-                        epochs_done: epoch,
-                        global_step,
-                        epoch_steps_done: step + 1,
-                        epoch_loss_sum: loss_sum,
-                        config: cfg.clone(),
-                        dataset: dataset.clone(),
-                    };
+                    let state = position(epoch, global_step, step + 1, loss_sum);
                     let path = save_checkpoint(&cfg.out, &model, &spec, &optimizer.state(), &state)?;
                     if verbose {
                         print_line(&bar, format!("step {global_step}: checkpoint → {}", path.display()));
@@ -394,14 +396,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         let due = epochs_done % cfg.checkpoint_every == 0 || epochs_done == cfg.epochs || checkpoint_due;
         if due || stopped_by.is_some() {
             if writer {
-                let state = TrainState {
-                    epochs_done,
-                    global_step,
-                    epoch_steps_done: 0,
-                    epoch_loss_sum: 0.0,
-                    config: cfg.clone(),
-                    dataset: dataset.clone(),
-                };
+                let state = position(epochs_done, global_step, 0, 0.0);
                 let path = save_checkpoint(&cfg.out, &model, &spec, &optimizer.state(), &state)?;
                 saved = format!("  → {}", path.display());
                 last_checkpoint = Some(path);

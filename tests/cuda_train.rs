@@ -405,13 +405,22 @@ fn s(p: &Path) -> &str {
 
 /// 4 clips of 2 frames of 20×20: two steps of 2 clips (the emulator runs ~1000× slower than a GPU).
 fn tiny_dataset(dir: &Path) {
+    tiny_dataset_of(dir, 4);
+}
+
+/// `clips` clips of 2 frames of 20×20.
+fn tiny_dataset_of(dir: &Path, clips: usize) {
+    let clips = clips.to_string();
     let out = run_bin(
         env!("CARGO_BIN_EXE_simclr-data"),
-        &["bouncing", "--out", s(dir), "--clips", "4", "--frames", "2", "--size", "20", "--seed", "5"],
+        &["bouncing", "--out", s(dir), "--clips", &clips, "--frames", "2", "--size", "20", "--seed", "5"],
         &[],
     );
     assert_ok(&out, "simclr-data bouncing");
 }
+
+/// A ResNet-18 at width 0.125 on 8×8 frames: the smallest model the emulated GPU trains quickly.
+const TINY_RESNET: &[&str] = &["--base_model", "resnet18", "--width", "0.125", "--small_stem", "--image_size", "8"];
 
 /// The largest |a − b| over two weight files, and the fraction of values differing by more than 1e-5.
 fn weight_differences(a: &Path, b: &Path) -> (f64, f64) {
@@ -539,8 +548,7 @@ fn train_on_both(name: &str, model_flags: &[&str], rtol: f64, resume: bool) {
 
 #[test]
 fn simclr_train_resnet_on_the_emulated_gpu_tracks_the_cpu() {
-    let flags = ["--base_model", "resnet18", "--width", "0.125", "--small_stem", "--image_size", "8"];
-    train_on_both("resnet", &flags, 1e-5, true);
+    train_on_both("resnet", TINY_RESNET, 1e-5, true);
 }
 
 #[test]
@@ -558,12 +566,7 @@ fn simclr_train_vivit_on_the_emulated_gpu_tracks_the_cpu() {
 fn simclr_train_in_bf16_on_the_emulated_gpu_stays_close_to_the_cpu() {
     let dir = temp_dir("bf16");
     let data = dir.join("data");
-    let out = run_bin(
-        env!("CARGO_BIN_EXE_simclr-data"),
-        &["bouncing", "--out", s(&data), "--clips", "2", "--frames", "2", "--size", "20", "--seed", "5"],
-        &[],
-    );
-    assert_ok(&out, "simclr-data bouncing");
+    tiny_dataset_of(&data, 2);
     let train = env!("CARGO_BIN_EXE_simclr-train");
     let (cpu_out, gpu_out) = (dir.join("cpu"), dir.join("gpu"));
     let args = |out: &Path, device: &str| -> Vec<String> {
@@ -638,45 +641,16 @@ fn simclr_train_out_of_device_memory_exits_cleanly() {
 fn simclr_train_is_bitwise_independent_of_the_block_order() {
     let dir = temp_dir("block_order");
     let data = dir.join("data");
-    let out = run_bin(
-        env!("CARGO_BIN_EXE_simclr-data"),
-        &["bouncing", "--out", s(&data), "--clips", "2", "--frames", "2", "--size", "20", "--seed", "5"],
-        &[],
-    );
-    assert_ok(&out, "simclr-data bouncing");
+    tiny_dataset_of(&data, 2);
     let train = env!("CARGO_BIN_EXE_simclr-train");
     let run = |name: &str, seed: &str| -> (Vec<f64>, PathBuf) {
         let out = dir.join(name);
         // 2 clips × 2 views × 2 frames of 8×8: 512 output pixels in the first layers, whose
         // weight gradients split over 8 blocks (16-pixel k-tiles of the f32 kernel).
-        let args = [
-            "--processed_dir",
-            s(&data),
-            "--epochs",
-            "1",
-            "--batch_size",
-            "2",
-            "--num_frames",
-            "2",
-            "--base_model",
-            "resnet18",
-            "--width",
-            "0.125",
-            "--small_stem",
-            "--image_size",
-            "8",
-            "--precision",
-            "f32",
-            "--seed",
-            "7",
-            "--workers",
-            "1",
-            "--device",
-            "cuda",
-            "--quiet",
-            "--out",
-            s(&out),
-        ];
+        let mut args = vec!["--processed_dir", s(&data), "--epochs", "1", "--batch_size", "2", "--num_frames", "2"];
+        args.extend_from_slice(TINY_RESNET);
+        args.extend(["--precision", "f32", "--seed", "7", "--workers", "1", "--device", "cuda", "--quiet"]);
+        args.extend(["--out", s(&out)]);
         assert_ok(&run_bin(train, &args, &[EMULATOR, ("SIMCLR_EMU_BLOCK_SEED", seed)]), name);
         let losses = step_records(&out).iter().map(|r| r["loss"].as_f64().unwrap()).collect();
         (losses, out.join("final_model.safetensors"))
@@ -712,13 +686,6 @@ fn ddp_gpu_ranks_train_as_cpu_ranks_do() {
                 "4",
                 "--num_frames",
                 "2",
-                "--base_model",
-                "resnet18",
-                "--width",
-                "0.125",
-                "--small_stem",
-                "--image_size",
-                "8",
                 "--precision",
                 "f32",
                 "--optimizer",
@@ -737,7 +704,11 @@ fn ddp_gpu_ranks_train_as_cpu_ranks_do() {
                 "--quiet",
                 "--out",
                 s(&out),
-            ];
+            ]
+            .iter()
+            .chain(TINY_RESNET)
+            .copied()
+            .collect::<Vec<&str>>();
             let env = [EMULATOR, (devices::EMULATOR_DEVICES_ENV, "4")];
             assert_ok(&run_bin(train, &args, &env), &format!("{ranks} {device} ranks"));
             out.join("final_model.safetensors")

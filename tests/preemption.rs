@@ -120,6 +120,34 @@ fn run_and_signal(args: &[String], out: &Path, early: bool, rng: &mut Rng) -> (O
     (child.wait_with_output().unwrap(), moment)
 }
 
+/// Runs `args` (which resume with `--resume auto`) again and again, each time stopped by a SIGTERM
+/// at a random moment ([`run_and_signal`]), until a run finishes; every third attempt (not the
+/// first) signals right at the start. Each stopped run exits with 75 and says `stop_message`; at
+/// least one must have been stopped.
+fn signal_until_done(args: &[String], out: &Path, rng: &mut Rng, what: &str, stop_message: &str) {
+    let (mut stops, mut signals) = (0, Vec::new());
+    for attempt in 0..40 {
+        let (run, moment) = run_and_signal(args, out, attempt % 3 == 2, rng);
+        signals.push(moment);
+        match run.status.code() {
+            Some(0) => {
+                assert!(stops > 0, "{what}: no run was stopped by the signal (signals {signals:?})");
+                eprintln!("{what}: {stops} stops, signals {signals:?}");
+                return;
+            }
+            Some(75) => {
+                stops += 1;
+                assert!(text(&run).contains(stop_message), "{what}: {}", text(&run));
+            }
+            // Killed before the handler was installed (the first instants of the process):
+            // nothing saved, the next attempt resumes from the previous checkpoint.
+            None => {}
+            Some(code) => panic!("{what}: exit status {code} (signals {signals:?}):\n{}", text(&run)),
+        }
+    }
+    panic!("{what}: not finished after 40 attempts (signals {signals:?})");
+}
+
 #[test]
 fn sigterm_at_random_moments_then_resume_auto_is_bitwise_an_uninterrupted_run() {
     let dir = temp_dir("sigterm");
@@ -154,30 +182,7 @@ fn sigterm_at_random_moments_then_resume_auto_is_bitwise_an_uninterrupted_run() 
         let out_dir = dir.join(format!("interrupted{round}"));
         let mut args = flags(&data, &out_dir);
         args.extend(["--resume", "auto"].map(String::from));
-        let (mut stops, mut delays) = (0, Vec::new());
-        let mut finished = false;
-        for attempt in 0..40 {
-            // Every third attempt (not the first) signals right at the start.
-            let (out, moment) = run_and_signal(&args, &out_dir, attempt % 3 == 2, &mut rng);
-            delays.push(moment);
-            match out.status.code() {
-                Some(0) => {
-                    finished = true;
-                    break;
-                }
-                Some(75) => {
-                    stops += 1;
-                    assert!(text(&out).contains("stopped by SIGTERM"), "{}", text(&out));
-                }
-                // Killed before the handler was installed (the first instants of the process):
-                // nothing saved, the next attempt resumes from the previous checkpoint.
-                None => {}
-                Some(code) => panic!("round {round}: exit status {code} (signals {delays:?}):\n{}", text(&out)),
-            }
-        }
-        assert!(finished, "round {round}: not finished after 40 attempts (signals {delays:?})");
-        assert!(stops > 0, "round {round}: no run was stopped by the signal (signals {delays:?})");
-        eprintln!("round {round}: {stops} stops, signals {delays:?}");
+        signal_until_done(&args, &out_dir, &mut rng, &format!("round {round}"), "stopped by SIGTERM");
         assert_same_weights(&straight.join("final_model.safetensors"), &out_dir.join("final_model.safetensors"));
         assert_eq!(steps_logged(&out_dir), (1..=12).collect::<Vec<_>>(), "round {round}");
     }
@@ -250,21 +255,8 @@ fn sigterm_to_a_ddp_launch_stops_every_rank_at_one_checkpoint() {
     let mut args = flags(&data, &out_dir);
     args.extend(ddp);
     args.extend(["--resume", "auto"].map(String::from));
-    let mut stops = 0;
-    let mut delays = Vec::new();
-    let mut rng = Rng::new(7);
-    for attempt in 0..40 {
-        let (out, moment) = run_and_signal(&args, &out_dir, attempt % 3 == 2, &mut rng);
-        delays.push(moment);
-        match out.status.code() {
-            Some(0) => break,
-            Some(75) => stops += 1,
-            None => {}
-            Some(code) => panic!("exit status {code} (signals {delays:?}):\n{}", text(&out)),
-        }
-    }
-    assert!(stops > 0, "no launch was stopped by the signal (signals {delays:?})");
-    eprintln!("--ddp: {stops} stops, signals {delays:?}");
+    let stop_message = "the ranks stopped on a signal after saving a checkpoint";
+    signal_until_done(&args, &out_dir, &mut Rng::new(7), "--ddp", stop_message);
     assert_same_weights(&straight.join("final_model.safetensors"), &out_dir.join("final_model.safetensors"));
     assert_eq!(steps_logged(&out_dir), (1..=12).collect::<Vec<_>>());
     std::fs::remove_dir_all(&dir).ok();

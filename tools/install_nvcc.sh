@@ -19,18 +19,8 @@ find_nvcc() { ls "$home"/venv/lib/python3*/site-packages/nvidia/cu13/bin/nvcc 2>
 
 nvcc="$(find_nvcc || true)"
 if [ -z "$nvcc" ] || ! "$nvcc" --version >/dev/null 2>&1; then
-    if ! command -v python3 >/dev/null 2>&1; then
-        echo "error: python3 is needed to install the pip-packaged nvcc" >&2
-        exit 1
-    fi
-    if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-        if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv
-        else
-            echo "error: python3's venv module is missing; install python3-venv" >&2
-            exit 1
-        fi
-    fi
+    # shellcheck source=tools/python_venv.sh
+    source "$(dirname "$0")/python_venv.sh"
     echo "installing the CUDA 13.0 compiler into $home (pip, ≈300 MB)..." >&2
     rm -rf "$home/venv"
     mkdir -p "$home"

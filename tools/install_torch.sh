@@ -10,14 +10,8 @@ set -euo pipefail
 
 home="${SIMCLR_TORCH_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/simclr/torch-venv}"
 if ! "$home/bin/python" -c 'import torch' >/dev/null 2>&1; then
-    if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-        if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv
-        else
-            echo "error: python3's venv module is missing; install python3-venv" >&2
-            exit 1
-        fi
-    fi
+    # shellcheck source=tools/python_venv.sh
+    source "$(dirname "$0")/python_venv.sh"
     echo "installing PyTorch into $home (pip, ≈3 GB)..." >&2
     rm -rf "$home"
     python3 -m venv "$home"

@@ -149,8 +149,7 @@ impl Bucket {
             match p.grad() {
                 Some(g) => {
                     // A gradient on a GPU is staged through host memory (see `through_host`).
-                    let g = if g.device() == Device::Cpu { g } else { g.to_device(Device::Cpu)? };
-                    flat.extend_from_slice(&g.host_data::<T>()?);
+                    flat.extend_from_slice(&g.to_device(Device::Cpu)?.host_data::<T>()?);
                     flags.push(T::one());
                 }
                 None => {
@@ -181,8 +180,7 @@ impl Bucket {
     }
 
     fn unflatten_as<T: Float + StorageElement>(&self, summed: &Tensor, world_size: usize) -> Result<()> {
-        let summed = if summed.device() == Device::Cpu { summed.clone() } else { summed.to_device(Device::Cpu)? };
-        let summed = summed.host_data::<T>()?;
+        let summed = summed.to_device(Device::Cpu)?.host_data::<T>()?;
         let scale = 1.0 / world_size as f64;
         let mut start = 0;
         for (i, p) in self.params.iter().enumerate() {

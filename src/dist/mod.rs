@@ -53,11 +53,9 @@ use crate::tensor::Tensor;
 /// Runs a host collective on a tensor wherever it is: a tensor on a GPU is copied to host memory
 /// for the collective, and the result copied back to its device. (NCCL moves device buffers
 /// without the round trip; the thread and TCP communicators only know host memory.)
+/// (On a host tensor both copies are the no-op of `to_device` to its own device.)
 pub(crate) fn through_host(t: &Tensor, collective: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
-    match t.device() {
-        Device::Cpu => collective(t),
-        device => collective(&t.to_device(Device::Cpu)?)?.to_device(device),
-    }
+    collective(&t.to_device(Device::Cpu)?)?.to_device(t.device())
 }
 
 /// Collectives over the ranks of one job. Inputs are CPU tensors (any layout);
