@@ -107,6 +107,7 @@ fn resnet_spec() -> ModelSpec {
         image_size: 64,
         width: 1.0,
         small_stem: false,
+        temporal: "mean".into(),
         projection_dim: 128,
         temperature: 0.5,
     }

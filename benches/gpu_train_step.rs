@@ -183,6 +183,7 @@ fn main() {
                 // The emulator runs kernels one thread at a time: a quarter-width ResNet.
                 width: if emulated && model.starts_with("resnet") { 0.25 } else { 1.0 },
                 small_stem: false,
+                temporal: "mean".into(),
                 projection_dim: 128,
                 temperature: 0.5,
             };

@@ -29,6 +29,7 @@
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
 use crate::nn::simclr::{Encoder, SimClr};
+use crate::nn::temporal::TemporalKind;
 use crate::nn::{load_state_dict, state_dict};
 use crate::optim::OptimizerState;
 use crate::rng::Rng;
@@ -49,8 +50,16 @@ pub struct ModelSpec {
     pub image_size: usize,
     pub width: f64,
     pub small_stem: bool,
+    /// How a ResNet's frame features become the clip's (`nn::temporal`). Checkpoints from
+    /// before `--temporal` existed have no such field: they averaged, and load as `mean`.
+    #[serde(default = "mean_temporal")]
+    pub temporal: String,
     pub projection_dim: usize,
     pub temperature: f64,
+}
+
+fn mean_temporal() -> String {
+    TemporalKind::Mean.name().to_string()
 }
 
 impl ModelSpec {
@@ -61,6 +70,7 @@ impl ModelSpec {
             image_size: c.image_size,
             width: c.width,
             small_stem: c.small_stem,
+            temporal: c.temporal.clone(),
             projection_dim: c.projection_dim,
             temperature: c.temperature,
         }
@@ -74,6 +84,7 @@ impl ModelSpec {
             self.image_size,
             self.width,
             self.small_stem,
+            TemporalKind::parse(&self.temporal)?,
             DType::F32,
             rng,
         )?;

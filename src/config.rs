@@ -40,6 +40,9 @@ pub struct TrainConfig {
     /// ResNet width multiplier (1.0 = torchvision's) and the small-image stem, for CPU-sized runs.
     pub width: f64,
     pub small_stem: bool,
+    /// How a ResNet's per-frame features become the clip's: `mean` (the baseline's) or the
+    /// order-aware `transformer` (`nn::temporal`).
+    pub temporal: String,
     pub optimizer: String,
     pub weight_decay: f64,
     /// Momentum of SGD and LARS.
@@ -127,6 +130,7 @@ impl Default for TrainConfig {
             projection_dim: 128,
             width: 1.0,
             small_stem: false,
+            temporal: "mean".into(),
             optimizer: "adam".into(),
             weight_decay: 1e-6,
             momentum: 0.9,
@@ -204,6 +208,8 @@ impl TrainConfig {
         if !(self.width > 0.0 && self.width <= 4.0) {
             return bad("--width", format!("must be in (0, 4], got {}", self.width));
         }
+        let temporal = crate::nn::temporal::TemporalKind::parse(&self.temporal)?;
+        crate::nn::temporal::check_applies(&self.base_model, temporal)?;
         if !OPTIMIZERS.contains(&self.optimizer.as_str()) {
             return bad(
                 "--optimizer",

@@ -50,6 +50,8 @@ fn bad_flags_name_the_flag() {
         (&["--lr", "nan"], &["--lr"]),
         (&["--base_model", "resnet99"], &["--base_model", "resnet18"]),
         (&["--temperature", "0"], &["--temperature"]),
+        (&["--temporal", "lstm"], &["--temporal", "`lstm`", "mean, transformer"]),
+        (&["--base_model", "vivit_tiny", "--temporal", "transformer"], &["--temporal", "vivit_tiny", "its own"]),
         (&["--optimizer", "rmsprop"], &["--optimizer", "lars"]),
         (&["--device", "tpu"], &["--device"]),
         (&["--device", "cuda"], &["CUDA", "--device cpu"]),

@@ -1,8 +1,8 @@
 //! Training on the GPU, checked on the kernel emulator against the CPU reference: models moved
 //! to a device, the optimisers' device paths (fused Adam/AdamW and LARS kernels, SGD through
-//! axpby, the gradient norm), a projection head trained on the device, checkpoints saved from
-//! and resumed onto the device, the out-of-memory error, and `simclr-train --device cuda` end
-//! to end (in subprocesses with `SIMCLR_CUDA_EMULATOR=1`).
+//! axpby, the gradient norm), a projection head and the temporal transformer on the device,
+//! checkpoints saved from and resumed onto the device, the out-of-memory error, and
+//! `simclr-train --device cuda` end to end (in subprocesses with `SIMCLR_CUDA_EMULATOR=1`).
 //!
 //! Every in-process test uses `Device::Cuda(0)` on the emulator (`devices::use_emulator`),
 //! except the out-of-memory one, which registers a small emulator as device 5.
@@ -15,6 +15,7 @@ use simclr::checkpoint::{
 };
 use simclr::config::TrainConfig;
 use simclr::nn::mlp::Activation;
+use simclr::nn::temporal::{TemporalKind, TemporalPooling};
 use simclr::nn::{move_to_device, parameters, state_dict, BatchNorm2d, Mlp, Module};
 use simclr::optim::{clip_grad_norm, grad_norm, AdamW, Lars, Optimizer, Sgd};
 use simclr::tensor::safetensors_io::load_safetensors;
@@ -268,6 +269,33 @@ fn a_projection_head_trained_on_the_device_tracks_the_cpu_loss() {
     }
 }
 
+/// The order-aware temporal aggregation (`--temporal transformer`) on the device: the same
+/// output and the same gradients for the frame features and every parameter as on the CPU.
+#[test]
+fn the_temporal_transformer_on_the_device_matches_the_cpu() {
+    let gpu = emulated_gpu();
+    let x = randn(&[4, 5, 64], 1.0, 9);
+    let weights = randn(&[4, 64], 1.0, 10);
+    let run = |device: Device| -> (Vec<f64>, Vec<f64>, Vec<(String, Vec<f64>)>) {
+        let mut pooling = TemporalPooling::new(TemporalKind::Transformer, 5, 64, DType::F32, &mut Rng::new(4)).unwrap();
+        move_to_device(&pooling, device).unwrap();
+        let x = x.to_device(device).unwrap().requires_grad().unwrap();
+        let y = pooling.forward(&x).unwrap();
+        assert_eq!((y.shape(), y.device()), (&[4usize, 64][..], device));
+        y.mul(&weights.to_device(device).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = parameters(&pooling).into_iter().map(|(n, p)| (n, values(&p.grad().unwrap()))).collect();
+        (values(&y), values(&x.grad().unwrap()), grads)
+    };
+    let (cpu_y, cpu_dx, cpu_grads) = run(Device::Cpu);
+    let (dev_y, dev_dx, dev_grads) = run(gpu);
+    assert_close("clip features", &dev_y, &cpu_y, 1e-5, 1e-4);
+    assert_close("frame-feature gradient", &dev_dx, &cpu_dx, 1e-5, 1e-4);
+    assert_eq!(cpu_grads.len(), dev_grads.len());
+    for ((name, c), (_, d)) in cpu_grads.iter().zip(&dev_grads) {
+        assert_close(name, d, c, 1e-5, 1e-4);
+    }
+}
+
 // ---------------------------------------------------------------- checkpoints
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -284,6 +312,7 @@ fn tiny_spec() -> ModelSpec {
         image_size: 16,
         width: 0.125,
         small_stem: true,
+        temporal: "mean".into(),
         projection_dim: 8,
         temperature: 0.5,
     }

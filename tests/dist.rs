@@ -21,6 +21,7 @@ use simclr::dist::{
     GradientBuckets, SingleProcess, TcpCommunicator, ThreadGroup,
 };
 use simclr::nn::simclr::{Encoder, SimClr};
+use simclr::nn::temporal::TemporalKind;
 use simclr::nn::{parameters, Linear, Module};
 use simclr::ops::batchnorm::{batch_norm_2d, RunningStats};
 use simclr::ops::loss::nt_xent;
@@ -474,7 +475,8 @@ const TAU: f64 = 0.5;
 
 fn small_simclr() -> SimClr {
     let mut rng = Rng::new(7);
-    let encoder = Encoder::named("resnet18", FRAMES, IMAGE, 0.125, true, DType::F64, &mut rng).unwrap();
+    let encoder =
+        Encoder::named("resnet18", FRAMES, IMAGE, 0.125, true, TemporalKind::Mean, DType::F64, &mut rng).unwrap();
     SimClr::new(encoder, 16, TAU, DType::F64, &mut rng).unwrap()
 }
 

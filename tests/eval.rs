@@ -378,6 +378,7 @@ fn tiny_spec() -> ModelSpec {
         image_size: 16,
         width: 0.125,
         small_stem: true,
+        temporal: "mean".into(),
         projection_dim: 16,
         temperature: 0.5,
     }

@@ -4,6 +4,7 @@
 use simclr::autograd::gradcheck::{gradcheck, GradcheckOptions};
 use simclr::nn::mlp::Activation;
 use simclr::nn::resnet::{Depth, ResNet, ResNetConfig};
+use simclr::nn::temporal::{TemporalKind, TemporalPooling};
 use simclr::nn::{load_state_dict, parameter_count, parameters, state_dict, Mlp, Module, MultiHeadAttention};
 use simclr::tensor::safetensors_io::{load_safetensors, save_safetensors};
 use simclr::{DType, Rng, Tensor};
@@ -172,7 +173,7 @@ fn simclr_model_trains_on_two_views() {
     use simclr::nn::simclr::{Encoder, SimClr};
     use simclr::optim::AdamW;
     let mut rng = Rng::new(8);
-    let encoder = Encoder::named("resnet18", 3, 16, 0.125, true, DType::F32, &mut rng).unwrap();
+    let encoder = Encoder::named("resnet18", 3, 16, 0.125, true, TemporalKind::Mean, DType::F32, &mut rng).unwrap();
     assert_eq!(encoder.feature_dim(), 64);
     let mut model = SimClr::new(encoder, 16, 0.5, DType::F32, &mut rng).unwrap();
     let names: Vec<String> = parameters(&model).into_iter().map(|(n, _)| n).collect();
@@ -193,8 +194,130 @@ fn simclr_model_trains_on_two_views() {
         opt.step().unwrap();
     }
     assert!(losses[14] < losses[0] - 0.1, "loss should fall on a fixed batch: {losses:?}");
-    assert!(Encoder::named("alexnet", 3, 16, 1.0, false, DType::F32, &mut rng).is_err());
+    assert!(Encoder::named("alexnet", 3, 16, 1.0, false, TemporalKind::Mean, DType::F32, &mut rng).is_err());
     assert!(model.loss(&v1, &v2.narrow(0, 0, 2).unwrap()).is_err());
-    let vivit = Encoder::named("vivit_tiny", 4, 32, 1.0, false, DType::F32, &mut rng).unwrap();
+    let vivit = Encoder::named("vivit_tiny", 4, 32, 1.0, false, TemporalKind::Mean, DType::F32, &mut rng).unwrap();
     assert_eq!(vivit.feature_dim(), 192);
+}
+
+/// Frame features [B, T, F] with the frame order reversed.
+fn reversed_frames(x: &Tensor) -> Tensor {
+    let t = x.shape()[1];
+    let frames: Vec<Tensor> = (0..t).rev().map(|i| x.narrow(1, i, 1).unwrap()).collect();
+    Tensor::cat(&frames.iter().collect::<Vec<_>>(), 1).unwrap()
+}
+
+#[test]
+fn temporal_transformer_sees_frame_order_and_has_correct_gradients() {
+    let (frames, dim) = (4, 8);
+    let x = Tensor::randn(&[3, frames, dim], 1.0, DType::F64, &mut Rng::new(11)).unwrap();
+    let close = |a: &Tensor, b: &Tensor| {
+        a.to_f64_vec().iter().zip(b.to_f64_vec()).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max)
+    };
+
+    // The mean cannot tell a clip from the clip played backwards; the transformer can.
+    let mut mean = TemporalPooling::new(TemporalKind::Mean, frames, dim, DType::F64, &mut Rng::new(0)).unwrap();
+    assert!(close(&mean.forward(&x).unwrap(), &mean.forward(&reversed_frames(&x)).unwrap()) < 1e-12);
+    assert!(parameters(&mean).is_empty(), "the mean has nothing to learn");
+    let pooling = std::cell::RefCell::new(
+        TemporalPooling::new(TemporalKind::Transformer, frames, dim, DType::F64, &mut Rng::new(12)).unwrap(),
+    );
+    let y = pooling.borrow_mut().forward(&x).unwrap();
+    assert_eq!(y.shape(), &[3, dim]);
+    let backwards = pooling.borrow_mut().forward(&reversed_frames(&x)).unwrap();
+    assert!(close(&y, &backwards) > 1e-3, "reversing the frames should change the transformer's output");
+
+    // Every parameter is reached by the loss, under PyTorch-style names.
+    y.mul(&y).unwrap().sum_all().unwrap().backward().unwrap();
+    let params = parameters(&*pooling.borrow());
+    for (name, p) in &params {
+        assert!(p.grad().is_some(), "{name} got no gradient");
+    }
+    let names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.contains(&"positions") && names.contains(&"blocks.1.mlp.layers.1.bias"), "{names:?}");
+
+    // Gradients with respect to the frame features and to the positional embeddings, in f64.
+    let positions = Tensor::randn(&[1, frames, dim], 0.1, DType::F64, &mut Rng::new(13)).unwrap();
+    let x = x.narrow(0, 0, 2).unwrap().contiguous().unwrap();
+    let report = gradcheck(
+        &[x, positions],
+        |inputs| {
+            let mut p = pooling.borrow_mut();
+            if let TemporalPooling::Transformer(t) = &mut *p {
+                t.positions = inputs[1].clone();
+            }
+            p.forward(&inputs[0])
+        },
+        GradcheckOptions { eps: 1e-6, atol: 1e-6, rtol: 1e-4 },
+    )
+    .unwrap();
+    assert!(report.ops.contains(&"scaled_dot_product_attention"), "{:?}", report.ops);
+
+    // Clear errors: a clip of another length, an unknown kind, a ViViT with an added transformer.
+    let wrong = Tensor::zeros(&[1, frames + 1, dim], DType::F64).unwrap();
+    let e = pooling.borrow_mut().forward(&wrong).unwrap_err().to_string();
+    assert!(e.contains("[B, 4, 8]"), "{e}");
+    assert!(TemporalKind::parse("gru").is_err());
+    let e = simclr::nn::simclr::Encoder::named(
+        "vivit_tiny",
+        4,
+        32,
+        1.0,
+        false,
+        TemporalKind::Transformer,
+        DType::F32,
+        &mut Rng::new(0),
+    );
+    let e = e.err().expect("vivit + transformer is refused").to_string();
+    assert!(e.contains("--temporal") && e.contains("vivit_tiny"), "{e}");
+}
+
+#[test]
+fn transformer_encoder_checkpoints_and_older_checkpoints_load_as_mean() {
+    use simclr::checkpoint::{load_model, save_model, ModelSpec};
+    let dir = std::env::temp_dir().join(format!("simclr-temporal-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = ModelSpec {
+        base_model: "resnet18".into(),
+        num_frames: 3,
+        image_size: 16,
+        width: 0.125,
+        small_stem: true,
+        temporal: "transformer".into(),
+        projection_dim: 8,
+        temperature: 0.5,
+    };
+    let mut model = spec.build(&mut Rng::new(21)).unwrap();
+    model.set_training(false);
+    let clips = Tensor::randn(&[2, 3, 3, 16, 16], 1.0, DType::F32, &mut Rng::new(22)).unwrap();
+    let want = model.encoder.forward(&clips).unwrap().to_f64_vec();
+    let path = dir.join("transformer.safetensors");
+    save_model(&path, &model, &spec, 1).unwrap();
+    let (mut loaded, loaded_spec, _) = load_model(&path).unwrap();
+    assert_eq!(loaded_spec.temporal, "transformer");
+    assert!(state_dict(&loaded).iter().any(|(n, _)| n == "encoder.temporal.positions"));
+    loaded.set_training(false);
+    assert_eq!(loaded.encoder.forward(&clips).unwrap().to_f64_vec(), want);
+
+    // A model file written before --temporal existed: its spec has no `temporal` field.
+    let old_spec = ModelSpec { temporal: "mean".into(), ..spec.clone() };
+    let old = old_spec.build(&mut Rng::new(23)).unwrap();
+    let mut json: serde_json::Value = serde_json::to_value(&old_spec).unwrap();
+    json.as_object_mut().unwrap().remove("temporal");
+    let tensors = state_dict(&old);
+    let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let meta = std::collections::HashMap::from([
+        ("format".to_string(), "simclr-model".to_string()),
+        ("model".to_string(), json.to_string()),
+        ("epoch".to_string(), "3".to_string()),
+    ]);
+    let old_path = dir.join("before-temporal.safetensors");
+    save_safetensors(&old_path, &named, Some(meta)).unwrap();
+    let (_, spec_read, epoch) = load_model(&old_path).unwrap();
+    assert_eq!((spec_read.temporal.as_str(), epoch), ("mean", 3));
+
+    // A spec naming an unknown aggregation fails with the choices.
+    let e = ModelSpec { temporal: "lstm".into(), ..spec }.build(&mut Rng::new(0)).err().unwrap().to_string();
+    assert!(e.contains("mean, transformer"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

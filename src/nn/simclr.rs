@@ -2,41 +2,49 @@
 //! z, NT-Xent on the two views' z. After training, h is the representation
 //! that downstream probes use; the head exists only to shape the loss.
 //!
-//! Video encoders: a ResNet applied to every frame followed by the mean over
-//! time, or a ViViT over the whole clip.
+//! Video encoders: a ResNet applied to every frame followed by a temporal
+//! aggregation (`--temporal mean`, the baseline's, or the order-aware
+//! `transformer`; see `nn::temporal`), or a ViViT over the whole clip.
 
 use super::mlp::Activation;
 use super::resnet::{Depth, ResNet, ResNetConfig};
+use super::temporal::{TemporalKind, TemporalPooling};
 use super::vivit::{Vivit, VivitConfig};
 use super::{join, Mlp, Module, TensorKind};
 use crate::error::{Error, Result};
 use crate::ops::loss::nt_xent;
-use crate::ops::pool::temporal_mean;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 
 pub enum Encoder {
-    /// Per-frame ResNet, then the temporal mean of the frame features.
-    ResNet(ResNet),
+    /// Per-frame ResNet, then the frame features aggregated over time.
+    ResNet(ResNet, TemporalPooling),
     Vivit(Vivit),
 }
 
 impl Encoder {
     /// `resnet18|resnet34|resnet50|vivit_tiny|vivit_small|vivit_base`.
-    /// `width` and `small_stem` shrink ResNets for CPU runs.
+    /// `width` and `small_stem` shrink ResNets for CPU runs; `temporal` is how a
+    /// ResNet's frame features become the clip's (ViViT has its own temporal
+    /// transformer and takes only `mean`, meaning "nothing added").
+    #[allow(clippy::too_many_arguments)]
     pub fn named(
         name: &str,
         frames: usize,
         image: usize,
         width: f64,
         small_stem: bool,
+        temporal: TemporalKind,
         dtype: DType,
         rng: &mut Rng,
     ) -> Result<Encoder> {
         if name.starts_with("resnet") {
             let cfg = ResNetConfig { depth: Depth::parse(name)?, width, small_stem, num_classes: None };
-            Ok(Encoder::ResNet(ResNet::new(cfg, dtype, rng)?))
+            let resnet = ResNet::new(cfg, dtype, rng)?;
+            let pooling = TemporalPooling::new(temporal, frames, resnet.feature_dim(), dtype, rng)?;
+            Ok(Encoder::ResNet(resnet, pooling))
         } else if name.starts_with("vivit") {
+            super::temporal::check_applies(name, temporal)?;
             Ok(Encoder::Vivit(Vivit::new(VivitConfig::named(name, frames, image)?, dtype, rng)?))
         } else {
             Err(Error::invalid(
@@ -48,7 +56,7 @@ impl Encoder {
 
     pub fn feature_dim(&self) -> usize {
         match self {
-            Encoder::ResNet(r) => r.feature_dim(),
+            Encoder::ResNet(r, _) => r.feature_dim(),
             Encoder::Vivit(v) => v.config.dim,
         }
     }
@@ -61,11 +69,11 @@ impl Module for Encoder {
             return Err(Error::shape("encoder", format!("expected clips [B, T, 3, H, W], got {:?}", x.shape())));
         }
         match self {
-            Encoder::ResNet(r) => {
+            Encoder::ResNet(r, pooling) => {
                 let (b, t) = (x.shape()[0], x.shape()[1]);
                 let frames = x.reshape(&[b * t, x.shape()[2], x.shape()[3], x.shape()[4]])?;
                 let per_frame = r.forward(&frames)?;
-                temporal_mean(&per_frame.reshape(&[b, t, per_frame.shape()[1]])?)
+                pooling.forward(&per_frame.reshape(&[b, t, per_frame.shape()[1]])?)
             }
             Encoder::Vivit(v) => v.forward(x),
         }
@@ -73,21 +81,27 @@ impl Module for Encoder {
 
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor, TensorKind)) {
         match self {
-            Encoder::ResNet(r) => r.visit(prefix, f),
+            Encoder::ResNet(r, pooling) => {
+                r.visit(prefix, f);
+                pooling.visit(&join(prefix, "temporal"), f);
+            }
             Encoder::Vivit(v) => v.visit(prefix, f),
         }
     }
 
     fn set_training(&mut self, training: bool) {
         match self {
-            Encoder::ResNet(r) => r.set_training(training),
+            Encoder::ResNet(r, pooling) => {
+                r.set_training(training);
+                pooling.set_training(training);
+            }
             Encoder::Vivit(v) => v.set_training(training),
         }
     }
 
     fn for_each_batch_norm(&mut self, f: &mut dyn FnMut(&mut super::BatchNorm2d)) {
         match self {
-            Encoder::ResNet(r) => r.for_each_batch_norm(f),
+            Encoder::ResNet(r, _) => r.for_each_batch_norm(f),
             Encoder::Vivit(v) => v.for_each_batch_norm(f),
         }
     }

@@ -78,7 +78,7 @@ pub struct Block {
 }
 
 impl Block {
-    fn new(dim: usize, heads: usize, dtype: DType, rng: &mut Rng) -> Result<Block> {
+    pub(crate) fn new(dim: usize, heads: usize, dtype: DType, rng: &mut Rng) -> Result<Block> {
         Ok(Block {
             norm1: LayerNorm::new(dim, dtype)?,
             attn: MultiHeadAttention::new(dim, heads, dtype, rng)?,

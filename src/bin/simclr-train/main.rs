@@ -74,6 +74,10 @@ struct Cli {
     /// ResNet stem for small frames: 3×3 stride-1 conv, no max-pool (`--small_stem false` turns it off).
     #[arg(long = "small_stem", num_args = 0..=1, default_missing_value = "true")]
     small_stem: Option<bool>,
+    /// How a ResNet's frame features become the clip's: mean (the baseline's) | transformer
+    /// (order-aware: learned frame positions and attention over frames, then the mean) [default: mean].
+    #[arg(long)]
+    temporal: Option<String>,
     /// adam | adamw | sgd | lars [default: adam].
     #[arg(long)]
     optimizer: Option<String>,
@@ -157,6 +161,7 @@ impl Cli {
         set("projection_dim", int(self.projection_dim));
         set("width", self.width.map(toml::Value::Float));
         set("small_stem", self.small_stem.map(toml::Value::Boolean));
+        set("temporal", self.temporal.clone().map(toml::Value::String));
         set("optimizer", self.optimizer.clone().map(toml::Value::String));
         set("weight_decay", self.weight_decay.map(toml::Value::Float));
         set("momentum", self.momentum.map(toml::Value::Float));
