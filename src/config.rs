@@ -97,6 +97,8 @@ pub struct AugmentSettings {
     pub saturation: f64,
     pub hue: f64,
     pub grayscale_p: f64,
+    /// Each view's frames shifted later by a random 0..=N stored frames (0: the same frames).
+    pub temporal_jitter: usize,
 }
 
 impl Default for AugmentSettings {
@@ -112,6 +114,7 @@ impl Default for AugmentSettings {
             saturation: a.saturation,
             hue: a.hue,
             grayscale_p: a.grayscale_p,
+            temporal_jitter: a.temporal_jitter,
         }
     }
 }
@@ -171,6 +174,7 @@ impl TrainConfig {
             saturation: a.saturation,
             hue: a.hue,
             grayscale_p: a.grayscale_p,
+            temporal_jitter: a.temporal_jitter,
             ..AugmentConfig::default()
         }
     }

@@ -12,7 +12,7 @@
 //! ([`font`]), 1/2/5 × 10^k ticks ([`ticks`]), and the `png` crate to encode.
 //! No font files, no system libraries.
 
-mod canvas;
+pub mod canvas;
 pub mod font;
 pub mod ticks;
 

@@ -253,3 +253,67 @@ fn epoch_permutation_is_the_documented_stream() {
     assert_eq!(sampler.permutation(3), want);
     assert_eq!(sampler.batch(3, 1), want[6..12].to_vec());
 }
+
+/// Clips whose frame f is solid grey level 20·f, so a view's values say which frames it shows.
+fn numbered_frames(name: &str, clips: usize, frames: usize, size: usize) -> (PathBuf, ShardDataset) {
+    use simclr::data::shards::{write_dataset, ShardContent, ShardSpec};
+    let dir = std::env::temp_dir().join(format!("simclr-aug-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let spec = ShardSpec { clips, frames, height: size, width: size, clips_per_shard: clips };
+    let clip: Vec<u8> = (0..frames).flat_map(|f| std::iter::repeat_n(20 * f as u8, size * size * 3)).collect();
+    write_dataset(
+        &dir,
+        spec,
+        serde_json::json!({"generator": "numbered"}),
+        |_, range| {
+            Ok(ShardContent {
+                bytes: clip.repeat(range.len()),
+                labels: range.map(|i| serde_json::json!({"clip": i})).collect(),
+            })
+        },
+        |_| {},
+    )
+    .unwrap();
+    let ds = ShardDataset::open(&dir).unwrap();
+    (dir, ds)
+}
+
+#[test]
+fn temporal_jitter_shifts_each_views_frames_together_within_the_clip() {
+    let (dir, ds) = numbered_frames("jitter", 16, 8, 8);
+    let ds = Arc::new(ds);
+    // 3 of 8 frames: 0, 2, 5. Asked for up to 5, the shift stops at the 2 frames left after 5.
+    let config = |jitter: usize| LoaderConfig {
+        frames: Some(3),
+        augment: AugmentConfig { temporal_jitter: jitter, ..plain(8) },
+        ..loader_config(16, 0, 1, 8)
+    };
+    // Each view's frames, read back from their grey levels: base frames + one shift per view.
+    let shifts_of = |view: &simclr::Tensor| -> Vec<usize> {
+        let v = view.to_f64_vec();
+        let per_frame = 3 * 8 * 8;
+        (0..16)
+            .map(|clip| {
+                let frame = |k: usize| (v[(clip * 3 + k) * per_frame] * 255.0 / 20.0).round() as usize;
+                let shift = frame(0);
+                assert_eq!([frame(0), frame(1), frame(2)], [shift, 2 + shift, 5 + shift], "clip {clip}");
+                shift
+            })
+            .collect()
+    };
+    let batch = |jitter: usize| Loader::new(ds.clone(), config(jitter)).unwrap().epoch(0, 0).next().unwrap().unwrap();
+    let jittered = batch(5);
+    let (a, b) = (shifts_of(&jittered.view1), shifts_of(&jittered.view2));
+    assert!(a.iter().chain(&b).all(|&s| s <= 2), "{a:?} {b:?}");
+    assert!(a.iter().zip(&b).any(|(x, y)| x != y), "the views should differ in time for some clip: {a:?} {b:?}");
+    for shift in 0..=2 {
+        assert!(a.iter().chain(&b).any(|&s| s == shift), "shift {shift} never drawn: {a:?} {b:?}");
+    }
+    // The same batch again: the shifts are a pure function of (seed, epoch, clip, view).
+    let again = batch(5);
+    assert_eq!(again.view1.to_f64_vec(), jittered.view1.to_f64_vec());
+    // Without jitter both views show frames 0, 2, 5.
+    let plain_batch = batch(0);
+    assert!(shifts_of(&plain_batch.view1).iter().chain(&shifts_of(&plain_batch.view2)).all(|&s| s == 0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -9,10 +9,11 @@ use simclr::eval::default_set::default_eval_config;
 use simclr::eval::features::{check_compatible, clip_batch, encode_dataset, pixel_features};
 use simclr::eval::npy::{ids_path, read_npy_header, write_npy_f32, write_npy_i64};
 use simclr::eval::probes::{
-    accuracy, cholesky_solve, classification_probe, fit_logistic, majority_class, r2_scores, regression_probe,
-    row_space_coordinates, stratified_split, Matrix, RidgeSolver, Standardizer,
+    accuracy, balanced_accuracy, cholesky_solve, classification_probe, fit_logistic, majority_class, r2_scores,
+    regression_probe, roc_auc, row_space_coordinates, stratified_split, Matrix, RidgeSolver, Standardizer,
 };
-use simclr::eval::targets::{probe_targets, targets_from_labels, Target};
+use simclr::eval::report::Metric;
+use simclr::eval::targets::{probe_targets, targets_from_labels, Target, Window};
 use simclr::Rng;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -258,19 +259,41 @@ fn values(t: &Result<Target, String>) -> Vec<Option<Vec<f64>>> {
     }
 }
 
+const PROBES: [&str; 9] = [
+    "ball count",
+    "centroid",
+    "speed",
+    "velocity",
+    "gravity",
+    "elastic",
+    "collision",
+    "wall bounce",
+    "future centroid (+0)",
+];
+
 #[test]
 fn targets_of_a_generated_bouncing_set_agree_with_its_labels() {
     let dir = temp_dir("targets");
     let ds = bouncing_set(&dir, 24, 10, 16);
     let ids: Vec<usize> = (0..24).collect();
-    let targets = probe_targets(&ds, &ids, 10).unwrap();
+    // All 10 frames seen: no future to ask about.
+    let window = Window::new(10, 10, None).unwrap();
+    assert_eq!((window.seen.len(), window.future), (10, None));
+    let targets = probe_targets(&ds, &ids, &window).unwrap();
     let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["ball count", "positions", "velocity", "collision"]);
+    assert_eq!(names, PROBES);
+    let metrics: Vec<Metric> = targets.iter().map(|t| t.metric).collect();
+    use Metric::{Accuracy, RocAuc, R2};
+    assert_eq!(metrics, [Accuracy, R2, R2, R2, RocAuc, RocAuc, RocAuc, RocAuc, R2]);
     let (class_names, counts) = classes(&targets[0].target);
-    let positions = values(&targets[1].target);
-    let velocity = values(&targets[2].target);
-    let (_, collision) = classes(&targets[3].target);
-    let mut any_collision = false;
+    let centroid = values(&targets[1].target);
+    let speed = values(&targets[2].target);
+    let velocity = values(&targets[3].target);
+    let (_, gravity) = classes(&targets[4].target);
+    let (_, elastic) = classes(&targets[5].target);
+    let (_, collision) = classes(&targets[6].target);
+    let (_, wall) = classes(&targets[7].target);
+    assert!(targets[8].target.is_err(), "every frame is seen");
     for i in ids {
         let label = ds.label(i).unwrap();
         let count = label["ball_count"].as_u64().unwrap() as usize;
@@ -280,27 +303,32 @@ fn targets_of_a_generated_bouncing_set_agree_with_its_labels() {
             let balls = label["positions"][frame].as_array().unwrap();
             let x = balls.iter().map(|b| b[0].as_f64().unwrap()).sum::<f64>() / count as f64;
             let y = balls.iter().map(|b| b[1].as_f64().unwrap()).sum::<f64>() / count as f64;
-            let p = positions[i].as_ref().unwrap();
+            let p = centroid[i].as_ref().unwrap();
             assert!((p[slot] - x).abs() < 1e-12 && (p[slot + 1] - y).abs() < 1e-12);
         }
-        let speeds: Vec<f64> = label["velocities"][5]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v[0].as_f64().unwrap().hypot(v[1].as_f64().unwrap()))
-            .collect();
-        let v = velocity[i].as_ref().unwrap();
-        assert!((v[2] - speeds.iter().sum::<f64>() / count as f64).abs() < 1e-12);
-        // With every frame seen, every ball–ball event counts.
-        let ball_events = label["collisions"].as_array().unwrap().iter().any(|e| e["kind"] == "ball");
+        // Speed: mean |v| over balls and all 10 frames; velocity: mean v at the middle (frame 5).
+        let mut speeds = Vec::new();
+        for frame in 0..10 {
+            for v in label["velocities"][frame].as_array().unwrap() {
+                speeds.push(v[0].as_f64().unwrap().hypot(v[1].as_f64().unwrap()));
+            }
+        }
+        assert!((speed[i].as_ref().unwrap()[0] - speeds.iter().sum::<f64>() / speeds.len() as f64).abs() < 1e-12);
+        let vx = label["velocities"][5].as_array().unwrap().iter().map(|v| v[0].as_f64().unwrap()).sum::<f64>();
+        assert!((velocity[i].as_ref().unwrap()[0] - vx / count as f64).abs() < 1e-12);
+        assert_eq!(gravity[i], Some(usize::from(label["gravity"].as_f64().unwrap() > 0.0)));
+        assert_eq!(elastic[i], Some(usize::from(label["restitution"].as_f64().unwrap() == 1.0)));
+        // With every frame seen, every event counts.
+        let events = label["collisions"].as_array().unwrap();
+        let ball_events = events.iter().any(|e| e["kind"] == "ball" && e["frame"].as_u64().unwrap() >= 1);
         assert_eq!(collision[i], Some(usize::from(ball_events)), "clip {i}");
-        any_collision |= ball_events;
+        let wall_events = events.iter().any(|e| e["kind"] == "wall" && e["frame"].as_u64().unwrap() >= 1);
+        assert_eq!(wall[i], Some(usize::from(wall_events)), "clip {i}");
         if count == 1 {
             assert_eq!(collision[i], Some(0));
         }
     }
     assert!(class_names.len() >= 2);
-    let _ = any_collision; // may be false for so short a set; the hand-made labels below cover both cases
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -313,28 +341,47 @@ fn hand_label(frames: usize, event_frames: &[usize]) -> Value {
         .map(|&f| json!({"time": f as f64 * 0.05, "frame": f, "kind": "ball", "a": 0, "b": 1}))
         .collect();
     events.push(json!({"time": 0.01, "frame": 1, "kind": "wall", "ball": 0, "wall": "left"}));
-    json!({"ball_count": 2, "positions": positions, "velocities": velocities, "collisions": events})
+    json!({"ball_count": 2, "gravity": 0.0, "restitution": 0.8, "positions": positions, "velocities": velocities,
+           "collisions": events})
 }
 
 #[test]
 fn targets_follow_the_frames_the_model_sees() {
-    // 10 stored frames, 4 seen: frames 0, 2, 5, 7 (middle = 5).
+    // 10 stored frames, 4 seen: frames 0, 2, 5, 7 (middle = 5); the future probe asks about
+    // frame 9, the last.
     let late = hand_label(10, &[8]);
     let inside = hand_label(10, &[3]);
     let at_start = hand_label(10, &[0]);
     let none = hand_label(10, &[]);
     let labels = [&late, &inside, &at_start, &none];
-    let t = targets_from_labels(&labels, 10, 4);
-    let (_, collision) = classes(&t[3].target);
+    let window = Window::new(10, 4, None).unwrap();
+    assert_eq!((window.seen.clone(), window.future), (vec![0, 2, 5, 7], Some(9)));
+    let t = targets_from_labels(&labels, 10, &window);
+    assert_eq!(t[8].name, "future centroid (+2)");
+    let (_, collision) = classes(&t[6].target);
     assert_eq!(collision, vec![Some(0), Some(1), Some(0), Some(0)], "wall contacts never count");
+    let (_, wall) = classes(&t[7].target);
+    assert_eq!(wall, vec![Some(1); 4], "the wall contact at frame 1 is inside every clip");
     let p = values(&t[1].target)[0].clone().unwrap();
     // Centroid x at frames 0, 5, 7 of balls at (0.1 f, 0.2) and (0.3, 0.4).
     let expect = [0.15, 0.3, 0.4, 0.3, 0.5, 0.3];
     p.iter().zip(expect).for_each(|(a, b)| assert!((a - b).abs() < 1e-12, "{p:?}"));
-    assert_eq!(values(&t[2].target)[0].clone().unwrap(), vec![1.5, -2.0, 3.5]);
-    // Seeing all 10 frames brings the frame-8 event inside.
-    let (_, all) = classes(&targets_from_labels(&labels, 10, 10)[3].target);
-    assert_eq!(all, vec![Some(1), Some(1), Some(0), Some(0)]);
+    assert_eq!(values(&t[2].target)[0].clone().unwrap(), vec![3.5]);
+    assert_eq!(values(&t[3].target)[0].clone().unwrap(), vec![1.5, -2.0]);
+    assert_eq!(classes(&t[4].target).1, vec![Some(0); 4], "no gravity");
+    assert_eq!(classes(&t[5].target).1, vec![Some(0); 4], "restitution 0.8 is inelastic");
+    let future = values(&t[8].target)[0].clone().unwrap();
+    assert!((future[0] - 0.6).abs() < 1e-12 && (future[1] - 0.3).abs() < 1e-12, "{future:?}");
+    // Seeing all 10 frames brings the frame-8 event inside, and leaves no future.
+    let all = targets_from_labels(&labels, 10, &Window::new(10, 10, None).unwrap());
+    assert_eq!(classes(&all[6].target).1, vec![Some(1), Some(1), Some(0), Some(0)]);
+    let e = all[8].target.clone().unwrap_err();
+    assert!(e.contains("--future_frames"), "{e}");
+    // Further than the unseen tail: the model sees the clip minus its last 4 frames.
+    let far = Window::new(10, 4, Some(4)).unwrap();
+    assert_eq!((far.seen.clone(), far.future), (vec![0, 1, 3, 4], Some(8)));
+    let e = Window::new(10, 4, Some(7)).unwrap_err().to_string();
+    assert!(e.contains("--future_frames") && e.contains("3 of the clips' 10 frames"), "{e}");
 }
 
 #[test]
@@ -351,22 +398,49 @@ fn clevrer_style_and_unknown_labels_give_what_exists_and_na_for_the_rest() {
         }
         v
     };
+    let both = Window::new(2, 2, None).unwrap();
     let without_source = clevrer(40, None);
-    let t = targets_from_labels(&[&without_source], 2, 2);
+    let t = targets_from_labels(&[&without_source], 2, &both);
     assert_eq!(t[0].name, "object count");
     assert_eq!(classes(&t[0].target), (vec!["3".to_string()], vec![Some(0)]));
     // Frame 0: objects 0 and 2; frame 1 (middle and last): objects 0 and 1.
     assert_eq!(values(&t[1].target)[0].clone().unwrap(), vec![2.0, 3.0, 1.5, 1.0, 1.5, 1.0]);
-    assert_eq!(values(&t[2].target)[0].clone().unwrap(), vec![0.15, 0.2, 0.25]);
-    assert!(t[3].target.is_err(), "collision frames cannot be placed without source frames");
+    // Speeds 0.5 (frame 0), 0 and 0.5 (frame 1); the mean velocity at frame 1.
+    assert!((values(&t[2].target)[0].clone().unwrap()[0] - 1.0 / 3.0).abs() < 1e-12);
+    assert_eq!(values(&t[3].target)[0].clone().unwrap(), vec![0.15, 0.2]);
+    for (k, needle) in [(4, "gravity"), (5, "restitution"), (7, "wall"), (8, "--future_frames")] {
+        let e = t[k].target.clone().unwrap_err();
+        assert!(e.contains(needle), "{}: {e}", t[k].name);
+    }
+    assert!(t[6].target.is_err(), "collision frames cannot be placed without source frames");
     // Nested under another key, with source frames: the collision is placed.
     let nested_in = json!({"video": "video_00001.mp4", "annotation": clevrer(40, Some(vec![10, 50]))});
     let nested_out = json!({"video": "video_00002.mp4", "annotation": clevrer(60, Some(vec![10, 50]))});
-    let (_, c) = classes(&targets_from_labels(&[&nested_in, &nested_out], 2, 2)[3].target);
+    let (_, c) = classes(&targets_from_labels(&[&nested_in, &nested_out], 2, &both)[6].target);
     assert_eq!(c, vec![Some(1), Some(0)]);
     // Labels with none of it: every probe n/a, nothing panics.
     let bare = json!({"source": "somewhere"});
-    assert!(targets_from_labels(&[&bare, &bare], 5, 3).iter().all(|t| t.target.is_err()));
+    assert!(targets_from_labels(&[&bare, &bare], 5, &Window::new(5, 3, None).unwrap())
+        .iter()
+        .all(|t| t.target.is_err()));
+}
+
+#[test]
+fn roc_auc_and_balanced_accuracy_known_values() {
+    // Perfect, reversed and tied rankings.
+    assert_eq!(roc_auc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]), 1.0);
+    assert_eq!(roc_auc(&[0.9, 0.8, 0.2, 0.1], &[false, false, true, true]), 0.0);
+    assert_eq!(roc_auc(&[0.5; 4], &[false, true, false, true]), 0.5);
+    // Of the 2×2 (yes, no) pairs three are ordered and one tied: (3 + 0.5) / 4.
+    assert_eq!(roc_auc(&[0.1, 0.5, 0.5, 0.9], &[false, true, false, true]), 0.875);
+    assert!(roc_auc(&[0.1, 0.2], &[true, true]).is_nan());
+    // Always "no" on 9 no + 1 yes: accuracy 90 %, balanced accuracy 50 %.
+    let truth = [0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    assert_eq!(accuracy(&[0; 10], &truth), 0.9);
+    assert_eq!(balanced_accuracy(&[0; 10], &truth), 0.5);
+    assert_eq!(balanced_accuracy(&truth, &truth), 1.0);
+    // Three classes, recalls 1, 1/2, 0.
+    assert!((balanced_accuracy(&[0, 1, 0, 0], &[0, 1, 1, 2]) - 0.5).abs() < 1e-12);
 }
 
 // ---------------------------------------------------------------- features
@@ -416,7 +490,7 @@ fn model_inputs_and_pixel_features_of_a_solid_clip() {
         let c = (i / 256) % 3;
         assert!((v - want[c]).abs() < 1e-5, "element {i}: {v} vs {}", want[c]);
     }
-    let p = pixel_features(&ds, &[1], 2).unwrap();
+    let p = pixel_features(&ds, &[1], &[0, 1]).unwrap();
     assert_eq!((p.ids.clone(), p.dim), (vec![1], 2 * 8 * 8 * 3));
     for (i, v) in p.data.iter().enumerate() {
         assert!((v - [1.0, 0.0, 0.2][i % 3]).abs() < 1e-6);
@@ -545,38 +619,59 @@ fn binary_evaluates_a_checkpoint_writes_json_and_exports_embeddings() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
-    for needle in ["chance", "pixels", "random-init", "trained", "ball count", "positions", "velocity", "collision"] {
+    for needle in ["chance", "pixels", "random-init", "trained", "balanced accuracy", "± "] {
         assert!(stdout.contains(needle), "{needle} missing from:\n{stdout}");
     }
+    for probe in PROBES.iter().take(8) {
+        assert!(stdout.contains(probe), "{probe} missing from:\n{stdout}");
+    }
+    // 4 stored frames, 2 seen (0 and 2): the future probe asks about frame 3.
+    assert!(stdout.contains("future centroid (+1)"), "{stdout}");
     assert!(stdout.contains("40 clips ("), "{stdout}");
 
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     assert_eq!(report["clips"], 40);
     assert_eq!(report["seed"], 3);
-    assert_eq!(report["epoch"], 2);
-    assert_eq!(report["model"]["base_model"], "resnet18");
+    assert_eq!(report["splits"], 3);
+    assert_eq!(report["models"][0]["epoch"], 2);
+    assert_eq!(report["models"][0]["label"], "trained");
+    assert_eq!(report["models"][0]["model"]["base_model"], "resnet18");
     assert_eq!(report["frames"], json!([0, 2]));
+    assert_eq!(report["future_frame"], 3);
     let probes = report["probes"].as_array().unwrap();
     let count = &probes[0];
     assert_eq!(count["name"], "ball count");
     assert_eq!(count["metric"], "accuracy");
     assert_eq!(count["train_clips"].as_u64().unwrap() + count["test_clips"].as_u64().unwrap(), 40);
-    for key in ["pixels", "random_init", "trained"] {
-        let acc = count[key]["test"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&acc), "{key}: {acc}");
+    for score in [&count["pixels"], &count["random_init"], &count["trained"][0]] {
+        let acc = score["test"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc), "{score}");
+        let per_split: Vec<f64> = score["per_split"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(per_split.len(), 3);
+        assert!((per_split.iter().sum::<f64>() / 3.0 - acc).abs() < 1e-12, "{score}");
+        assert!(score["test_sd"].as_f64().unwrap() >= 0.0 && score["balanced_accuracy"].as_f64().is_some());
     }
     let chance = count["chance"].as_f64().unwrap();
     assert!((0.2..=0.7).contains(&chance), "{chance}");
-    let positions = &probes[1];
-    assert_eq!(positions["metric"], "r2");
-    assert_eq!(positions["targets"].as_array().unwrap().len(), 6);
-    assert_eq!(positions["trained"]["per_target"].as_array().unwrap().len(), 6);
-    assert_eq!(positions["chance"], 0.0);
+    let centroid = &probes[1];
+    assert_eq!(centroid["name"], "centroid");
+    assert_eq!(centroid["metric"], "r2");
+    assert_eq!(centroid["targets"].as_array().unwrap().len(), 6);
+    assert_eq!(centroid["trained"][0]["per_target"].as_array().unwrap().len(), 6);
+    assert_eq!(centroid["chance"], 0.0);
+    let binary: Vec<&Value> = probes.iter().filter(|p| p["metric"] == "roc_auc" && p["missing"].is_null()).collect();
+    assert!(!binary.is_empty(), "{probes:?}");
+    for p in binary {
+        assert_eq!(p["chance"], 0.5, "{p}");
+    }
+    // The picture beside the report: a PNG.
+    let png = std::fs::read(dir.join("report.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
 
     let bytes = std::fs::read(&emb).unwrap();
     let h = read_npy_header(&bytes).unwrap();
     assert_eq!(h.descr, "<f4");
-    assert_eq!(h.shape, vec![40, report["encoder_dim"].as_u64().unwrap() as usize]);
+    assert_eq!(h.shape, vec![40, report["models"][0]["encoder_dim"].as_u64().unwrap() as usize]);
     let ids = std::fs::read(dir.join("emb.ids.npy")).unwrap();
     let hi = read_npy_header(&ids).unwrap();
     assert_eq!((hi.descr.as_str(), hi.shape.clone()), ("<i8", vec![40]));
@@ -667,6 +762,14 @@ fn binary_rejects_bad_input_with_exit_code_2_and_one_line() {
     bouncing_set(&few, 8, 4, 16); // 8 clips, fewer than the probes need
     let small = dir.join("small");
     bouncing_set(&small, 25, 4, 8); // 8×8 frames, the model takes 16×16
+    let short_future = dir.join("short_future");
+    bouncing_set(&short_future, 25, 4, 16); // 4 frames: 3 held out leave 1 to see, the model takes 2
+    let small16 = dir.join("small16");
+    bouncing_set(&small16, 25, 4, 16);
+    let three_frames = dir.join("three").join("final_model.safetensors");
+    std::fs::create_dir_all(three_frames.parent().unwrap()).unwrap();
+    let spec3 = ModelSpec { num_frames: 3, ..tiny_spec() };
+    save_model(&three_frames, &spec3.build(&mut Rng::new(4)).unwrap(), &spec3, 1).unwrap();
     let p = |p: &Path| p.to_str().unwrap().to_string();
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["--checkpoint".into(), p(&dir.join("missing.safetensors"))], "no such file"),
@@ -682,6 +785,29 @@ fn binary_rejects_bad_input_with_exit_code_2_and_one_line() {
         (vec!["--checkpoint".into(), ck.clone(), "--export-embeddings".into(), "emb.txt".into()], ".npy"),
         (vec!["--checkpoint".into(), ck.clone(), "--frobnicate".into()], "frobnicate"),
         (vec![], "--checkpoint"),
+        (vec!["--checkpoint".into(), ck.clone(), "--splits".into(), "0".into()], "--splits"),
+        (
+            vec![
+                "--checkpoint".into(),
+                ck.clone(),
+                "--processed_dir".into(),
+                p(&short_future),
+                "--future_frames".into(),
+                "3".into(),
+            ],
+            "--future_frames",
+        ),
+        (
+            vec![
+                "--checkpoint".into(),
+                ck.clone(),
+                "--checkpoint".into(),
+                p(&three_frames),
+                "--processed_dir".into(),
+                p(&small16),
+            ],
+            "same frames",
+        ),
     ];
     for (args, needle) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -693,5 +819,49 @@ fn binary_rejects_bad_input_with_exit_code_2_and_one_line() {
         assert!(stderr.starts_with("error"), "{args:?}: {stderr}");
     }
     assert!(!cache.exists(), "bad input must not generate the default set");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn binary_compares_several_checkpoints_in_one_table() {
+    let dir = temp_dir("compare");
+    let data = dir.join("data");
+    bouncing_set(&data, 30, 4, 16);
+    let mut paths = Vec::new();
+    for temporal in ["mean", "transformer"] {
+        let path = dir.join(format!("run-{temporal}")).join("final_model.safetensors");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let spec = ModelSpec { temporal: temporal.into(), ..tiny_spec() };
+        save_model(&path, &spec.build(&mut Rng::new(4)).unwrap(), &spec, 1).unwrap();
+        paths.push(path);
+    }
+    let out_json = dir.join("both.json");
+    let args = [
+        "--checkpoint",
+        paths[0].to_str().unwrap(),
+        "--checkpoint",
+        paths[1].to_str().unwrap(),
+        "--processed_dir",
+        data.to_str().unwrap(),
+        "--out",
+        out_json.to_str().unwrap(),
+        "--splits",
+        "2",
+    ];
+    let out = simclr_eval(&args, &dir.join("cache"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let header = stdout.lines().find(|l| l.starts_with("probe")).unwrap();
+    assert!(header.contains("run-mean") && header.contains("run-transformer"), "{header}");
+    assert!(stdout.contains("temporal transformer"), "{stdout}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out_json).unwrap()).unwrap();
+    let labels: Vec<&str> = report["models"].as_array().unwrap().iter().map(|m| m["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["run-mean", "run-transformer"]);
+    assert_eq!(report["models"][1]["model"]["temporal"], "transformer");
+    for p in report["probes"].as_array().unwrap().iter().filter(|p| p["missing"].is_null()) {
+        assert_eq!(p["trained"].as_array().unwrap().len(), 2, "{p}");
+        assert_eq!(p["trained"][1]["per_split"].as_array().unwrap().len(), 2, "{p}");
+    }
+    assert!(dir.join("both.png").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -33,6 +33,11 @@ pub struct AugmentConfig {
     pub saturation: f64,
     pub hue: f64,
     pub grayscale_p: f64,
+    /// Temporal jitter: each view's frames are shifted later by its own random 0..=this many
+    /// stored frames (as far as the clip has frames after the last one chosen), so the two
+    /// views show the same motion at slightly different moments. 0 (the baseline): both
+    /// views see the same frames.
+    pub temporal_jitter: usize,
     /// Normalisation (ImageNet statistics by default).
     pub mean: [f32; 3],
     pub std: [f32; 3],
@@ -51,6 +56,7 @@ impl Default for AugmentConfig {
             saturation: 0.4,
             hue: 0.1,
             grayscale_p: 0.2,
+            temporal_jitter: 0,
             mean: [0.485, 0.456, 0.406],
             std: [0.229, 0.224, 0.225],
         }

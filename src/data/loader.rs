@@ -112,6 +112,12 @@ fn view_rng(seed: u64, epoch: usize, clip: usize, view: usize) -> Rng {
     Rng::fork(seed ^ 0xA06_0E17, ((epoch as u64) << 36) ^ ((clip as u64) << 1) ^ view as u64)
 }
 
+/// The temporal-jitter RNG of one clip's view in one epoch (its own stream, so that the
+/// spatial transforms are the same with and without jitter).
+fn shift_rng(seed: u64, epoch: usize, clip: usize, view: usize) -> Rng {
+    Rng::fork(seed ^ 0x7E3_5A1F, ((epoch as u64) << 36) ^ ((clip as u64) << 1) ^ view as u64)
+}
+
 /// Builds the batch for (epoch, step): a pure function of its arguments.
 pub fn make_batch(
     ds: &ShardDataset,
@@ -143,20 +149,27 @@ fn build_batch(
         return Err(Error::index("batch", format!("step {step} is past the end of epoch {epoch}")));
     }
     let m = ds.manifest();
-    let selected = frames.filter(|&n| n != m.frames).map(|n| evenly_spaced_frames(m.frames, n));
-    let (t, s) = (selected.as_ref().map_or(m.frames, Vec::len), cfg.out_size);
+    let base = frames.map_or_else(|| (0..m.frames).collect(), |n| evenly_spaced_frames(m.frames, n));
+    let (t, s) = (base.len(), cfg.out_size);
+    // Temporal jitter can shift the frames as far as the clip has frames after the last one.
+    let max_shift = cfg.temporal_jitter.min(m.frames - 1 - base.last().copied().unwrap_or(0));
     let per_clip = t * 3 * s * s;
     let frame_bytes = m.height * m.width * 3;
     let mut subset = Vec::new();
     let mut views = [vec![0f32; clips.len() * per_clip], vec![0f32; clips.len() * per_clip]];
     for (b, &clip) in clips.iter().enumerate() {
-        let mut bytes = ds.clip(clip)?;
-        if let Some(indices) = &selected {
-            subset.clear();
-            indices.iter().for_each(|&f| subset.extend_from_slice(&bytes[f * frame_bytes..(f + 1) * frame_bytes]));
-            bytes = &subset;
-        }
+        let whole = ds.clip(clip)?;
         for (v, out) in views.iter_mut().enumerate() {
+            let shift = if max_shift > 0 { shift_rng(seed, epoch, clip, v).below(max_shift + 1) } else { 0 };
+            let bytes = if shift == 0 && t == m.frames {
+                whole
+            } else {
+                subset.clear();
+                for f in base.iter().map(|f| f + shift) {
+                    subset.extend_from_slice(&whole[f * frame_bytes..(f + 1) * frame_bytes]);
+                }
+                &subset[..]
+            };
             let params = ViewParams::sample(cfg, m.height, m.width, &mut view_rng(seed, epoch, clip, v));
             augment_clip(bytes, t, m.height, m.width, &params, cfg, &mut out[b * per_clip..(b + 1) * per_clip])?;
         }

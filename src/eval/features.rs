@@ -81,17 +81,25 @@ fn resized_frames(clip: &[u8], height: usize, width: usize, frames: &[usize], si
     out
 }
 
-/// The un-augmented views of `clips` as one `[B, T, 3, S, S]` f32 tensor.
+/// The un-augmented views of `clips` as one `[B, T, 3, S, S]` f32 tensor: the
+/// `spec.num_frames` evenly spaced frames the model trained on.
 pub fn clip_batch(ds: &ShardDataset, clips: &[usize], spec: &ModelSpec) -> Result<Tensor> {
+    clip_batch_of_frames(ds, clips, &evenly_spaced_frames(ds.manifest().frames, spec.num_frames), spec.image_size)
+}
+
+/// The un-augmented views of stored frames `frames` of `clips`, `s`×`s`, as `[B, T, 3, s, s]`.
+pub fn clip_batch_of_frames(ds: &ShardDataset, clips: &[usize], frames: &[usize], s: usize) -> Result<Tensor> {
     let m = ds.manifest();
-    let (t, s) = (spec.num_frames, spec.image_size);
-    let frames = evenly_spaced_frames(m.frames, t);
+    let t = frames.len();
+    if let Some(f) = frames.iter().find(|&&f| f >= m.frames) {
+        return Err(Error::index("clip_batch", format!("frame {f} of clips with {} frames", m.frames)));
+    }
     let norm = AugmentConfig::default();
     let per_clip = t * 3 * s * s;
     let bytes: Vec<&[u8]> = clips.iter().map(|&c| ds.clip(c)).collect::<Result<_>>()?;
     let mut data = vec![0f32; clips.len() * per_clip];
     data.par_chunks_mut(per_clip.max(1)).zip(&bytes).for_each(|(out, clip)| {
-        let pixels = resized_frames(clip, m.height, m.width, &frames, s);
+        let pixels = resized_frames(clip, m.height, m.width, frames, s);
         // Channels first, normalised: out[f][c][y][x].
         for (f, frame) in pixels.chunks_exact(s * s).enumerate() {
             for c in 0..3 {
@@ -115,18 +123,27 @@ pub fn encode_dataset(
     spec: &ModelSpec,
     batch: usize,
 ) -> Result<Features> {
-    encode_dataset_with_progress(encoder, ds, clip_ids, spec, batch, &mut |_| {})
+    let frames = evenly_spaced_frames(ds.manifest().frames, spec.num_frames);
+    encode_dataset_with_progress(encoder, ds, clip_ids, spec, &frames, batch, &mut |_| {})
 }
 
-/// `encode_dataset`, calling `on_clips(n)` after each batch of n clips.
+/// `encode_dataset` of stored frames `frames` (`spec.num_frames` of them), calling
+/// `on_clips(n)` after each batch of n clips.
 pub fn encode_dataset_with_progress(
     encoder: &mut Encoder,
     ds: &ShardDataset,
     clip_ids: &[usize],
     spec: &ModelSpec,
+    frames: &[usize],
     batch: usize,
     on_clips: &mut dyn FnMut(usize),
 ) -> Result<Features> {
+    if frames.len() != spec.num_frames {
+        return Err(Error::invalid(
+            "encode_dataset",
+            format!("the model sees {} frames, {} were chosen", spec.num_frames, frames.len()),
+        ));
+    }
     if batch == 0 {
         return Err(Error::invalid("encode_dataset", "the batch size must be at least 1"));
     }
@@ -135,7 +152,7 @@ pub fn encode_dataset_with_progress(
     let dim = encoder.feature_dim();
     let mut data = Vec::with_capacity(clip_ids.len() * dim);
     for chunk in clip_ids.chunks(batch) {
-        let x = clip_batch(ds, chunk, spec)?;
+        let x = clip_batch_of_frames(ds, chunk, frames, spec.image_size)?;
         let h = no_grad(|| encoder.forward(&x))?;
         if h.shape() != [chunk.len(), dim] {
             return Err(Error::shape(
@@ -160,24 +177,23 @@ pub fn encode_dataset_with_progress(
     Ok(Features { ids: clip_ids.to_vec(), dim, data })
 }
 
-/// The raw-pixel baseline: each of the clip's `num_frames` evenly spaced
-/// frames resized to 8×8 RGB with the same antialiased filter (at this
-/// shrink factor, close to an area average), values in [0, 1], frames
-/// concatenated: `num_frames · 8 · 8 · 3` features per clip.
-pub fn pixel_features(ds: &ShardDataset, clip_ids: &[usize], num_frames: usize) -> Result<Features> {
+/// The raw-pixel baseline: each of the clip's stored frames `frames` (those
+/// the model sees) resized to 8×8 RGB with the same antialiased filter (at
+/// this shrink factor, close to an area average), values in [0, 1], frames
+/// concatenated: `frames.len() · 8 · 8 · 3` features per clip.
+pub fn pixel_features(ds: &ShardDataset, clip_ids: &[usize], frames: &[usize]) -> Result<Features> {
     let m = ds.manifest();
-    if num_frames == 0 || num_frames > m.frames {
+    if frames.is_empty() || frames.iter().any(|&f| f >= m.frames) {
         return Err(Error::invalid(
             "pixel_features",
-            format!("{num_frames} frames asked of clips with {} frames", m.frames),
+            format!("frames {frames:?} asked of clips with {} frames", m.frames),
         ));
     }
-    let frames = evenly_spaced_frames(m.frames, num_frames);
-    let dim = num_frames * PIXEL_SIZE * PIXEL_SIZE * 3;
+    let dim = frames.len() * PIXEL_SIZE * PIXEL_SIZE * 3;
     let bytes: Vec<&[u8]> = clip_ids.iter().map(|&c| ds.clip(c)).collect::<Result<_>>()?;
     let mut data = vec![0f32; clip_ids.len() * dim];
     data.par_chunks_mut(dim).zip(&bytes).for_each(|(out, clip)| {
-        let pixels = resized_frames(clip, m.height, m.width, &frames, PIXEL_SIZE);
+        let pixels = resized_frames(clip, m.height, m.width, frames, PIXEL_SIZE);
         out.iter_mut().zip(pixels.iter().flatten()).for_each(|(o, v)| *o = *v);
     });
     Ok(Features { ids: clip_ids.to_vec(), dim, data })
