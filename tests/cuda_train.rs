@@ -276,7 +276,9 @@ fn the_temporal_transformer_on_the_device_matches_the_cpu() {
     let gpu = emulated_gpu();
     let x = randn(&[4, 5, 64], 1.0, 9);
     let weights = randn(&[4, 64], 1.0, 10);
-    let run = |device: Device| -> (Vec<f64>, Vec<f64>, Vec<(String, Vec<f64>)>) {
+    /// Clip features, their gradient w.r.t. the frame features, and each parameter's gradient.
+    type Pass = (Vec<f64>, Vec<f64>, Vec<(String, Vec<f64>)>);
+    let run = |device: Device| -> Pass {
         let mut pooling = TemporalPooling::new(TemporalKind::Transformer, 5, 64, DType::F32, &mut Rng::new(4)).unwrap();
         move_to_device(&pooling, device).unwrap();
         let x = x.to_device(device).unwrap().requires_grad().unwrap();

@@ -148,7 +148,7 @@ fn centroid(per_frame: &[Vec<Option<Vec<f64>>>], frame: usize) -> Option<[f64; 2
     Some([points.iter().map(|p| p[0]).sum::<f64>() / n, points.iter().map(|p| p[1]).sum::<f64>() / n])
 }
 
-fn positions<'a>(l: &'a LabelFields, stored_frames: usize) -> Option<&'a Vec<Vec<Option<Vec<f64>>>>> {
+fn positions(l: &LabelFields, stored_frames: usize) -> Option<&Vec<Vec<Option<Vec<f64>>>>> {
     l.positions.as_ref().or(l.locations.as_ref()).filter(|p| p.len() == stored_frames)
 }
 
