@@ -6,11 +6,11 @@
 //!   from it, however good the per-frame features are.
 //! - `transformer`: learned positional embeddings tell the frames apart, then
 //!   pre-norm transformer blocks let every frame attend to the others, then the
-//!   frames are averaged. Without the blocks and positions this is exactly the
-//!   mean, so the model starts close to the baseline and learns order on top
-//!   (the residual stream carries the per-frame features unchanged). Two blocks,
-//!   width F, head dim 64 (32 or F where F is not a multiple): at T ≤ 20 tokens
-//!   the attention is cheap next to the per-frame ResNet.
+//!   frames are averaged. The blocks are residual, so the output is the mean of
+//!   the frame features plus learned, order-aware corrections: the baseline's
+//!   answer is always one term of it. Two blocks, width F, head dim 64 (32, or
+//!   F, where F is not a multiple): at T ≤ 20 tokens the attention is cheap
+//!   next to the per-frame ResNet.
 //!
 //! Built from existing ops only (linear, attention, layer norm, GELU, add,
 //! mean), each gradchecked and with its CUDA kernel.
