@@ -7,10 +7,13 @@
 #[path = "clevrer/fixture.rs"]
 mod fixture;
 
+mod common;
+
+use common::temp_dir;
 use fixture::{bars_and_index, frame_grey, write_mp4, Codec, VideoSpec, BARS};
 use simclr::data::clevrer::{preprocess, ClevrerOptions, ClevrerSummary, Fit, Split, VideoEvent};
 use simclr::data::shards::ShardDataset;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 const W: usize = 96;
@@ -21,13 +24,6 @@ const T: usize = 6;
 const S: usize = 32;
 /// floor(i·29/5) for i in 0..6.
 const SAMPLED: [usize; T] = [0, 5, 11, 17, 23, 29];
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("simclr-clevrer-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn spec(frames: usize) -> VideoSpec {
     VideoSpec {

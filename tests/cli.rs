@@ -1,18 +1,14 @@
 //! `simclr-train`'s command-line contract: every bad flag or missing file is
 //! a one-line error with exit code 2, never a panic, and nothing is written.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::temp_dir;
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn train(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_simclr-train")).args(args).output().expect("run simclr-train")
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("simclr-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// A tiny bouncing-ball dataset (16 clips of 2×16×16).

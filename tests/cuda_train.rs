@@ -8,6 +8,9 @@
 //! except the out-of-memory one, which registers a small emulator as device 5.
 #![cfg(feature = "cuda")]
 
+mod common;
+
+use common::{s, temp_dir};
 use simclr::backend::cuda::devices;
 use simclr::backend::Device;
 use simclr::checkpoint::{
@@ -300,13 +303,6 @@ fn the_temporal_transformer_on_the_device_matches_the_cpu() {
 
 // ---------------------------------------------------------------- checkpoints
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("simclr-cuda-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn tiny_spec() -> ModelSpec {
     ModelSpec {
         base_model: "resnet18".into(),
@@ -428,10 +424,6 @@ fn assert_ok(out: &Output, what: &str) -> String {
 
 fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// 4 clips of 2 frames of 20×20: two steps of 2 clips (the emulator runs ~1000× slower than a GPU).

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{s, temp_dir};
+
 use common::max_abs_difference;
 use simclr::dist::launch::run_local_ranks;
 use std::ffi::OsString;
@@ -14,17 +16,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const TRAIN: &str = env!("CARGO_BIN_EXE_simclr-train");
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("simclr-ddp-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn bouncing(dir: &Path, clips: usize) -> PathBuf {
     let data = dir.join("data");

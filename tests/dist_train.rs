@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::temp_dir;
+
 use common::max_abs_difference;
 use simclr::config::TrainConfig;
 use simclr::data::synthetic::{write_bouncing, BouncingConfig, BouncingDataset};
@@ -11,13 +13,6 @@ use simclr::train::{train, TrainOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("simclr-dist-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Trains on `world` thread ranks; the per-rank learning rate is `lr / world`
 /// so that, after the trainer's linear scaling, every run steps with `lr`.

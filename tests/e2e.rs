@@ -3,8 +3,10 @@
 
 mod common;
 
+use common::{s, temp_dir};
+
 use common::assert_same_weights;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 fn run(bin: &str, args: &[&str]) -> String {
@@ -12,17 +14,6 @@ fn run(bin: &str, args: &[&str]) -> String {
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{bin} {args:?} failed:\n{stdout}\n{stderr}");
     stdout.into_owned()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("simclr-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn steps_logged(metrics: &Path) -> Vec<u64> {

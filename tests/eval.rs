@@ -1,6 +1,9 @@
 //! simclr-eval: probe math with known answers, probe targets from labels,
 //! feature extraction, `.npy` export, and the binary end to end.
 
+mod common;
+
+use common::temp_dir;
 use serde_json::{json, Value};
 use simclr::checkpoint::{save_model, DatasetIdentity, ModelSpec};
 use simclr::data::shards::{write_dataset, ShardContent, ShardDataset, ShardSpec};
@@ -17,13 +20,6 @@ use simclr::eval::targets::{probe_targets, targets_from_labels, Target, Window};
 use simclr::Rng;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("simclr-eval-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// `n` rows of `d` standard-normal features.
 fn gaussian(n: usize, d: usize, rng: &mut Rng) -> Matrix {

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::temp_dir;
+
 use common::assert_same_weights;
 use simclr::backend::cuda::Gpu;
 use simclr::config::TrainConfig;
@@ -16,7 +18,6 @@ use simclr::dist::{Communicator, DistEnv};
 use simclr::train::{train, TrainOptions};
 use simclr::{DType, Rng, Tensor};
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,13 +37,6 @@ fn world_of_one() -> DistEnv {
 fn the_kernel_emulator_is_refused_with_a_clear_error() {
     let err = NcclCommunicator::connect(&world_of_one(), Gpu::emulated(), Duration::from_secs(5)).err().unwrap();
     assert!(err.to_string().contains("NCCL needs a real GPU"), "{err}");
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("simclr-nccl-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{s, temp_dir};
+
 use common::assert_same_weights;
 use simclr::Rng;
 use std::path::{Path, PathBuf};
@@ -12,17 +14,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const TRAIN: &str = env!("CARGO_BIN_EXE_simclr-train");
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("simclr-preempt-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn dataset(dir: &Path, clips: usize, seed: u64) -> PathBuf {
     let data = dir.join(format!("data{seed}"));

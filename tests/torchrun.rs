@@ -10,6 +10,9 @@
 //!
 //! (`SIMCLR_TORCHRUN=/path/to/torchrun` picks another one.)
 
+mod common;
+
+use common::{s, temp_dir};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,10 +35,6 @@ fn torchrun() -> PathBuf {
     }
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 #[test]
 #[ignore = "needs PyTorch's torchrun: bash tools/install_torch.sh, then cargo test --release --test torchrun -- --ignored"]
 fn torchrun_ranks_train_as_the_ddp_launch_does() {
@@ -46,8 +45,7 @@ fn torchrun_ranks_train_as_the_ddp_launch_does() {
         "{} does not run: install PyTorch with bash tools/install_torch.sh",
         torchrun.display()
     );
-    let dir = std::env::temp_dir().join(format!("simclr-torchrun-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = temp_dir("ranks");
     let data = dir.join("data");
     let out = Command::new(env!("CARGO_BIN_EXE_simclr-data"))
         .args(["bouncing", "--out", s(&data), "--clips", "16", "--frames", "2", "--size", "16", "--seed", "8"])

@@ -1,9 +1,24 @@
-//! Comparisons of weight files shared by the integration tests that train twice and compare
-//! (`mod common;` in each; a test uses what it needs).
+//! Helpers shared by the integration tests (`mod common;` in each; a test uses what it
+//! needs): a fresh scratch directory per test, and comparisons of weight files for the tests
+//! that train twice and compare.
 #![allow(dead_code)]
 
 use simclr::tensor::safetensors_io::load_safetensors;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// An empty directory `simclr-<test binary>-<name>-<pid>` under the system temp directory
+/// (whatever an earlier run left there is removed first).
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("simclr-{}-{name}-{}", env!("CARGO_CRATE_NAME"), std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A path as the `&str` a command line takes (test paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
 
 /// Every tensor of a safetensors file, sorted by name, as f64 values.
 fn sorted_tensors(path: &Path) -> Vec<(String, Vec<f64>)> {
