@@ -18,7 +18,7 @@ use crate::data::contact_sheet::encode_png;
 use crate::error::Result;
 use crate::plot::canvas::Canvas;
 use crate::plot::font;
-use crate::plot::Rgb;
+use crate::plot::{colours, Rgb};
 use std::path::Path;
 
 const WIDTH: usize = 1280;
@@ -30,9 +30,9 @@ const GRID: Rgb = [225, 225, 225];
 /// Bar colours: chance, pixels, random-init, then the trained models.
 const SET_COLOURS: [Rgb; 7] =
     [[190, 190, 190], [150, 120, 90], [120, 170, 210], [200, 60, 40], [40, 110, 180], [40, 150, 80], [140, 80, 170]];
-/// Ball counts 1, 2, 3, … in the scatter.
+/// Ball counts 1, 2, 3, … in the scatter: the line plots' series colours, then grey.
 const COUNT_COLOURS: [Rgb; 6] =
-    [[31, 90, 180], [235, 120, 20], [30, 140, 70], [200, 40, 40], [120, 70, 170], [90, 90, 90]];
+    [colours::BLUE, colours::ORANGE, colours::GREEN, colours::RED, colours::PURPLE, [90, 90, 90]];
 
 /// Renders the picture of `evaluation` and writes it to `path` (atomically).
 pub fn write_eval_picture(path: &Path, evaluation: &Evaluation) -> Result<()> {
