@@ -183,13 +183,6 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     let mut optimizer = build_optimizer(cfg, params.clone())?;
     let buckets = GradientBuckets::new(&params, BUCKET_MB)?;
     if world > 1 && cfg.sync_bn {
-        if device != Device::Cpu {
-            return Err(Error::invalid(
-                "--sync_bn",
-                "synchronised batch norm computes its statistics on the host and has no GPU path yet; \
-                 drop --sync_bn (per-rank statistics) or train on the CPU",
-            ));
-        }
         convert_sync_batch_norm(&mut model, Some(comm.clone()));
     }
 
@@ -463,7 +456,7 @@ fn checkpoint_decision(
 /// The device this process trains on: the CPU, or for `--device cuda` the GPU of its local
 /// rank (0 without a launcher), opened here so that a missing driver or GPU fails before any work.
 /// With `--device auto`, also why that device (for the console).
-fn training_device(cfg: &TrainConfig) -> Result<(Device, Option<String>)> {
+pub fn training_device(cfg: &TrainConfig) -> Result<(Device, Option<String>)> {
     let local_rank = crate::dist::DistEnv::from_env()?.map_or(0, |env| env.local_rank);
     let (wanted, reason) = match cfg.device.as_str() {
         "auto" => {

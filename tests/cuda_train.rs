@@ -17,15 +17,19 @@ use simclr::checkpoint::{
     load_model, load_train_state, load_weights_into, save_checkpoint, DatasetIdentity, ModelSpec, TrainState,
 };
 use simclr::config::TrainConfig;
+use simclr::dist::rendezvous::Launcher;
+use simclr::dist::{connect_rank, sync_batch_norm_2d, Communicator, DistBackend, DistEnv, ThreadGroup};
 use simclr::nn::mlp::Activation;
 use simclr::nn::temporal::{TemporalKind, TemporalPooling};
 use simclr::nn::{move_to_device, parameters, state_dict, BatchNorm2d, Mlp, Module};
+use simclr::ops::batchnorm::RunningStats;
 use simclr::optim::{clip_grad_norm, grad_norm, AdamW, Lars, Optimizer, Sgd};
 use simclr::tensor::safetensors_io::load_safetensors;
 use simclr::{DType, Rng, Tensor};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 fn emulated_gpu() -> Device {
     devices::use_emulator();
@@ -687,19 +691,99 @@ fn simclr_train_is_bitwise_independent_of_the_block_order() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Synchronised batch norm on GPU ranks (its device path: f32 tensor ops, the collectives on
+/// device tensors, which the thread communicator stages through host memory): the output,
+/// the running statistics and every gradient of the host path over the same ranks.
+#[test]
+fn sync_batch_norm_on_gpu_ranks_matches_the_host_path() {
+    let gpu = emulated_gpu();
+    let (n, c, h, w) = (8, 3, 3, 2);
+    let x = randn(&[n, c, h, w], 2.0, 31).add_scalar(0.7).unwrap();
+    let upstream = randn(&[n, c, h, w], 1.0, 32); // weights of the scalar Σ R ⊙ y
+    let gamma = Tensor::from_f64s(&[0.5, 1.5, -1.0], &[c], DType::F32).unwrap();
+    let beta = Tensor::from_f64s(&[0.1, 0.0, -0.3], &[c], DType::F32).unwrap();
+    for world in [2, 4] {
+        let b = n / world;
+        // Per rank: y, dx, dγ, dβ (this rank's), running mean and variance.
+        let run = |device: Device| -> Vec<[Vec<f64>; 6]> {
+            let comms = ThreadGroup::new(world, Duration::from_secs(60)).unwrap();
+            let (x, upstream, gamma, beta) = (&x, &upstream, &gamma, &beta);
+            std::thread::scope(|scope| {
+                let ranks: Vec<_> = comms
+                    .into_iter()
+                    .map(|comm| {
+                        scope.spawn(move || {
+                            let comm: Arc<dyn Communicator> = Arc::new(comm);
+                            let on = |t: &Tensor| t.narrow(0, comm.rank() * b, b).unwrap().to_device(device).unwrap();
+                            let xl = on(x).requires_grad().unwrap();
+                            let gl = gamma.to_device(device).unwrap().requires_grad().unwrap();
+                            let bl = beta.to_device(device).unwrap().requires_grad().unwrap();
+                            let mut stats = RunningStats::new(c, DType::F32).unwrap();
+                            stats.mean = stats.mean.to_device(device).unwrap();
+                            stats.var = stats.var.to_device(device).unwrap();
+                            let y =
+                                sync_batch_norm_2d(&xl, Some(&gl), Some(&bl), &mut stats, true, 1e-5, &comm).unwrap();
+                            assert_eq!(y.device(), device);
+                            y.mul(&on(upstream)).unwrap().sum_all().unwrap().backward().unwrap();
+                            [&y, &xl.grad().unwrap(), &gl.grad().unwrap(), &bl.grad().unwrap(), &stats.mean, &stats.var]
+                                .map(values)
+                        })
+                    })
+                    .collect();
+                ranks.into_iter().map(|r| r.join().unwrap()).collect()
+            })
+        };
+        let (host, device) = (run(Device::Cpu), run(gpu));
+        let names = ["output", "dx", "dgamma", "dbeta", "running mean", "running var"];
+        for (rank, (h, d)) in host.iter().zip(&device).enumerate() {
+            for (name, (h, d)) in names.iter().zip(h.iter().zip(d)) {
+                assert_close(&format!("W={world} rank {rank} {name}"), d, h, 1e-5, 1e-4);
+            }
+        }
+    }
+}
+
+/// `--dist_backend auto` on emulated GPUs: TCP, saying why; device tensors through it come back
+/// on the device with their values. `nccl` is refused with the reason.
+#[test]
+fn emulated_gpu_ranks_get_tcp_and_are_told_why() {
+    let gpu = emulated_gpu();
+    let env = DistEnv {
+        rank: 0,
+        world_size: 1,
+        local_rank: 0,
+        master_addr: "127.0.0.1".into(),
+        master_port: std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port(),
+        launcher: Launcher::Torchrun,
+    };
+    let (comm, which) = connect_rank(&env, DistBackend::Auto, gpu, Duration::from_secs(30)).unwrap();
+    assert!(which.contains("TCP") && which.contains("no NCCL"), "{which}");
+    let x = randn(&[3, 4], 1.0, 5);
+    for result in [comm.all_reduce_sum(&x.to_device(gpu).unwrap()), comm.broadcast(&x.to_device(gpu).unwrap(), 0)] {
+        let result = result.unwrap();
+        assert_eq!(result.device(), gpu);
+        assert_eq!(values(&result), values(&x));
+    }
+    let err = connect_rank(&env, DistBackend::Nccl, gpu, Duration::from_secs(30)).err().unwrap().to_string();
+    assert!(err.contains("nccl is not available"), "{err}");
+}
+
 /// `--ddp --device cuda` with 2 and 4 GPU ranks (the emulator says it has 4 devices) over the
 /// TCP communicator, which stages the device tensors of every collective through host memory:
-/// the same training as the same ranks on the CPU. (Per-rank batch norm on both sides, so the
-/// comparison is rank for rank; that CPU ranks equal one process is tests/ddp_launch.rs's.)
+/// the same training as the same ranks on the CPU, with per-rank and with synchronised batch
+/// norm. (The comparison is rank for rank; that CPU ranks equal one process is
+/// tests/ddp_launch.rs's.)
 #[test]
 fn ddp_gpu_ranks_train_as_cpu_ranks_do() {
     let dir = temp_dir("ddp_gpu");
     let data = dir.join("data");
     tiny_dataset(&data);
     let train = env!("CARGO_BIN_EXE_simclr-train");
-    for ranks in ["2", "4"] {
+    // Per-rank batch norm with 2 and 4 ranks; synchronised batch norm (on the device: its
+    // statistics all-gathered, its gradient sums all-reduced as device tensors) with 2.
+    for (ranks, sync_bn) in [("2", false), ("4", false), ("2", true)] {
         let run = |device: &str| -> PathBuf {
-            let out = dir.join(format!("{device}{ranks}"));
+            let out = dir.join(format!("{device}{ranks}{}", if sync_bn { "sync" } else { "" }));
             let args = [
                 "--processed_dir",
                 s(&data),
@@ -730,6 +814,7 @@ fn ddp_gpu_ranks_train_as_cpu_ranks_do() {
             ]
             .iter()
             .chain(TINY_RESNET)
+            .chain(if sync_bn { &["--sync_bn"][..] } else { &[] })
             .copied()
             .collect::<Vec<&str>>();
             let env = [EMULATOR, (devices::EMULATOR_DEVICES_ENV, "4")];
@@ -742,8 +827,8 @@ fn ddp_gpu_ranks_train_as_cpu_ranks_do() {
         // order on the device, through batch norm over each rank's 4 or 8 images, stay far
         // below (seen: 2.3e-6 with 2 ranks, 6.3e-5 with 4).
         let (max, _) = weight_differences(&cpu, &gpu);
-        eprintln!("{ranks} GPU ranks vs CPU ranks: weights differ by up to {max:.2e}");
-        assert!(max < 1e-3, "{ranks} ranks: GPU and CPU weights differ by up to {max}");
+        eprintln!("{ranks} GPU ranks vs CPU ranks (sync BN {sync_bn}): weights differ by up to {max:.2e}");
+        assert!(max < 1e-3, "{ranks} ranks (sync BN {sync_bn}): GPU and CPU weights differ by up to {max}");
     }
     std::fs::remove_dir_all(&dir).ok();
 }

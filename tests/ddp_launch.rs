@@ -124,11 +124,18 @@ fn ddp_processes_train_the_model_one_process_trains() {
 fn ddp_refuses_bad_requests_before_starting_ranks() {
     let dir = temp_dir("bad");
     let data = bouncing(&dir, 16);
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--ddp"], "--num_gpus N"),
         (&["--ddp", "--num_gpus", "0"], "at least 1"),
         (&["--ddp", "--num_gpus", "3"], "does not split evenly over 3 ranks"),
         (&["--num_gpus", "2"], "only means something with --ddp"),
+        (&["--ddp", "--num_gpus", "2", "--dist_backend", "gloo"], "unknown backend 'gloo': choose auto, nccl or tcp"),
+        (&["--dist_backend", "tcp"], "only means something with --ddp or a launcher"),
+        // Refused by each rank, which the launcher reports (exit 2 all the same).
+        (
+            &["--ddp", "--num_gpus", "2", "--device", "cpu", "--dist_backend", "nccl"],
+            "nccl is not available: the ranks train on the CPU",
+        ),
     ];
     for (extra, needle) in cases {
         let out = Command::new(TRAIN).args(flags(&data, &dir.join("out"), 0.1)).args(extra).output().unwrap();

@@ -1,6 +1,7 @@
 //! The NCCL communicator (feature `nccl`). A GPU machine runs the `#[ignore]`d
-//! test: world size 1 through NCCL, every collective and a short training run,
-//! which must match one process bitwise (a sum over one rank changes nothing).
+//! test: world size 1 through NCCL, every collective on host and on device
+//! tensors, synchronised batch norm, and short training runs on the CPU and the
+//! GPU, which must match one process bitwise (a sum over one rank changes nothing).
 //! NCCL allows one rank per GPU, so more ranks need a machine with more GPUs.
 #![cfg(feature = "nccl")]
 
@@ -10,11 +11,13 @@ use common::temp_dir;
 
 use common::assert_same_weights;
 use simclr::backend::cuda::Gpu;
+use simclr::backend::Device;
 use simclr::config::TrainConfig;
 use simclr::data::synthetic::{write_bouncing, BouncingConfig, BouncingDataset};
 use simclr::dist::nccl::NcclCommunicator;
 use simclr::dist::rendezvous::Launcher;
-use simclr::dist::{Communicator, DistEnv};
+use simclr::dist::{connect_rank, sync_batch_norm_2d, Communicator, DistBackend, DistEnv};
+use simclr::ops::batchnorm::{batch_norm_2d, RunningStats};
 use simclr::train::{train, TrainOptions};
 use simclr::{DType, Rng, Tensor};
 use std::net::TcpListener;
@@ -55,6 +58,28 @@ fn world_size_one_runs_every_collective_and_training_through_nccl() {
     let mut buf = gpu.upload(&[1.0f32, 2.0, 3.0]).unwrap();
     comm.all_reduce_sum_buffer(&mut buf).unwrap();
     assert_eq!(gpu.download(&buf).unwrap(), vec![1.0, 2.0, 3.0]);
+    drop(comm);
+
+    // Device tensors go to NCCL from their own buffers and the results stay on the GPU — what
+    // `--dist_backend auto` gives GPU ranks (it must pick NCCL on this machine).
+    let cuda = Device::Cuda(0);
+    let (comm, which) = connect_rank(&world_of_one(), DistBackend::Auto, cuda, Duration::from_secs(60)).unwrap();
+    assert!(which.contains("NCCL"), "{which}");
+    let on_gpu = x.to_device(cuda).unwrap();
+    let strided = on_gpu.t().unwrap(); // a view: sent as its row-major copy
+    for (got, want) in [
+        (comm.all_reduce_sum(&on_gpu).unwrap(), &x),
+        (comm.all_gather(&strided).unwrap(), &x.t().unwrap()),
+        (comm.broadcast(&on_gpu, 0).unwrap(), &x),
+        (comm.all_reduce_sum(&on_gpu.narrow(0, 1, 2).unwrap()).unwrap(), &x.narrow(0, 1, 2).unwrap()),
+    ] {
+        assert_eq!(got.device(), cuda);
+        assert_eq!(got.shape(), want.shape());
+        assert_eq!(got.to_device(Device::Cpu).unwrap().to_f64_vec(), want.to_f64_vec());
+    }
+    let bf16 = x.to_dtype(DType::BF16).unwrap();
+    let gathered = comm.all_gather(&bf16.to_device(cuda).unwrap()).unwrap();
+    assert_eq!(gathered.to_device(Device::Cpu).unwrap().to_f64_vec(), bf16.to_f64_vec());
 
     // The training loop with the NCCL communicator: the same weights as one plain process.
     let dir = temp_dir("train");
@@ -76,7 +101,30 @@ fn world_size_one_runs_every_collective_and_training_through_nccl() {
         ..TrainConfig::default()
     };
     let plain = train(&cfg("plain"), &TrainOptions { resume: None, verbose: false, comm: None }).unwrap();
-    let comm: Arc<dyn Communicator> = Arc::new(comm);
-    let nccl = train(&cfg("nccl"), &TrainOptions { resume: None, verbose: false, comm: Some(comm) }).unwrap();
+    let host_comm: Arc<dyn Communicator> =
+        Arc::new(NcclCommunicator::connect(&world_of_one(), gpu, Duration::from_secs(60)).unwrap());
+    let nccl = train(&cfg("nccl"), &TrainOptions { resume: None, verbose: false, comm: Some(host_comm) }).unwrap();
     assert_same_weights(&plain.final_model, &nccl.final_model);
+
+    // Synchronised batch norm on the device through NCCL: over one rank, batch norm.
+    let xb = Tensor::randn(&[4, 3, 5, 5], 2.0, DType::F32, &mut Rng::new(3)).unwrap().to_device(cuda).unwrap();
+    let stats = || {
+        let mut s = RunningStats::new(3, DType::F32).unwrap();
+        s.mean = s.mean.to_device(cuda).unwrap();
+        s.var = s.var.to_device(cuda).unwrap();
+        s
+    };
+    let (mut s_sync, mut s_plain) = (stats(), stats());
+    let synced = sync_batch_norm_2d(&xb, None, None, &mut s_sync, true, 1e-5, &comm).unwrap();
+    let plain = batch_norm_2d(&xb, None, None, &mut s_plain, true, 1e-5).unwrap();
+    let host = |t: &Tensor| t.to_device(Device::Cpu).unwrap().to_f64_vec();
+    let worst = host(&synced).iter().zip(host(&plain)).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(worst < 1e-5, "sync batch norm through NCCL differs from batch norm by {worst}");
+
+    // Training on the GPU: gradient buckets flattened on the device and reduced by NCCL in
+    // place (one rank: the sums change nothing, so the weights are bitwise plain GPU training's).
+    let on_gpu = |out: &str| TrainConfig { device: "cuda".into(), ..cfg(out) };
+    let plain = train(&on_gpu("plain_gpu"), &TrainOptions { resume: None, verbose: false, comm: None }).unwrap();
+    let nccl = train(&on_gpu("nccl_gpu"), &TrainOptions { resume: None, verbose: false, comm: Some(comm) });
+    assert_same_weights(&plain.final_model, &nccl.unwrap().final_model);
 }

@@ -136,9 +136,41 @@ impl GradientBuckets {
 }
 
 impl Bucket {
-    /// Every gradient flattened back to back, then one presence flag per parameter.
+    /// Every gradient flattened back to back, then one presence flag per parameter, where
+    /// the parameters live: a bucket of GPU parameters is flattened on the GPU, so NCCL
+    /// reduces it in place (the thread and TCP communicators stage it through the host,
+    /// one copy per bucket).
     pub(super) fn flatten(&self) -> Result<Tensor> {
-        float_dispatch!("all_reduce_mean", self.dtype, T => self.flatten_as::<T>())
+        match self.device() {
+            Device::Cpu => float_dispatch!("all_reduce_mean", self.dtype, T => self.flatten_as::<T>()),
+            device => no_grad(|| self.flatten_on(device)),
+        }
+    }
+
+    /// The device of the bucket's parameters (all on one: a model is moved as a whole).
+    fn device(&self) -> Device {
+        self.params.first().map_or(Device::Cpu, |p| p.device())
+    }
+
+    /// [`Bucket::flatten`] with tensor ops on `device`.
+    fn flatten_on(&self, device: Device) -> Result<Tensor> {
+        let mut parts = Vec::with_capacity(self.params.len() + 1);
+        let mut flags = Vec::with_capacity(self.params.len());
+        for p in &self.params {
+            match p.grad() {
+                Some(g) => {
+                    parts.push(g.reshape(&[p.numel()])?);
+                    flags.push(1.0);
+                }
+                None => {
+                    parts.push(Tensor::zeros(&[p.numel()], self.dtype)?.to_device(device)?);
+                    flags.push(0.0);
+                }
+            }
+        }
+        parts.push(Tensor::from_f64s(&flags, &[flags.len()], self.dtype)?.to_device(device)?);
+        let refs: Vec<&Tensor> = parts.iter().collect();
+        Tensor::cat(&refs, 0)
     }
 
     fn flatten_as<T: Float + StorageElement>(&self) -> Result<Tensor> {
@@ -148,8 +180,7 @@ impl Bucket {
         for p in &self.params {
             match p.grad() {
                 Some(g) => {
-                    // A gradient on a GPU is staged through host memory (see `through_host`).
-                    flat.extend_from_slice(&g.to_device(Device::Cpu)?.host_data::<T>()?);
+                    flat.extend_from_slice(&g.host_data::<T>()?);
                     flags.push(T::one());
                 }
                 None => {
@@ -176,11 +207,36 @@ impl Bucket {
                 ),
             ));
         }
-        float_dispatch!("all_reduce_mean", self.dtype, T => self.unflatten_as::<T>(summed, world_size))
+        match self.device() {
+            Device::Cpu => {
+                float_dispatch!("all_reduce_mean", self.dtype, T => self.unflatten_as::<T>(summed, world_size))
+            }
+            device => no_grad(|| self.unflatten_on(device, summed, world_size)),
+        }
+    }
+
+    /// [`Bucket::unflatten_mean`] with tensor ops on `device`. Only the flags come to the
+    /// host (one value per parameter): whether a gradient exists is decided there.
+    fn unflatten_on(&self, device: Device, summed: &Tensor, world_size: usize) -> Result<()> {
+        let summed = summed.to_device(device)?;
+        let flags = summed.narrow(0, self.numel, self.params.len())?.to_device(Device::Cpu)?.to_f64_vec();
+        let scale = 1.0 / world_size as f64;
+        let mut start = 0;
+        for (p, flag) in self.params.iter().zip(flags) {
+            let n = p.numel();
+            let grad = if flag == 0.0 {
+                None // no rank produced a gradient: leave it unset, as a single process would
+            } else {
+                Some(summed.narrow(0, start, n)?.mul_scalar(scale)?.reshape(p.shape())?)
+            };
+            p.set_grad(grad)?;
+            start += n;
+        }
+        Ok(())
     }
 
     fn unflatten_as<T: Float + StorageElement>(&self, summed: &Tensor, world_size: usize) -> Result<()> {
-        let summed = summed.to_device(Device::Cpu)?.host_data::<T>()?;
+        let summed = summed.host_data::<T>()?;
         let scale = 1.0 / world_size as f64;
         let mut start = 0;
         for (i, p) in self.params.iter().enumerate() {

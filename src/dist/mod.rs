@@ -11,8 +11,9 @@
 //!   these two take tensors on a GPU too, staging them through host memory
 //!   ([`through_host`]), so GPU ranks train over them where there is no NCCL
 //!   (on the kernel emulator, say);
-//! - [`nccl::NcclCommunicator`] (feature `nccl`): GPU ranks through NCCL, on device
-//!   buffers and, for the trait, on host tensors (verified on a GPU: not yet).
+//! - [`nccl::NcclCommunicator`] (feature `nccl`): GPU ranks through NCCL, device
+//!   tensors straight from their buffers, host tensors copied up and back
+//!   (verified on a GPU: not yet).
 //!
 //! On top of the collectives:
 //! - [`gather`]: a differentiable `all_gather` and NT-Xent over the global batch;
@@ -21,9 +22,12 @@
 //!   thread ([`worker`], which then makes all of the rank's collectives);
 //! - [`sync_batchnorm`]: batch norm with statistics over every rank's batch;
 //! - [`rendezvous`]: rank and world size from torchrun or SLURM, and the TCP
-//!   exchange that hands rank 0's NCCL id to the others.
+//!   exchange that hands rank 0's NCCL id to the others;
+//! - [`connect`]: which communicator a launched rank joins (NCCL for GPU ranks
+//!   where it can, TCP otherwise).
 
 pub mod buckets;
+pub mod connect;
 pub mod gather;
 pub mod launch;
 #[cfg(feature = "nccl")]
@@ -38,6 +42,7 @@ pub mod threads;
 pub mod worker;
 
 pub use buckets::GradientBuckets;
+pub use connect::{connect_rank, DistBackend};
 pub use gather::{all_gather, global_nt_xent};
 pub use rendezvous::DistEnv;
 pub use single::SingleProcess;

@@ -8,8 +8,10 @@
 //! Two levels:
 //! - device collectives on [`DeviceBuffer`]s (`all_reduce_sum_buffer`, ...),
 //!   queued on the GPU's stream: what the GPU training loop calls;
-//! - the [`Communicator`] trait on host tensors (copy up, collective, copy
-//!   down), so the same training code and tests run through NCCL unchanged.
+//! - the [`Communicator`] trait: tensors on this rank's GPU go to NCCL as they
+//!   are (what GPU training sends: gradient buckets, projections, sync batch
+//!   norm statistics); host tensors are copied up and back down, so CPU code
+//!   and tests run through NCCL unchanged.
 //!
 //! A dead peer makes NCCL collectives wait forever, so every wait polls:
 //! between polls NCCL's asynchronous error state is checked (a peer that closed
@@ -22,6 +24,7 @@
 
 use super::rendezvous::{share_from_rank0, DistEnv};
 use super::{check_all_gather_input, check_all_reduce_input, check_root, Communicator};
+use crate::any_dispatch;
 use crate::backend::cuda::gpu::Backend;
 use crate::backend::cuda::{DeviceBuffer, DeviceElement, Gpu};
 use crate::error::{Error, Result};
@@ -231,6 +234,56 @@ impl Drop for NcclCommunicator {
     }
 }
 
+/// NCCL's name for a tensor dtype.
+fn nccl_dtype(dtype: DType) -> sys::ncclDataType_t {
+    match dtype {
+        DType::F32 => sys::ncclDataType_t::ncclFloat32,
+        DType::F64 => sys::ncclDataType_t::ncclFloat64,
+        DType::BF16 => sys::ncclDataType_t::ncclBfloat16,
+        DType::F16 => sys::ncclDataType_t::ncclFloat16,
+        DType::U8 => sys::ncclDataType_t::ncclUint8,
+        DType::I64 => sys::ncclDataType_t::ncclInt64,
+    }
+}
+
+impl NcclCommunicator {
+    /// Whether `t` lives on this communicator's GPU (then the collective runs on its device
+    /// buffer); an error for a tensor on another GPU, which NCCL on this rank cannot reach.
+    fn on_this_gpu(&self, op: &'static str, t: &Tensor) -> Result<bool> {
+        match t.gpu() {
+            None => Ok(false),
+            Some((gpu, _)) if gpu.same_device(&self.gpu) => Ok(true),
+            Some((_, ordinal)) => Err(Error::invalid(
+                op,
+                format!("the tensor is on CUDA device {ordinal}, not the GPU this rank's NCCL communicator uses"),
+            )),
+        }
+    }
+
+    /// A collective on a device tensor, with no host copy: `call(send, recv, count, dtype)`
+    /// gets the address of `t`'s row-major elements and of a fresh buffer of
+    /// `count_out` elements of the same dtype, which becomes the result, shaped `shape`.
+    fn on_device(
+        &self,
+        t: &Tensor,
+        shape: &[usize],
+        call: impl FnOnce(u64, u64, usize, sys::ncclDataType_t) -> Result<()>,
+    ) -> Result<Tensor> {
+        let t = crate::autograd::no_grad(|| t.contiguous())?;
+        let storage = t.device_storage("nccl")?;
+        let ordinal = storage.ordinal;
+        let send = storage.device_ptr_at(t.layout().offset);
+        any_dispatch!(t.dtype(), T => {
+            let recv = self.gpu.alloc::<T>(crate::tensor::layout::numel(shape))?;
+            call(send, recv.device_ptr(), t.numel(), nccl_dtype(t.dtype()))?;
+            Tensor::from_device_buffer(recv, shape, ordinal)
+        })
+    }
+}
+
+/// Host tensors are copied to the GPU for the collective and back (so CPU training code runs
+/// over NCCL unchanged); tensors on this rank's GPU go to NCCL as they are, and the result
+/// stays there.
 impl Communicator for NcclCommunicator {
     fn rank(&self) -> usize {
         self.rank
@@ -242,6 +295,16 @@ impl Communicator for NcclCommunicator {
 
     fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
         check_all_reduce_input(t)?;
+        if self.on_this_gpu("all_reduce_sum", t)? {
+            return self.on_device(t, t.shape(), |send, recv, n, dtype| {
+                self.run("all_reduce_sum", |comm, stream| {
+                    // SAFETY: send and recv hold n elements of dtype and live for the call.
+                    unsafe { nccl::all_reduce(send as _, recv as _, n, dtype, sys::ncclRedOp_t::ncclSum, comm, stream) }
+                        .map(drop)
+                        .map_err(|e| Error::dist("all_reduce_sum", nccl_error("ncclAllReduce", e)))
+                })
+            });
+        }
         let buf = self.upload_bytes(t)?;
         // The byte buffer holds the tensor's elements: reduce them as their float type.
         match t.dtype() {
@@ -256,16 +319,36 @@ impl Communicator for NcclCommunicator {
 
     fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
         check_all_gather_input(t)?;
+        let mut shape = t.shape().to_vec();
+        shape[0] *= self.world_size;
+        if self.on_this_gpu("all_gather", t)? {
+            return self.on_device(t, &shape, |send, recv, n, dtype| {
+                self.run("all_gather", |comm, stream| {
+                    // SAFETY: send holds n elements, recv world_size·n; both live for the call.
+                    unsafe { nccl::all_gather(send as _, recv as _, n, dtype, comm, stream) }
+                        .map(drop)
+                        .map_err(|e| Error::dist("all_gather", nccl_error("ncclAllGather", e)))
+                })
+            });
+        }
         let send = self.upload_bytes(t)?;
         let mut recv = self.gpu.alloc::<u8>(send.len() * self.world_size)?;
         self.all_gather_buffer(&send, &mut recv)?;
-        let mut shape = t.shape().to_vec();
-        shape[0] *= self.world_size;
         self.download_tensor(&recv, t.dtype(), &shape)
     }
 
     fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor> {
         check_root(root, self.world_size)?;
+        if self.on_this_gpu("broadcast", t)? {
+            return self.on_device(t, t.shape(), |send, recv, n, dtype| {
+                self.run("broadcast", |comm, stream| {
+                    // SAFETY: send (read on the root only) and recv hold n elements and live for the call.
+                    unsafe { nccl::broadcast(send as _, recv as _, n, dtype, root as i32, comm, stream) }
+                        .map(drop)
+                        .map_err(|e| Error::dist("broadcast", nccl_error("ncclBroadcast", e)))
+                })
+            });
+        }
         let mut buf = self.upload_bytes(t)?;
         self.broadcast_buffer(&mut buf, root)?;
         self.download_tensor(&buf, t.dtype(), t.shape())

@@ -18,14 +18,21 @@
 //! needs the sums over the *global* batch, so each rank all-reduces its
 //! per-channel Σĝ and Σĝ·x̂. dγ = Σ g·x̂ and dβ = Σ g stay per rank; the
 //! gradient averaging of the parameters sums them over ranks like any other.
+//!
+//! On a GPU the same formulas run as f32 tensor ops on the device
+//! ([`on_device`]): the per-rank moments, the gathered rows and the combined
+//! statistics never leave it, so the collectives get device tensors (NCCL
+//! takes them as they are; the thread and TCP communicators stage them
+//! through host memory).
 
 use super::Communicator;
 use crate::autograd::{no_grad, record};
+use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::float_dispatch;
 use crate::nn::Module;
 use crate::ops::batchnorm::{affine, batch_norm_2d, check_inputs, push_affine_grads, RunningStats};
-use crate::tensor::{Float, StorageElement, Tensor};
+use crate::tensor::{DType, Float, StorageElement, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -113,6 +120,9 @@ pub fn sync_batch_norm_2d(
         return Err(Error::shape(OP, format!("every rank needs at least one value per channel, got {:?}", x.shape())));
     }
     let hw = h * w;
+    if x.device() != Device::Cpu {
+        return on_device::sync_batch_norm_2d(x, weight, bias, stats, eps, comm, (n, c, hw));
+    }
     let dtype = x.dtype();
     let moments = float_dispatch!(OP, dtype, T => channel_moments::<T>(x, n, c, hw)?);
     let mut packed = vec![(n * hw) as f64];
@@ -164,6 +174,87 @@ pub fn sync_batch_norm_2d(
         push_affine_grads(&mut grads, g, &xhat, has_weight, needs)?;
         Ok(grads)
     }))
+}
+
+/// The GPU path: the same statistics and gradients as f32 tensor ops on the device.
+mod on_device {
+    use super::*;
+
+    /// As the host path, with three differences: moments are two-pass f32 sums on the device
+    /// (as PyTorch's SyncBatchNorm computes them in f32) instead of f64 on the host; the
+    /// ranks' rows are combined all at once, μ = Σ m_r μ_r / M and
+    /// M2 = Σ M2_r + Σ m_r (μ_r − μ)², rather than rank by rank (the same values, no
+    /// sequential update to write as tensor ops); and the global count M stays a device tensor,
+    /// so nothing waits for the GPU. A bf16 input is normalised in f32 and cast back.
+    pub(super) fn sync_batch_norm_2d(
+        x: &Tensor,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        stats: &mut RunningStats,
+        eps: f64,
+        comm: &Arc<dyn Communicator>,
+        (n, c, hw): (usize, usize, usize),
+    ) -> Result<Tensor> {
+        // M ≥ 2 over two or more ranks, each with at least one value; a lone rank needs two.
+        if comm.world_size() == 1 && n * hw < 2 {
+            return Err(Error::shape(OP, format!("training needs more than one value per channel, got {n}×{hw}")));
+        }
+        let dtype = x.dtype();
+        let per_channel = move |t: &Tensor| t.reshape(&[1, c, 1, 1]);
+        let xd = x.detach().to_dtype(DType::F32)?;
+        let (out, xhat, std, total) = no_grad(|| -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+            let mean_r = xd.mean(&[0, 2, 3], true)?;
+            let centred = xd.sub(&mean_r)?;
+            let m2_r = centred.mul(&centred)?.sum(&[0, 2, 3], false)?;
+            let count = Tensor::from_f64s(&[(n * hw) as f64], &[1], DType::F32)?.to_device(x.device())?;
+            let row = Tensor::cat(&[&count, &mean_r.reshape(&[c])?, &m2_r], 0)?.reshape(&[1, 1 + 2 * c])?;
+            let rows = comm.all_gather(&row)?; // [W, 1 + 2C]: m_r, μ_r…, M2_r…
+            let column = |start: usize, len: usize| rows.narrow(1, start, len)?.contiguous();
+            let (m, mu, m2) = (column(0, 1)?, column(1, c)?, column(1 + c, c)?);
+            let total = m.sum(&[0], true)?; // [1, 1]
+            let mean = m.mul(&mu)?.sum(&[0], true)?.div(&total)?; // [1, C]
+            let spread = mu.sub(&mean)?;
+            let m2 = m2.sum(&[0], true)?.add(&spread.mul(&spread)?.mul(&m)?.sum(&[0], true)?)?;
+            let unbiased = m2.div(&total.sub_scalar(1.0)?)?;
+            let as_stat = |t: &Tensor| t.reshape(&[c])?.to_dtype(dtype);
+            stats.update(&as_stat(&mean)?, &as_stat(&unbiased)?)?;
+            let std = per_channel(&m2.div(&total)?.add_scalar(eps)?.sqrt()?)?;
+            let xhat = xd.sub(&per_channel(&mean)?)?.div(&std)?;
+            let out = affine(&xhat.to_dtype(dtype)?, weight, bias, c)?;
+            Ok((out, xhat, std, total.reshape(&[1, 1, 1, 1])?))
+        })?;
+        let gamma = weight.map(|t| t.detach().to_dtype(DType::F32)).transpose()?;
+        let has_weight = weight.is_some();
+        let comm = comm.clone();
+        let mut inputs = vec![x];
+        inputs.extend(weight);
+        inputs.extend(bias);
+        Ok(record(OP, &inputs, out, move |g, needs| {
+            let mut grads = Vec::with_capacity(needs.len());
+            let g32 = g.to_dtype(DType::F32)?;
+            let gh = match &gamma {
+                Some(gm) => g32.mul(&per_channel(gm)?)?,
+                None => g32.clone(),
+            };
+            grads.push(if needs[0] {
+                let sums = [gh.sum(&[0, 2, 3], false)?, gh.mul(&xhat)?.sum(&[0, 2, 3], false)?];
+                let global = comm.all_reduce_sum(&Tensor::cat(&[&sums[0], &sums[1]], 0)?)?;
+                let sum_gh = per_channel(&global.narrow(0, 0, c)?.contiguous()?)?;
+                let sum_ghx = per_channel(&global.narrow(0, c, c)?.contiguous()?)?;
+                let inner = gh.mul(&total)?.sub(&sum_gh)?.sub(&xhat.mul(&sum_ghx)?)?;
+                Some(inner.div(&std)?.div(&total)?.to_dtype(dtype)?)
+            } else {
+                None
+            });
+            // dγ and dβ, summed in f32, in the parameters' dtype.
+            let mut affine_grads = Vec::new();
+            push_affine_grads(&mut affine_grads, &g32, &xhat, has_weight, needs)?;
+            for grad in affine_grads {
+                grads.push(grad.map(|t| t.to_dtype(dtype)).transpose()?);
+            }
+            Ok(grads)
+        }))
+    }
 }
 
 /// Switches every `BatchNorm2d` inside `model` to synchronised statistics over

@@ -109,10 +109,20 @@ impl DeviceStorage {
         with_buffer!(&self.data, b => b.gpu())
     }
 
+    /// The device address of element `offset` (for libraries that take raw pointers: NCCL).
+    pub(crate) fn device_ptr_at(&self, offset: usize) -> u64 {
+        with_buffer!(&self.data, b => b.device_ptr_at(offset))
+    }
+
     /// Waits for queued work and copies the whole buffer to host storage.
     pub fn download(&self) -> crate::Result<super::Storage> {
+        self.download_range(0, self.len())
+    }
+
+    /// Waits for queued work and copies elements `offset..offset + len` to host storage.
+    pub fn download_range(&self, offset: usize, len: usize) -> crate::Result<super::Storage> {
         use super::StorageElement;
-        Ok(with_buffer!(&self.data, b => StorageElement::wrap(b.to_vec()?)))
+        Ok(with_buffer!(&self.data, b => StorageElement::wrap(b.alias(offset, len).to_vec()?)))
     }
 }
 
@@ -145,6 +155,11 @@ pub(crate) fn transfer(t: &Tensor, device: Device) -> Result<Tensor> {
     match device {
         Device::Cpu => {
             let TensorData::Device(s) = t.data() else { return Ok(t.clone()) };
+            if t.is_contiguous() {
+                // A row-major view (a whole tensor, or a `narrow` of its first axis): just its elements.
+                let storage = s.download_range(t.layout().offset, t.numel())?;
+                return Ok(Tensor::from_data(TensorData::Host(Arc::new(storage)), Layout::contiguous(t.shape())));
+            }
             // Download the whole buffer, then let the host view gather the tensor's elements.
             let host = Tensor::from_data(TensorData::Host(Arc::new(s.download()?)), t.layout().clone());
             host.contiguous_copy()

@@ -61,6 +61,11 @@ impl Gpu {
         &self.0.name
     }
 
+    /// True when both handles are the same device (clones of one `Gpu`).
+    pub fn same_device(&self, other: &Gpu) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     pub fn is_emulated(&self) -> bool {
         matches!(self.0.backend, Backend::Emulator(_))
     }

@@ -20,7 +20,7 @@ mod demo;
 
 use clap::Parser;
 use simclr::config::{resolve, TrainConfig};
-use simclr::dist::{Communicator, DistEnv, TcpCommunicator};
+use simclr::dist::{connect_rank, Communicator, DistBackend, DistEnv};
 use simclr::train::{train, TrainOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -134,6 +134,10 @@ struct Cli {
     /// Seconds a rank waits for the others in a collective before giving up [default: 300].
     #[arg(long = "dist_timeout")]
     dist_timeout: Option<f64>,
+    /// Collectives between ranks: nccl (GPU ranks, device to device), tcp (anything, through
+    /// host memory) or auto: NCCL where every rank trains on a GPU and libnccl is found [default: auto].
+    #[arg(long = "dist_backend")]
+    dist_backend: Option<String>,
     /// Hide the progress bar and per-epoch lines.
     #[arg(long)]
     quiet: bool,
@@ -228,8 +232,16 @@ fn run(cli: Cli) -> simclr::Result<()> {
     };
     let cfg = resolve(&base, cli.config.as_deref(), cli.flags())?;
     cfg.validate()?;
+    let backend: DistBackend = cli.dist_backend.as_deref().unwrap_or("auto").parse()?;
     let comm: Option<Arc<dyn Communicator>> = match launched {
-        Some(env) => Some(Arc::new(TcpCommunicator::connect(&env, timeout)?)),
+        Some(env) => {
+            let (device, _) = simclr::train::training_device(&cfg)?;
+            let (comm, which) = connect_rank(&env, backend, device, timeout)?;
+            if comm.rank() == 0 && !cli.quiet {
+                println!("{which}");
+            }
+            Some(comm)
+        }
         None if cfg.ddp => {
             return match launch_ranks(&cfg)? {
                 LaunchEnd::Finished => Ok(()),
@@ -241,6 +253,9 @@ fn run(cli: Cli) -> simclr::Result<()> {
         }
         None if cfg.num_gpus.is_some() => {
             return Err(simclr::Error::invalid("--num_gpus", "only means something with --ddp"));
+        }
+        None if cli.dist_backend.is_some() => {
+            return Err(simclr::Error::invalid("--dist_backend", "only means something with --ddp or a launcher"));
         }
         None => None,
     };
