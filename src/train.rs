@@ -18,7 +18,8 @@
 //! SIGINT, SIGUSR1) ends the run after the current step with a checkpoint: every rank agrees to
 //! stop at the same step, rank 0 writes, and the outcome says which signal it was.
 //!
-//! Data parallel (a communicator of W ranks in `TrainOptions`): the global
+//! Data parallel (a communicator of W ranks in `TrainOptions`): every rank
+//! starts from rank 0's weights (`dist::broadcast_from_rank0`), the global
 //! batch is split over ranks by the sampler, the loss is NT-Xent over the
 //! whole global batch (`dist::global_nt_xent`), gradients are averaged in
 //! buckets while backward runs (each bucket all-reduced on the rank's
@@ -43,7 +44,10 @@ use crate::checkpoint::{
 use crate::config::TrainConfig;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::shards::ShardDataset;
-use crate::dist::{convert_sync_batch_norm, global_nt_xent, CommWorker, Communicator, GradientBuckets, SingleProcess};
+use crate::dist::{
+    broadcast_from_rank0, convert_sync_batch_norm, global_nt_xent, CommWorker, Communicator, GradientBuckets,
+    SingleProcess,
+};
 use crate::error::{Error, Result};
 use crate::metrics::MetricsLog;
 use crate::nn::{move_to_device, parameter_count, parameters, Module};
@@ -223,6 +227,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         optimizer.load_state(&opt_state)?;
         (epochs_done, global_step, last_checkpoint) = (state.epochs_done, state.global_step, Some(path.clone()));
         (resume_step, resume_loss_sum) = (state.epoch_steps_done, state.epoch_loss_sum);
+    }
+    if world > 1 {
+        broadcast_from_rank0(&model, comm.as_ref())?;
     }
 
     let mut metrics = None;

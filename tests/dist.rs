@@ -17,12 +17,12 @@
 
 use simclr::dist::rendezvous::{expand_nodelist, fetch_blob, first_host, serve_blob, share_from_rank0, Launcher};
 use simclr::dist::{
-    all_gather, convert_sync_batch_norm, global_nt_xent, sync_batch_norm_2d, CommWorker, Communicator, DistEnv,
-    GradientBuckets, SingleProcess, TcpCommunicator, ThreadGroup,
+    all_gather, broadcast_from_rank0, convert_sync_batch_norm, global_nt_xent, sync_batch_norm_2d, CommWorker,
+    Communicator, DistEnv, GradientBuckets, SingleProcess, TcpCommunicator, ThreadGroup,
 };
 use simclr::nn::simclr::{Encoder, SimClr};
 use simclr::nn::temporal::TemporalKind;
-use simclr::nn::{parameters, Linear, Module};
+use simclr::nn::{parameters, state_dict, Linear, Module};
 use simclr::ops::batchnorm::{batch_norm_2d, RunningStats};
 use simclr::ops::loss::nt_xent;
 use simclr::optim::AdamW;
@@ -478,6 +478,40 @@ fn small_simclr() -> SimClr {
     let encoder =
         Encoder::named("resnet18", FRAMES, IMAGE, 0.125, true, TemporalKind::Mean, DType::F64, &mut rng).unwrap();
     SimClr::new(encoder, 16, TAU, DType::F64, &mut rng).unwrap()
+}
+
+/// Ranks whose models were built apart (another seed on rank 1, and a running statistic
+/// moved) start from rank 0's weights and buffers after `broadcast_from_rank0`, bitwise; the
+/// tensors keep their identity (an optimiser built before still holds them).
+#[test]
+fn every_rank_starts_from_rank_zeros_weights() {
+    let reference = small_simclr();
+    let want: Vec<Vec<u64>> = state_dict(&reference).iter().map(|(_, t)| bits(t)).collect();
+    let results = run_ranks(2, TIMEOUT, |comm| {
+        let mut rng = Rng::new(7 + comm.rank() as u64);
+        let encoder =
+            Encoder::named("resnet18", FRAMES, IMAGE, 0.125, true, TemporalKind::Mean, DType::F64, &mut rng).unwrap();
+        let mut model = SimClr::new(encoder, 16, TAU, DType::F64, &mut rng).unwrap();
+        if comm.rank() == 1 {
+            model.set_training(true);
+            let (v1, v2) = global_views(0);
+            model.loss(&v1, &v2).unwrap(); // moves the batch-norm running statistics
+        }
+        let before: Vec<Tensor> = parameters(&model).into_iter().map(|(_, p)| p).collect();
+        let differed = state_dict(&model).iter().zip(&want).filter(|((_, t), w)| bits(t) != **w).count();
+        let count = broadcast_from_rank0(&model, comm.as_ref()).unwrap();
+        let held_before_now: Vec<Vec<u64>> = before.iter().map(bits).collect();
+        let got: Vec<Vec<u64>> = state_dict(&model).iter().map(|(_, t)| bits(t)).collect();
+        (differed, count, held_before_now, got)
+    });
+    let want_params: Vec<Vec<u64>> = parameters(&reference).iter().map(|(_, p)| bits(p)).collect();
+    assert_eq!(results[0].0, 0, "rank 0 built the reference model");
+    assert!(results[1].0 > 0, "rank 1's model must start different for the test to mean anything");
+    for (rank, (_, count, held_before, got)) in results.iter().enumerate() {
+        assert_eq!(*count, want.len());
+        assert!(held_before == &want_params, "rank {rank}: the parameter handles held before see rank 0's values");
+        assert!(got == &want, "rank {rank}: weights or buffers differ from rank 0's after the broadcast");
+    }
 }
 
 /// Step `step`'s global batch: two views [GLOBAL_BATCH, T, 3, H, W].

@@ -23,6 +23,7 @@
 //! - [`sync_batchnorm`]: batch norm with statistics over every rank's batch;
 //! - [`rendezvous`]: rank and world size from torchrun or SLURM, and the TCP
 //!   exchange that hands rank 0's NCCL id to the others;
+//! - [`replicate`]: every rank starts from rank 0's weights;
 //! - [`connect`]: which communicator a launched rank joins (NCCL for GPU ranks
 //!   where it can, TCP otherwise).
 
@@ -34,6 +35,7 @@ pub mod launch;
 pub mod nccl;
 pub mod overlap;
 pub mod rendezvous;
+pub mod replicate;
 mod round;
 pub mod single;
 pub mod sync_batchnorm;
@@ -45,6 +47,7 @@ pub use buckets::GradientBuckets;
 pub use connect::{connect_rank, DistBackend};
 pub use gather::{all_gather, global_nt_xent};
 pub use rendezvous::DistEnv;
+pub use replicate::broadcast_from_rank0;
 pub use single::SingleProcess;
 pub use sync_batchnorm::{convert_sync_batch_norm, sync_batch_norm_2d};
 pub use tcp::TcpCommunicator;
