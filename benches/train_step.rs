@@ -1,22 +1,25 @@
 //! CPU benchmark of one SimCLR training step, as `src/train.rs` runs it
 //! (zero_grad → `model.loss(&v1, &v2)` → `loss.backward()` → `opt.step()`,
-//! Adam), for two models:
-//! 1. the quick demo's (resnet18 at width 0.25, 1 frame of 48×48, batch 128;
-//!    `src/bin/simclr-train/demo.rs`);
-//! 2. full-width resnet18 on 20 frames of 64×64 (the baseline's clip length), batch 8.
+//! Adam), for three models (`SIMCLR_BENCH_CASES=demo,resnet18,vivit_tiny` picks some):
+//! 1. `demo`: the quick demo's encoder (resnet18 at width 0.25, 4 frames of 32×32,
+//!    batch 128, temporal mean; `src/bin/simclr-train/demo.rs`);
+//! 2. `resnet18`: full width on 20 frames of 64×64 (the baseline's clip length), batch 8;
+//! 3. `vivit_tiny`: 8 frames of 64×64, batch 8.
 //!
 //! The views are random `[B, T, 3, S, S]` tensors: data loading and
 //! augmentation are measured on their own in benches/data_loader.rs.
 //! Per model: one warm-up step, then a few timed steps; clips/s and the
 //! forward / backward / optimiser split are medians over the timed steps.
 //! (train.rs's forward time also reads the loss, as here; its backward time
-//! also includes the gradient-norm check, which is left out here.)
+//! also includes the gradient-norm check, which is left out here.) Each model
+//! ends with one `RESULT` line for tools/bench_cpu_vs_torch.sh, which runs the
+//! same steps in PyTorch (tools/torch_reference/bench_cpu_step.py) beside it.
 //!
 //! Reference measured in the same run, just before each model's steps: the
 //! f32 GEMM throughput of the tensor `matmul` (backend::cpu::matmul) on 1024³
 //! with all threads; it is measured again at the end, and if the machine's
 //! load changed during the run the GEMM rates differ and the ratios are not to
-//! be trusted. The step's FLOPs are counted analytically (2 per multiply-add
+//! be trusted. The ResNet steps' FLOPs are counted analytically (2 per multiply-add
 //! of the convolutions, linear layers and NT-Xent's similarity GEMM; forward +
 //! backward ≈ 3 × forward), so `step/gemm` says what fraction of the machine's
 //! GEMM rate a whole training step reaches.
@@ -124,6 +127,7 @@ fn gemm_gflops(n: usize, rng: &mut Rng) -> f64 {
 }
 
 struct Case {
+    key: &'static str,
     name: &'static str,
     spec: ModelSpec,
     batch: usize,
@@ -132,7 +136,7 @@ struct Case {
 }
 
 fn bench(case: &Case, gemm: f64) {
-    let Case { name, spec, batch, lr, steps } = case;
+    let Case { key, name, spec, batch, lr, steps } = case;
     let mut rng = Rng::new(0);
     let mut model = spec.build(&mut rng).unwrap();
     model.set_training(true);
@@ -142,7 +146,9 @@ fn bench(case: &Case, gemm: f64) {
     let (t, s) = (spec.num_frames, spec.image_size);
     let v1 = Tensor::randn(&[*batch, t, 3, s, s], 1.0, DType::F32, &mut rng).unwrap();
     let v2 = Tensor::randn(&[*batch, t, 3, s, s], 1.0, DType::F32, &mut rng).unwrap();
-    let flops = 3.0 * forward_flops(spec, *batch, model.encoder.feature_dim());
+    // FLOPs are counted for the ResNets only.
+    let resnet = spec.base_model.starts_with("resnet");
+    let flops = if resnet { 3.0 * forward_flops(spec, *batch, model.encoder.feature_dim()) } else { f64::NAN };
 
     println!("\n## {name}");
     println!(
@@ -192,14 +198,21 @@ fn bench(case: &Case, gemm: f64) {
         println!("{:<10} {:>10.3} {:>10.3}", phase, median(v), median(v) / step_s);
     }
     let rate = flops / step_s / 1e9;
+    let (min, max) = (total.iter().cloned().fold(f64::INFINITY, f64::min), total.iter().cloned().fold(0.0, f64::max));
     println!(
         "{:.2} clips/s ({:.0} frames/s through the encoder, 2 views); \
-         step {rate:.1} GFLOP/s = {:.3} of the {gemm:.1} GFLOP/s GEMM (step/gemm); step times min {:.3} max {:.3} s",
+         step {rate:.1} GFLOP/s = {:.3} of the {gemm:.1} GFLOP/s GEMM (step/gemm); step times min {min:.3} max {max:.3} s",
         *batch as f64 / step_s,
         (2 * batch * t) as f64 / step_s,
         rate / gemm,
-        total.iter().cloned().fold(f64::INFINITY, f64::min),
-        total.iter().cloned().fold(0.0, f64::max)
+    );
+    // case, clips/s, forward, backward, optimiser, step (medians, s), min and max step
+    println!(
+        "RESULT simclr {key} {:.4} {:.5} {:.5} {:.5} {step_s:.5} {min:.5} {max:.5}",
+        *batch as f64 / step_s,
+        median(&fwd),
+        median(&bwd),
+        median(&optim)
     );
 }
 
@@ -208,41 +221,49 @@ fn main() {
     let mut rng = Rng::new(0);
     let n = 1024;
 
+    let spec = |base_model: &str, num_frames, image_size, width, temperature| ModelSpec {
+        base_model: base_model.into(),
+        num_frames,
+        image_size,
+        width,
+        small_stem: false,
+        temporal: "mean".into(),
+        projection_dim: 128,
+        temperature,
+    };
     let cases = [
         Case {
+            key: "demo",
             name: "demo model (cargo run --release)",
-            spec: ModelSpec {
-                base_model: "resnet18".into(),
-                num_frames: 1,
-                image_size: 48,
-                width: 0.25,
-                small_stem: false,
-                temporal: "mean".into(),
-                projection_dim: 128,
-                temperature: 0.2,
-            },
+            spec: spec("resnet18", 4, 32, 0.25, 0.2),
             batch: 128,
             lr: 3e-3,
             steps: 5,
         },
         Case {
+            key: "resnet18",
             name: "resnet18 full width, 20 frames x 64x64",
-            spec: ModelSpec {
-                base_model: "resnet18".into(),
-                num_frames: 20,
-                image_size: 64,
-                width: 1.0,
-                small_stem: false,
-                temporal: "mean".into(),
-                projection_dim: 128,
-                temperature: 0.5,
-            },
+            spec: spec("resnet18", 20, 64, 1.0, 0.5),
+            batch: 8,
+            lr: 3e-4,
+            steps: 3,
+        },
+        Case {
+            key: "vivit_tiny",
+            name: "vivit_tiny, 8 frames x 64x64",
+            spec: spec("vivit_tiny", 8, 64, 1.0, 0.5),
             batch: 8,
             lr: 3e-4,
             steps: 3,
         },
     ];
-    for case in &cases {
+    let wanted = std::env::var("SIMCLR_BENCH_CASES").ok();
+    let cases: Vec<&Case> =
+        cases.iter().filter(|c| wanted.as_deref().is_none_or(|w| w.split(',').any(|k| k == c.key))).collect();
+    if cases.is_empty() {
+        panic!("SIMCLR_BENCH_CASES={wanted:?} names none of demo, resnet18, vivit_tiny");
+    }
+    for case in cases {
         let gemm = gemm_gflops(n, &mut rng);
         println!("\n## reference: f32 GEMM {n}x{n}x{n} (tensor matmul, all threads): {gemm:.1} GFLOP/s");
         bench(case, gemm);
