@@ -128,6 +128,8 @@ fn conv_shapes() -> Vec<Geo> {
         Geo { n: 2, c: 3, h: 13, w: 11, o: 4, kh: 7, kw: 7, s: (2, 2), p: (3, 3) },
         // kernel as large as the padded input: a single output pixel
         Geo { n: 2, c: 2, h: 3, w: 4, o: 2, kh: 5, kw: 4, s: (1, 1), p: (1, 0) },
+        // padding wider than the kernel: whole output rows and columns read only padding
+        Geo { n: 2, c: 1, h: 2, w: 3, o: 2, kh: 1, kw: 2, s: (2, 3), p: (2, 3) },
     ]
 }
 

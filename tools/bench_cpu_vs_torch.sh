@@ -31,9 +31,9 @@ for round in $(seq "$rounds"); do
     for case in ${cases//,/ }; do
         echo "## round $round, $case" | tee -a "$raw"
         SIMCLR_BENCH_CASES="$case" cargo bench --bench train_step 2>/dev/null | tee -a "$raw"
-        "$venv_bin/python" tools/torch_reference/bench_cpu_step.py --cases "$case" | tee -a "$raw"
+        "$venv_bin/python" -W ignore::UserWarning tools/torch_reference/bench_cpu_step.py --cases "$case" | tee -a "$raw"
         if [ "$compile" = 1 ]; then
-            "$venv_bin/python" tools/torch_reference/bench_cpu_step.py --cases "$case" --compile 2>&1 | tee -a "$raw"
+            "$venv_bin/python" -W ignore::UserWarning tools/torch_reference/bench_cpu_step.py --cases "$case" --compile 2>&1 | tee -a "$raw"
         fi
     done
 done

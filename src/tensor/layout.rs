@@ -169,6 +169,38 @@ impl Layout {
     }
 }
 
+/// The same elements in the same row-major order, described with as few axes as possible, for
+/// several layouts of one shape walked together (a broadcasting op's operands): size-1 axes go,
+/// and axes `i`, `i + 1` merge where every layout steps over axis `i` as over a whole run of
+/// axis `i + 1` (`stride[i] == stride[i+1] · shape[i+1]`). An `[N, C, H, W]` tensor against a
+/// per-channel `[1, C, 1, 1]` one becomes `[N, C, H·W]`: N·C rows of H·W elements instead of
+/// N·C·H rows of W, which is what the row walkers below cost on small feature maps.
+pub fn coalesce(layouts: &[Layout]) -> Vec<Layout> {
+    let Some(first) = layouts.first() else { return Vec::new() };
+    let mut shape: Vec<usize> = Vec::with_capacity(first.rank());
+    let mut strides: Vec<Vec<usize>> = vec![Vec::with_capacity(first.rank()); layouts.len()];
+    for axis in 0..first.rank() {
+        let size = first.shape[axis];
+        if size == 1 {
+            continue;
+        }
+        let merges =
+            !shape.is_empty() && layouts.iter().zip(&strides).all(|(l, s)| s[s.len() - 1] == l.strides[axis] * size);
+        if merges {
+            *shape.last_mut().expect("not empty") *= size;
+            for (l, s) in layouts.iter().zip(&mut strides) {
+                *s.last_mut().expect("not empty") = l.strides[axis];
+            }
+        } else {
+            shape.push(size);
+            for (l, s) in layouts.iter().zip(&mut strides) {
+                s.push(l.strides[axis]);
+            }
+        }
+    }
+    layouts.iter().zip(strides).map(|(l, strides)| Layout { shape: shape.clone(), strides, offset: l.offset }).collect()
+}
+
 /// Copies the elements a layout describes into a new row-major vector.
 pub fn gather_strided<T: Copy + Default + Send + Sync>(src: &[T], layout: &Layout) -> Vec<T> {
     let n = layout.numel();
@@ -178,7 +210,7 @@ pub fn gather_strided<T: Copy + Default + Send + Sync>(src: &[T], layout: &Layou
     if layout.is_contiguous() {
         return src[layout.offset..layout.offset + n].to_vec();
     }
-    let (starts, row_len, stride) = layout.row_starts();
+    let (starts, row_len, stride) = coalesce(std::slice::from_ref(layout))[0].row_starts();
     let mut out = vec![T::default(); n];
     out.par_chunks_mut(row_len).zip(starts.par_iter()).with_min_len(64).for_each(|(row, &s)| {
         for (j, o) in row.iter_mut().enumerate() {
@@ -186,4 +218,40 @@ pub fn gather_strided<T: Copy + Default + Send + Sync>(src: &[T], layout: &Layou
         }
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every element's storage offset in row-major order, walked axis by axis (no coalescing).
+    fn offsets(l: &Layout) -> Vec<usize> {
+        let mut out = vec![l.offset];
+        for (&size, &stride) in l.shape.iter().zip(&l.strides) {
+            out = out.iter().flat_map(|&o| (0..size).map(move |i| o + i * stride)).collect();
+        }
+        out
+    }
+
+    #[test]
+    fn coalescing_keeps_every_element_in_order_with_fewer_axes() {
+        let x = Layout::contiguous(&[4, 3, 2, 5]);
+        let per_channel = Layout::contiguous(&[1, 3, 1, 1]).broadcast_to("test", &[4, 3, 2, 5]).unwrap();
+        let both = coalesce(&[x.clone(), per_channel.clone()]);
+        assert_eq!(both[0].shape, [4, 3, 10]);
+        assert_eq!((both[0].strides.as_slice(), both[1].strides.as_slice()), (&[30, 10, 1][..], &[0, 1, 0][..]));
+        // Transposed (no merge across the swap), narrowed (offset kept), size-1 axes, all broadcast.
+        let transposed = x.permute("test", &[0, 2, 1, 3]).unwrap();
+        let narrowed = Layout::contiguous(&[6, 1, 4]).narrow("test", 0, 2, 3).unwrap();
+        let scalar = Layout::contiguous(&[]).broadcast_to("test", &[2, 3]).unwrap();
+        for layouts in
+            [vec![x, per_channel], vec![transposed], vec![narrowed], vec![scalar], vec![Layout::contiguous(&[1, 1])]]
+        {
+            for (before, after) in layouts.iter().zip(coalesce(&layouts)) {
+                assert_eq!(offsets(before), offsets(&after), "{before:?} → {after:?}");
+                assert!(after.rank() <= before.rank());
+            }
+        }
+        assert_eq!(coalesce(&[Layout::contiguous(&[2, 3, 4])])[0].shape, [24]);
+    }
 }

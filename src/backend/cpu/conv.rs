@@ -107,9 +107,9 @@ fn forward_per_image<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeo
     let (k, p, o) = (g.k(), g.p(), g.o);
     let mut y = vec![T::zero(); g.n * o * p];
     let (parallel, gemm_threads) = image_threads(g.n);
-    let one_image = |(n, yn): (usize, &mut [T])| {
-        let mut cols = vec![T::zero(); k * p];
-        im2col(&x[n * g.image()..][..g.image()], g, &mut cols, p);
+    // One cols buffer per rayon job, reused image after image (im2col writes all of it).
+    let one_image = |cols: &mut Vec<T>, (n, yn): (usize, &mut [T])| {
+        im2col(&x[n * g.image()..][..g.image()], g, cols, p);
         // SAFETY: yn is [O, P], w is [O, K], cols is [K, P]; row-major, in bounds.
         unsafe {
             gemm_strided(
@@ -133,10 +133,12 @@ fn forward_per_image<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeo
             yn.chunks_mut(p).zip(b).for_each(|(plane, &bv)| plane.iter_mut().for_each(|v| *v += bv));
         }
     };
+    let new_cols = || vec![T::zero(); k * p];
     if parallel {
-        y.par_chunks_mut(o * p).enumerate().for_each(one_image);
+        y.par_chunks_mut(o * p).enumerate().for_each_init(new_cols, one_image);
     } else {
-        y.chunks_mut(o * p).enumerate().for_each(one_image);
+        let mut cols = new_cols();
+        y.chunks_mut(o * p).enumerate().for_each(|image| one_image(&mut cols, image));
     }
     y
 }
@@ -145,8 +147,8 @@ fn backward_input_per_image<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> Ve
     let (k, p, o) = (g.k(), g.p(), g.o);
     let mut dx = vec![T::zero(); g.n * g.image()];
     let (parallel, gemm_threads) = image_threads(g.n);
-    let one_image = |(n, dxn): (usize, &mut [T])| {
-        let mut dcols = vec![T::zero(); k * p];
+    // One dcols buffer per rayon job, reused (the GEMM overwrites it).
+    let one_image = |dcols: &mut Vec<T>, (n, dxn): (usize, &mut [T])| {
         unsafe {
             gemm_strided(
                 k,
@@ -165,21 +167,22 @@ fn backward_input_per_image<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> Ve
                 gemm_threads,
             );
         }
-        col2im(&dcols, p, g, dxn);
+        col2im(dcols, p, g, dxn);
     };
+    let new_dcols = || vec![T::zero(); k * p];
     if parallel {
-        dx.par_chunks_mut(g.image()).enumerate().for_each(one_image);
+        dx.par_chunks_mut(g.image()).enumerate().for_each_init(new_dcols, one_image);
     } else {
-        dx.chunks_mut(g.image()).enumerate().for_each(one_image);
+        let mut dcols = new_dcols();
+        dx.chunks_mut(g.image()).enumerate().for_each(|image| one_image(&mut dcols, image));
     }
     dx
 }
 
 fn backward_weight_per_image<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry) -> Vec<T> {
     let (k, p, o) = (g.k(), g.p(), g.o);
-    let accumulate = |acc: &mut Vec<T>, n: usize, gemm_threads: usize| {
-        let mut cols = vec![T::zero(); k * p];
-        im2col(&x[n * g.image()..][..g.image()], g, &mut cols, p);
+    let accumulate = |acc: &mut Vec<T>, cols: &mut Vec<T>, n: usize, gemm_threads: usize| {
+        im2col(&x[n * g.image()..][..g.image()], g, cols, p);
         unsafe {
             gemm_strided(
                 o,
@@ -208,8 +211,8 @@ fn backward_weight_per_image<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry) -> V
         let partial: Vec<Vec<T>> = (0..g.n.div_ceil(chunk))
             .into_par_iter()
             .map(|c| {
-                let mut acc = vec![T::zero(); o * k];
-                (c * chunk..((c + 1) * chunk).min(g.n)).for_each(|n| accumulate(&mut acc, n, 1));
+                let (mut acc, mut cols) = (vec![T::zero(); o * k], vec![T::zero(); k * p]);
+                (c * chunk..((c + 1) * chunk).min(g.n)).for_each(|n| accumulate(&mut acc, &mut cols, n, 1));
                 acc
             })
             .collect();
@@ -219,8 +222,8 @@ fn backward_weight_per_image<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry) -> V
         }
         total
     } else {
-        let mut acc = vec![T::zero(); o * k];
-        (0..g.n).for_each(|n| accumulate(&mut acc, n, gemm_threads));
+        let (mut acc, mut cols) = (vec![T::zero(); o * k], vec![T::zero(); k * p]);
+        (0..g.n).for_each(|n| accumulate(&mut acc, &mut cols, n, gemm_threads));
         acc
     }
 }
@@ -362,24 +365,41 @@ fn backward_weight_grouped<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry, step: 
 
 // ---- im2col and its adjoint
 
+/// The output columns `ox` whose input column `ox·sw + j − pw` lies inside `0..w`, for kernel
+/// column `j`: the others read padding. Computed once per kernel column, so the inner loops
+/// below copy without a bounds test per element.
+fn valid_columns(g: &ConvGeometry, j: usize) -> std::ops::Range<usize> {
+    // ox·sw + j − pw ≥ 0  ⇔  ox ≥ ⌈(pw − j) / sw⌉;   ox·sw + j − pw < w  ⇔  ox < ⌈(w + pw − j) / sw⌉.
+    let lo = g.pw.saturating_sub(j).div_ceil(g.sw).min(g.ow);
+    let hi = (g.w + g.pw).saturating_sub(j).div_ceil(g.sw).clamp(lo, g.ow);
+    lo..hi
+}
+
 /// Writes image `x`'s columns into `cols` (row stride `ld`, this image's block starting at column 0):
 /// cols[(c·kh + i)·kw + j, oy·OW + ox] = x[c, oy·sh + i − ph, ox·sw + j − pw] (0 outside).
 fn im2col<T: Float>(x: &[T], g: &ConvGeometry, cols: &mut [T], ld: usize) {
     for c in 0..g.c {
         for i in 0..g.kh {
             for j in 0..g.kw {
+                let valid = valid_columns(g, j);
+                // Input column of the first valid output column (ix = ox·sw + j − pw).
+                let first_ix = (valid.start * g.sw + j).saturating_sub(g.pw);
                 let row = (c * g.kh + i) * g.kw + j;
                 for oy in 0..g.oh {
                     let iy = (oy * g.sh + i) as isize - g.ph as isize;
                     let dst = &mut cols[row * ld + oy * g.ow..][..g.ow];
-                    if iy < 0 || iy >= g.h as isize {
+                    if iy < 0 || iy >= g.h as isize || valid.is_empty() {
                         dst.fill(T::zero());
                         continue;
                     }
                     let src = &x[(c * g.h + iy as usize) * g.w..][..g.w];
-                    for (ox, d) in dst.iter_mut().enumerate() {
-                        let ix = (ox * g.sw + j) as isize - g.pw as isize;
-                        *d = if ix < 0 || ix >= g.w as isize { T::zero() } else { src[ix as usize] };
+                    dst[..valid.start].fill(T::zero());
+                    dst[valid.end..].fill(T::zero());
+                    let inside = &mut dst[valid.clone()];
+                    if g.sw == 1 {
+                        inside.copy_from_slice(&src[first_ix..][..inside.len()]);
+                    } else {
+                        inside.iter_mut().zip(src[first_ix..].iter().step_by(g.sw)).for_each(|(d, &v)| *d = v);
                     }
                 }
             }
@@ -388,10 +408,16 @@ fn im2col<T: Float>(x: &[T], g: &ConvGeometry, cols: &mut [T], ld: usize) {
 }
 
 /// The adjoint of im2col: adds every column entry back to the input pixel it came from.
+/// (Same loop order as before the fast path: every dx element sums its terms in the same order.)
 fn col2im<T: Float>(cols: &[T], ld: usize, g: &ConvGeometry, dx: &mut [T]) {
     for c in 0..g.c {
         for i in 0..g.kh {
             for j in 0..g.kw {
+                let valid = valid_columns(g, j);
+                if valid.is_empty() {
+                    continue;
+                }
+                let first_ix = (valid.start * g.sw + j).saturating_sub(g.pw);
                 let row = (c * g.kh + i) * g.kw + j;
                 for oy in 0..g.oh {
                     let iy = (oy * g.sh + i) as isize - g.ph as isize;
@@ -399,12 +425,8 @@ fn col2im<T: Float>(cols: &[T], ld: usize, g: &ConvGeometry, dx: &mut [T]) {
                         continue;
                     }
                     let dst = &mut dx[(c * g.h + iy as usize) * g.w..][..g.w];
-                    for (ox, &v) in cols[row * ld + oy * g.ow..][..g.ow].iter().enumerate() {
-                        let ix = (ox * g.sw + j) as isize - g.pw as isize;
-                        if ix >= 0 && ix < g.w as isize {
-                            dst[ix as usize] += v;
-                        }
-                    }
+                    let src = &cols[row * ld + oy * g.ow..][valid.clone()];
+                    dst[first_ix..].iter_mut().step_by(g.sw).zip(src).for_each(|(d, &v)| *d += v);
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! Elementwise kernels: unary maps and broadcasting binary maps.
 
 use crate::error::Result;
-use crate::tensor::layout::{broadcast_shapes, Layout};
+use crate::tensor::layout::{broadcast_shapes, coalesce, Layout};
 use crate::tensor::{Float, StorageElement, Tensor};
 use rayon::prelude::*;
 
@@ -49,6 +49,7 @@ pub fn binary<T: Float + StorageElement>(
         }
         return Tensor::from_vec(out, &shape);
     }
+    let [la, lb]: [Layout; 2] = coalesce(&[la, lb]).try_into().expect("two layouts in, two out");
     let (starts_a, row_len, stride_a) = la.row_starts();
     let (starts_b, _, stride_b) = lb.row_starts();
     let body = |(row, (&oa, &ob)): (&mut [T], (&usize, &usize))| {
@@ -66,7 +67,7 @@ pub fn binary<T: Float + StorageElement>(
 
 /// Storage offsets of every element of a layout, in row-major order.
 pub fn element_offsets(layout: &Layout) -> Vec<usize> {
-    let (starts, row_len, stride) = layout.row_starts();
+    let (starts, row_len, stride) = coalesce(std::slice::from_ref(layout))[0].row_starts();
     let mut out = Vec::with_capacity(starts.len() * row_len);
     for s in starts {
         for j in 0..row_len {
