@@ -5,7 +5,7 @@
 //! tests pin the forwards themselves to the definitions (and, for conv2d, the
 //! gradients too, at sizes that take both of the kernel's schedules).
 
-use simclr::ops::batchnorm::{batch_norm_2d, RunningStats};
+use simclr::ops::batchnorm::{batch_norm_2d, batch_norm_2d_composed, RunningStats};
 use simclr::ops::conv2d::conv2d;
 use simclr::ops::pool::{adaptive_avg_pool2d, global_avg_pool2d, max_pool2d, temporal_mean};
 use simclr::{DType, Error, Result, Rng, Tensor};
@@ -507,6 +507,48 @@ fn batch_norm_training_gradient_sums_to_zero_per_channel() {
     let dot = dx.mul(&centred).unwrap().sum(&[0, 2, 3], false).unwrap().to_f64_vec();
     assert!(dot.iter().all(|s| s.abs() < 1e-10), "{dot:?}");
     assert_eq!(gamma.grad().unwrap().shape(), [2]);
+}
+
+/// The fused CPU batch norm against its definition as tensor ops (`batch_norm_2d_composed`):
+/// output, running statistics and every gradient, in f64 and f32, training and eval, with and
+/// without the affine parameters, on 1×1 maps and on a map large enough to run threaded.
+#[test]
+fn fused_batch_norm_matches_the_composed_definition() {
+    type Bn = fn(&Tensor, Option<&Tensor>, Option<&Tensor>, &mut RunningStats, bool, f64) -> Result<Tensor>;
+    for dtype in [DType::F64, DType::F32] {
+        let tol = if dtype == DType::F64 { 1e-12 } else { 2e-5 };
+        for shape in [[5, 3, 1, 1], [3, 4, 5, 2], [8, 16, 12, 12]] {
+            let c = shape[1];
+            for (training, affine) in [(true, true), (true, false), (false, true)] {
+                let run = |bn: Bn| {
+                    let x = randn(&shape, 7).mul_scalar(3.0).unwrap().add_scalar(2.0).unwrap();
+                    let x = x.to_dtype(dtype).unwrap().requires_grad().unwrap();
+                    let param = |seed| randn(&[c], seed).to_dtype(dtype).unwrap().requires_grad().unwrap();
+                    let (gamma, beta) = (param(8), param(9));
+                    let mut stats = RunningStats::new(c, dtype).unwrap();
+                    stats.mean = randn(&[c], 10).to_dtype(dtype).unwrap();
+                    stats.var = randn(&[c], 11).abs().unwrap().add_scalar(0.5).unwrap().to_dtype(dtype).unwrap();
+                    let (w, b) = if affine { (Some(&gamma), Some(&beta)) } else { (None, None) };
+                    let y = bn(&x, w, b, &mut stats, training, 1e-5).unwrap();
+                    let up = randn(&shape, 12).to_dtype(dtype).unwrap();
+                    y.mul(&up).unwrap().sum_all().unwrap().backward().unwrap();
+                    let mut out = vec![y.to_f64_vec(), x.grad().unwrap().to_f64_vec()];
+                    out.extend([stats.mean.to_f64_vec(), stats.var.to_f64_vec()]);
+                    if affine {
+                        out.extend([gamma.grad().unwrap().to_f64_vec(), beta.grad().unwrap().to_f64_vec()]);
+                    }
+                    out
+                };
+                let (fused, composed) = (run(batch_norm_2d), run(batch_norm_2d_composed));
+                let names = ["output", "dx", "running mean", "running var", "dgamma", "dbeta"];
+                for ((got, want), name) in fused.iter().zip(&composed).zip(names) {
+                    let what = format!("{dtype} {shape:?} training {training} affine {affine}: {name}");
+                    let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+                    assert_close(got, want, tol * scale, &what);
+                }
+            }
+        }
+    }
 }
 
 #[test]

@@ -10,15 +10,20 @@
 //! variance). Eval mode normalises with the running statistics, which are
 //! constants, so backward is a per-channel affine map.
 //!
-//! On a GPU (`batchnorm/cuda.rs`) the same formulas run as kernels, forward and backward
-//! each in two launches; running statistics must then be on the GPU as well.
+//! On the CPU the formulas run fused, two passes over the activations forward and two
+//! backward (`batchnorm/cpu_fused.rs`); `batch_norm_2d_composed` below is the same op written
+//! as tensor ops, the readable definition the fused path is tested against. On a GPU
+//! (`batchnorm/cuda.rs`) the same formulas run as kernels, forward and backward each in two
+//! launches; running statistics must then be on the GPU as well.
 
+mod cpu_fused;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 
 use super::{placement, Placement};
 use crate::autograd::{no_grad, record};
 use crate::error::{Error, Result};
+use crate::float_dispatch;
 use crate::tensor::{DType, Tensor};
 
 /// Running mean and variance of one batch-norm layer (buffers, not parameters).
@@ -119,9 +124,8 @@ pub fn batch_norm_2d(
     eps: f64,
 ) -> Result<Tensor> {
     const OP: &str = "batch_norm_2d";
-    let (n, c, h, w) = check_inputs(OP, x, weight, bias, stats, eps)?;
-    let m = n * h * w;
-    if training && m < 2 {
+    let (n, _, h, w) = check_inputs(OP, x, weight, bias, stats, eps)?;
+    if training && n * h * w < 2 {
         return Err(Error::shape(OP, format!("training needs more than one value per channel, got {:?}", x.shape())));
     }
     let mut inputs = vec![x];
@@ -130,13 +134,44 @@ pub fn batch_norm_2d(
     let mut all = inputs.clone();
     all.extend([&stats.mean, &stats.var]);
     match placement(OP, &all)? {
-        Placement::Cpu => {}
+        Placement::Cpu => {
+            let (out, saved) =
+                float_dispatch!(OP, x.dtype(), T => cpu_fused::forward::<T>(x, weight, bias, stats, training, eps)?);
+            let dtype = x.dtype();
+            Ok(record(
+                OP,
+                &inputs,
+                out,
+                move |g, needs| float_dispatch!(OP, dtype, T => cpu_fused::backward::<T>(g, &saved, needs)),
+            ))
+        }
         #[cfg(feature = "cuda")]
         Placement::Cuda => {
             let (out, saved) = cuda::forward(x, weight, bias, stats, training, eps)?;
-            return Ok(record(OP, &inputs, out, move |g, needs| cuda::backward(g, &saved, needs)));
+            Ok(record(OP, &inputs, out, move |g, needs| cuda::backward(g, &saved, needs)))
         }
     }
+}
+
+/// [`batch_norm_2d`] on the CPU written as tensor ops: the definition, step by step, that the
+/// fused CPU path computes in fewer passes (tests compare the two). Same arguments and checks.
+pub fn batch_norm_2d_composed(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    stats: &mut RunningStats,
+    training: bool,
+    eps: f64,
+) -> Result<Tensor> {
+    const OP: &str = "batch_norm_2d";
+    let (n, c, h, w) = check_inputs(OP, x, weight, bias, stats, eps)?;
+    let m = n * h * w;
+    if training && m < 2 {
+        return Err(Error::shape(OP, format!("training needs more than one value per channel, got {:?}", x.shape())));
+    }
+    let mut inputs = vec![x];
+    inputs.extend(weight);
+    inputs.extend(bias);
     let per_channel = |t: &Tensor| t.reshape(&[1, c, 1, 1]);
     let xd = x.detach();
     let (out, xhat, rstd) = no_grad(|| -> Result<(Tensor, Tensor, Tensor)> {
