@@ -130,6 +130,14 @@ fn conv_shapes() -> Vec<Geo> {
         Geo { n: 2, c: 2, h: 3, w: 4, o: 2, kh: 5, kw: 4, s: (1, 1), p: (1, 0) },
         // padding wider than the kernel: whole output rows and columns read only padding
         Geo { n: 2, c: 1, h: 2, w: 3, o: 2, kh: 1, kw: 2, s: (2, 3), p: (2, 3) },
+        // stride 1, outputs as wide as the input (im2col's shifted-plane path): 3×3 grouped,
+        // a wide 1×5 kernel, a tall kernel with more padding than the input has rows
+        Geo { n: 3, c: 2, h: 4, w: 3, o: 2, kh: 3, kw: 3, s: (1, 1), p: (1, 1) },
+        Geo { n: 2, c: 2, h: 3, w: 6, o: 3, kh: 1, kw: 5, s: (1, 1), p: (0, 2) },
+        Geo { n: 2, c: 1, h: 3, w: 4, o: 2, kh: 5, kw: 3, s: (1, 1), p: (3, 1) },
+        // ResNet's last stages: 3×3 on 2×2 and 1×1 maps (most taps read padding)
+        Geo { n: 2, c: 2, h: 2, w: 2, o: 2, kh: 3, kw: 3, s: (1, 1), p: (1, 1) },
+        Geo { n: 3, c: 2, h: 1, w: 1, o: 2, kh: 3, kw: 3, s: (1, 1), p: (1, 1) },
     ]
 }
 

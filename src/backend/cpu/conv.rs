@@ -378,6 +378,9 @@ fn valid_columns(g: &ConvGeometry, j: usize) -> std::ops::Range<usize> {
 /// Writes image `x`'s columns into `cols` (row stride `ld`, this image's block starting at column 0):
 /// cols[(c·kh + i)·kw + j, oy·OW + ox] = x[c, oy·sh + i − ph, ox·sw + j − pw] (0 outside).
 fn im2col<T: Float>(x: &[T], g: &ConvGeometry, cols: &mut [T], ld: usize) {
+    if g.sh == 1 && g.sw == 1 && g.ow == g.w {
+        return im2col_shifted(x, g, cols, ld);
+    }
     for c in 0..g.c {
         for i in 0..g.kh {
             for j in 0..g.kw {
@@ -401,6 +404,42 @@ fn im2col<T: Float>(x: &[T], g: &ConvGeometry, cols: &mut [T], ld: usize) {
                     } else {
                         inside.iter_mut().zip(src[first_ix..].iter().step_by(g.sw)).for_each(|(d, &v)| *d = v);
                     }
+                }
+            }
+        }
+    }
+}
+
+/// [`im2col`] for stride 1 with outputs as wide as the input (ResNet's 3×3 convolutions with
+/// padding 1, except the strided ones): output pixel k of a cols row reads input pixel
+/// k + (i − ph)·w + (j − pw) of its channel, so the row is the plane shifted by that much: one
+/// block copy over the rows that stay inside the image, then zeros where a shifted row ran
+/// over the left or right edge (those entries read padding, not the neighbouring row).
+fn im2col_shifted<T: Float>(x: &[T], g: &ConvGeometry, cols: &mut [T], ld: usize) {
+    let (w, plane, p) = (g.w, g.h * g.w, g.p());
+    for c in 0..g.c {
+        let src = &x[c * plane..][..plane];
+        for i in 0..g.kh {
+            // Output rows whose input row oy + i − ph lies inside the image.
+            let (row_lo, row_hi) = (g.ph.saturating_sub(i).min(g.oh), (g.h + g.ph).saturating_sub(i).min(g.oh));
+            let row_hi = row_hi.max(row_lo);
+            for j in 0..g.kw {
+                let dst = &mut cols[((c * g.kh + i) * g.kw + j) * ld..][..p];
+                let shift = (i * w + j) as isize - (g.ph * w + g.pw) as isize;
+                let (lo, hi) = (row_lo * w, row_hi * w);
+                dst[..lo].fill(T::zero());
+                dst[hi..].fill(T::zero());
+                // Entries whose source falls before or after the plane are edge columns: zeroed below.
+                let from = (lo as isize + shift).max(0) as usize;
+                let to = ((hi as isize + shift).min(plane as isize)).max(from as isize) as usize;
+                if to > from {
+                    let start = (from as isize - shift) as usize;
+                    dst[start..start + (to - from)].copy_from_slice(&src[from..to]);
+                }
+                let valid = valid_columns(g, j);
+                for oy in row_lo..row_hi {
+                    dst[oy * w..oy * w + valid.start].fill(T::zero());
+                    dst[oy * w + valid.end..(oy + 1) * w].fill(T::zero());
                 }
             }
         }
