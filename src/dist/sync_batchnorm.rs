@@ -185,7 +185,7 @@ mod on_device {
     /// ranks' rows are combined all at once, μ = Σ m_r μ_r / M and
     /// M2 = Σ M2_r + Σ m_r (μ_r − μ)², rather than rank by rank (the same values, no
     /// sequential update to write as tensor ops); and the global count M stays a device tensor,
-    /// so nothing waits for the GPU. A bf16 input is normalised in f32 and cast back.
+    /// so no statistic is read back to the host. A bf16 input is normalised in f32 and cast back.
     pub(super) fn sync_batch_norm_2d(
         x: &Tensor,
         weight: Option<&Tensor>,
