@@ -559,6 +559,21 @@ fn fused_batch_norm_matches_the_composed_definition() {
     }
 }
 
+/// Empty maps or an empty batch in eval mode: an empty output and empty gradients, no panic.
+#[test]
+fn batch_norm_in_eval_mode_takes_empty_inputs() {
+    for shape in [[2, 3, 0, 4], [0, 3, 2, 2]] {
+        let x = Tensor::zeros(&shape, DType::F64).unwrap().requires_grad().unwrap();
+        let gamma = f64s(&[1.0, 2.0, 3.0], &[3]).requires_grad().unwrap();
+        let mut stats = RunningStats::new(3, DType::F64).unwrap();
+        let y = batch_norm_2d(&x, Some(&gamma), None, &mut stats, false, 1e-5).unwrap();
+        assert_eq!(y.shape(), shape);
+        y.sum_all().unwrap().backward().unwrap();
+        assert_eq!(x.grad().unwrap().shape(), shape);
+        assert_eq!(gamma.grad().unwrap().to_f64_vec(), vec![0.0; 3]);
+    }
+}
+
 #[test]
 fn batch_norm_rejects_bad_input() {
     let x = randn(&[2, 3, 2, 2], 1);

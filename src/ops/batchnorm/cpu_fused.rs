@@ -40,6 +40,9 @@ fn channel_sum((n, c, hw): (usize, usize, usize), ch: usize, f: impl Fn(usize) -
 
 /// Runs `f(plane index, plane)` over the `[H·W]` planes of `out`, in parallel when large.
 fn for_each_plane<T: Float>(out: &mut [T], hw: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    if hw == 0 {
+        return; // empty maps: nothing to write
+    }
     if out.len() >= PAR_MIN {
         out.par_chunks_mut(hw).with_min_len(PAR_MIN.div_ceil(hw)).enumerate().for_each(|(p, plane)| f(p, plane));
     } else {
