@@ -167,17 +167,7 @@ impl NcclCommunicator {
 
     /// Σ over ranks, in place.
     pub fn all_reduce_sum_buffer<T: NcclElement>(&self, buf: &mut DeviceBuffer<T>) -> Result<()> {
-        self.all_reduce_raw::<T>(buf.device_ptr(), buf.len())
-    }
-
-    /// In-place Σ of `n` elements of `T` at device address `ptr`.
-    fn all_reduce_raw<T: NcclElement>(&self, ptr: u64, n: usize) -> Result<()> {
-        self.run("all_reduce_sum", |comm, stream| {
-            // SAFETY: the caller owns a live buffer of n elements of T at ptr (NCCL allows in place).
-            unsafe { nccl::all_reduce(ptr as _, ptr as _, n, T::NCCL, sys::ncclRedOp_t::ncclSum, comm, stream) }
-                .map(drop)
-                .map_err(|e| Error::dist("all_reduce_sum", nccl_error("ncclAllReduce", e)))
-        })
+        self.all_reduce_ptrs(buf.device_ptr(), buf.device_ptr(), buf.len(), T::NCCL)
     }
 
     /// Every rank's `send` concatenated in rank order into `recv` (world_size × send.len()).
@@ -188,22 +178,41 @@ impl NcclCommunicator {
                 format!("receive buffer has {} elements, needs {} × {}", recv.len(), self.world_size, send.len()),
             ));
         }
-        let (src, dst, n) = (send.device_ptr(), recv.device_ptr(), send.len());
-        self.run("all_gather", |comm, stream| {
-            // SAFETY: src holds n elements, dst world_size·n; both live for the call.
-            unsafe { nccl::all_gather(src as _, dst as _, n, T::NCCL, comm, stream) }
-                .map(drop)
-                .map_err(|e| Error::dist("all_gather", nccl_error("ncclAllGather", e)))
-        })
+        self.all_gather_ptrs(send.device_ptr(), recv.device_ptr(), send.len(), T::NCCL)
     }
 
     /// `root`'s buffer on every rank, in place.
     pub fn broadcast_buffer<T: NcclElement>(&self, buf: &mut DeviceBuffer<T>, root: usize) -> Result<()> {
         check_root(root, self.world_size)?;
-        let (ptr, n) = (buf.device_ptr(), buf.len());
+        self.broadcast_ptrs(buf.device_ptr(), buf.device_ptr(), buf.len(), T::NCCL, root)
+    }
+
+    // The three NCCL calls, on device addresses: `send` and `recv` (the same address for in
+    // place) hold `n` elements of `dtype` (all_gather's `recv`: world_size · n) and stay live
+    // for the call; the caller makes sure of it.
+
+    fn all_reduce_ptrs(&self, send: u64, recv: u64, n: usize, dtype: sys::ncclDataType_t) -> Result<()> {
+        self.run("all_reduce_sum", |comm, stream| {
+            // SAFETY: see above; NCCL allows send == recv.
+            unsafe { nccl::all_reduce(send as _, recv as _, n, dtype, sys::ncclRedOp_t::ncclSum, comm, stream) }
+                .map(drop)
+                .map_err(|e| Error::dist("all_reduce_sum", nccl_error("ncclAllReduce", e)))
+        })
+    }
+
+    fn all_gather_ptrs(&self, send: u64, recv: u64, n: usize, dtype: sys::ncclDataType_t) -> Result<()> {
+        self.run("all_gather", |comm, stream| {
+            // SAFETY: see above.
+            unsafe { nccl::all_gather(send as _, recv as _, n, dtype, comm, stream) }
+                .map(drop)
+                .map_err(|e| Error::dist("all_gather", nccl_error("ncclAllGather", e)))
+        })
+    }
+
+    fn broadcast_ptrs(&self, send: u64, recv: u64, n: usize, dtype: sys::ncclDataType_t, root: usize) -> Result<()> {
         self.run("broadcast", |comm, stream| {
-            // SAFETY: in place on a live buffer of n elements.
-            unsafe { nccl::broadcast(ptr as _, ptr as _, n, T::NCCL, root as i32, comm, stream) }
+            // SAFETY: see above; `send` is read on the root only.
+            unsafe { nccl::broadcast(send as _, recv as _, n, dtype, root as i32, comm, stream) }
                 .map(drop)
                 .map_err(|e| Error::dist("broadcast", nccl_error("ncclBroadcast", e)))
         })
@@ -296,20 +305,14 @@ impl Communicator for NcclCommunicator {
     fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
         check_all_reduce_input(t)?;
         if self.on_this_gpu("all_reduce_sum", t)? {
-            return self.on_device(t, t.shape(), |send, recv, n, dtype| {
-                self.run("all_reduce_sum", |comm, stream| {
-                    // SAFETY: send and recv hold n elements of dtype and live for the call.
-                    unsafe { nccl::all_reduce(send as _, recv as _, n, dtype, sys::ncclRedOp_t::ncclSum, comm, stream) }
-                        .map(drop)
-                        .map_err(|e| Error::dist("all_reduce_sum", nccl_error("ncclAllReduce", e)))
-                })
-            });
+            return self.on_device(t, t.shape(), |send, recv, n, dtype| self.all_reduce_ptrs(send, recv, n, dtype));
         }
         let buf = self.upload_bytes(t)?;
         // The byte buffer holds the tensor's elements: reduce them as their float type.
         match t.dtype() {
-            DType::F32 => self.all_reduce_raw::<f32>(buf.device_ptr(), t.numel())?,
-            DType::F64 => self.all_reduce_raw::<f64>(buf.device_ptr(), t.numel())?,
+            DType::F32 | DType::F64 => {
+                self.all_reduce_ptrs(buf.device_ptr(), buf.device_ptr(), t.numel(), nccl_dtype(t.dtype()))?
+            }
             other => {
                 return Err(Error::dtype("all_reduce_sum", format!("the NCCL path sums f32 and f64, not {other}")))
             }
@@ -322,14 +325,7 @@ impl Communicator for NcclCommunicator {
         let mut shape = t.shape().to_vec();
         shape[0] *= self.world_size;
         if self.on_this_gpu("all_gather", t)? {
-            return self.on_device(t, &shape, |send, recv, n, dtype| {
-                self.run("all_gather", |comm, stream| {
-                    // SAFETY: send holds n elements, recv world_size·n; both live for the call.
-                    unsafe { nccl::all_gather(send as _, recv as _, n, dtype, comm, stream) }
-                        .map(drop)
-                        .map_err(|e| Error::dist("all_gather", nccl_error("ncclAllGather", e)))
-                })
-            });
+            return self.on_device(t, &shape, |send, recv, n, dtype| self.all_gather_ptrs(send, recv, n, dtype));
         }
         let send = self.upload_bytes(t)?;
         let mut recv = self.gpu.alloc::<u8>(send.len() * self.world_size)?;
@@ -340,14 +336,8 @@ impl Communicator for NcclCommunicator {
     fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor> {
         check_root(root, self.world_size)?;
         if self.on_this_gpu("broadcast", t)? {
-            return self.on_device(t, t.shape(), |send, recv, n, dtype| {
-                self.run("broadcast", |comm, stream| {
-                    // SAFETY: send (read on the root only) and recv hold n elements and live for the call.
-                    unsafe { nccl::broadcast(send as _, recv as _, n, dtype, root as i32, comm, stream) }
-                        .map(drop)
-                        .map_err(|e| Error::dist("broadcast", nccl_error("ncclBroadcast", e)))
-                })
-            });
+            return self
+                .on_device(t, t.shape(), |send, recv, n, dtype| self.broadcast_ptrs(send, recv, n, dtype, root));
         }
         let mut buf = self.upload_bytes(t)?;
         self.broadcast_buffer(&mut buf, root)?;

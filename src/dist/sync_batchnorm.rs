@@ -31,7 +31,7 @@ use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::float_dispatch;
 use crate::nn::Module;
-use crate::ops::batchnorm::{affine, batch_norm_2d, check_inputs, push_affine_grads, RunningStats};
+use crate::ops::batchnorm::{affine, batch_norm_2d, check_inputs, push_affine_grads, recorded_inputs, RunningStats};
 use crate::tensor::{DType, Float, StorageElement, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -150,9 +150,7 @@ pub fn sync_batch_norm_2d(
     let gamma = weight.map(|t| t.detach());
     let has_weight = weight.is_some();
     let comm = comm.clone();
-    let mut inputs = vec![x];
-    inputs.extend(weight);
-    inputs.extend(bias);
+    let inputs = recorded_inputs(x, weight, bias);
     Ok(record(OP, &inputs, out, move |g, needs| {
         let mut grads = Vec::with_capacity(needs.len());
         let gh = match &gamma {
@@ -226,9 +224,7 @@ mod on_device {
         let gamma = weight.map(|t| t.detach().to_dtype(DType::F32)).transpose()?;
         let has_weight = weight.is_some();
         let comm = comm.clone();
-        let mut inputs = vec![x];
-        inputs.extend(weight);
-        inputs.extend(bias);
+        let inputs = recorded_inputs(x, weight, bias);
         Ok(record(OP, &inputs, out, move |g, needs| {
             let mut grads = Vec::with_capacity(needs.len());
             let g32 = g.to_dtype(DType::F32)?;

@@ -82,6 +82,34 @@ pub(crate) fn check_inputs(
     Ok((n, c, h, w))
 }
 
+/// [`check_inputs`] and, in training, the batch's own statistics need more than one value per
+/// channel (synchronised batch norm counts over every rank instead).
+fn check_batch_inputs(
+    op: &'static str,
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    stats: &RunningStats,
+    training: bool,
+    eps: f64,
+) -> Result<(usize, usize, usize, usize)> {
+    let (n, c, h, w) = check_inputs(op, x, weight, bias, stats, eps)?;
+    if training && n * h * w < 2 {
+        return Err(Error::shape(op, format!("training needs more than one value per channel, got {:?}", x.shape())));
+    }
+    Ok((n, c, h, w))
+}
+
+/// What a batch-norm op records as its inputs: x, then γ and β where given (backward returns
+/// their gradients in this order). Shared with the synchronised batch norm of `dist`.
+pub(crate) fn recorded_inputs<'a>(
+    x: &'a Tensor,
+    weight: Option<&'a Tensor>,
+    bias: Option<&'a Tensor>,
+) -> Vec<&'a Tensor> {
+    [Some(x), weight, bias].into_iter().flatten().collect()
+}
+
 /// y = γ·x̂ + β (either optional), per channel of `xhat: [N, C, H, W]`.
 pub(crate) fn affine(xhat: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, c: usize) -> Result<Tensor> {
     let mut y = xhat.clone();
@@ -124,13 +152,8 @@ pub fn batch_norm_2d(
     eps: f64,
 ) -> Result<Tensor> {
     const OP: &str = "batch_norm_2d";
-    let (n, _, h, w) = check_inputs(OP, x, weight, bias, stats, eps)?;
-    if training && n * h * w < 2 {
-        return Err(Error::shape(OP, format!("training needs more than one value per channel, got {:?}", x.shape())));
-    }
-    let mut inputs = vec![x];
-    inputs.extend(weight);
-    inputs.extend(bias);
+    check_batch_inputs(OP, x, weight, bias, stats, training, eps)?;
+    let inputs = recorded_inputs(x, weight, bias);
     let mut all = inputs.clone();
     all.extend([&stats.mean, &stats.var]);
     match placement(OP, &all)? {
@@ -164,14 +187,9 @@ pub fn batch_norm_2d_composed(
     eps: f64,
 ) -> Result<Tensor> {
     const OP: &str = "batch_norm_2d";
-    let (n, c, h, w) = check_inputs(OP, x, weight, bias, stats, eps)?;
+    let (n, c, h, w) = check_batch_inputs(OP, x, weight, bias, stats, training, eps)?;
     let m = n * h * w;
-    if training && m < 2 {
-        return Err(Error::shape(OP, format!("training needs more than one value per channel, got {:?}", x.shape())));
-    }
-    let mut inputs = vec![x];
-    inputs.extend(weight);
-    inputs.extend(bias);
+    let inputs = recorded_inputs(x, weight, bias);
     let per_channel = |t: &Tensor| t.reshape(&[1, c, 1, 1]);
     let xd = x.detach();
     let (out, xhat, rstd) = no_grad(|| -> Result<(Tensor, Tensor, Tensor)> {

@@ -139,6 +139,11 @@ impl Layout {
         Ok(Layout { shape: shape.to_vec(), strides, offset: self.offset })
     }
 
+    /// This layout alone with its axes merged (see [`coalesce`]).
+    pub fn coalesced(&self) -> Layout {
+        coalesce(std::slice::from_ref(self)).swap_remove(0)
+    }
+
     /// Storage offset of the first element of each row (a row = the last axis),
     /// with the row count; handles rank 0 as one row of one element.
     pub fn row_starts(&self) -> (Vec<usize>, usize, usize) {
@@ -210,7 +215,7 @@ pub fn gather_strided<T: Copy + Default + Send + Sync>(src: &[T], layout: &Layou
     if layout.is_contiguous() {
         return src[layout.offset..layout.offset + n].to_vec();
     }
-    let (starts, row_len, stride) = coalesce(std::slice::from_ref(layout))[0].row_starts();
+    let (starts, row_len, stride) = layout.coalesced().row_starts();
     let mut out = vec![T::default(); n];
     out.par_chunks_mut(row_len).zip(starts.par_iter()).with_min_len(64).for_each(|(row, &s)| {
         for (j, o) in row.iter_mut().enumerate() {

@@ -6,7 +6,7 @@ use crate::tensor::{Float, StorageElement, Tensor};
 use rayon::prelude::*;
 
 /// Below this many elements, threading costs more than it saves.
-const PAR_MIN: usize = 1 << 14;
+pub(crate) const PAR_MIN: usize = 1 << 14;
 
 /// `f` applied to every element, output row-major.
 pub fn unary<T: Float + StorageElement>(x: &Tensor, f: impl Fn(T) -> T + Sync + Send) -> Result<Tensor> {
@@ -67,7 +67,7 @@ pub fn binary<T: Float + StorageElement>(
 
 /// Storage offsets of every element of a layout, in row-major order.
 pub fn element_offsets(layout: &Layout) -> Vec<usize> {
-    let (starts, row_len, stride) = coalesce(std::slice::from_ref(layout))[0].row_starts();
+    let (starts, row_len, stride) = layout.coalesced().row_starts();
     let mut out = Vec::with_capacity(starts.len() * row_len);
     for s in starts {
         for j in 0..row_len {

@@ -14,12 +14,10 @@
 //! (one `[H, W]` plane of one image and channel), which every thread can write on its own.
 
 use super::RunningStats;
+use crate::backend::cpu::elementwise::PAR_MIN;
 use crate::error::Result;
 use crate::tensor::{Float, StorageElement, Tensor};
 use rayon::prelude::*;
-
-/// Below this many elements a pass runs on one thread.
-const PAR_MIN: usize = 1 << 14;
 
 /// What backward needs: the input, each channel's mean and r, and the affine weight.
 pub(crate) struct Saved {
