@@ -10,6 +10,7 @@
 //! augmentation are measured on their own in benches/data_loader.rs.
 //! Per model: one warm-up step, then a few timed steps; clips/s and the
 //! forward / backward / optimiser split are medians over the timed steps.
+//! `SIMCLR_OP_TIMES=1` adds a table of the time per op (forward and backward; autograd::op_times).
 //! (train.rs's forward time also reads the loss, as here; its backward time
 //! also includes the gradient-norm check, which is left out here.) Each model
 //! ends with one `RESULT` line for tools/bench_cpu_vs_torch.sh, which runs the
@@ -29,6 +30,7 @@
 
 mod common;
 
+use simclr::autograd::op_times;
 use simclr::checkpoint::ModelSpec;
 use simclr::config::TrainConfig;
 use simclr::nn::{parameter_count, parameters, Module};
@@ -173,6 +175,7 @@ fn bench(case: &Case, gemm: f64) {
         let step = Instant::now();
         opt.zero_grad();
         let t0 = Instant::now();
+        op_times::mark();
         let loss = model.loss(&v1, &v2).unwrap();
         loss_value = loss.item().unwrap();
         let t1 = Instant::now();
@@ -184,6 +187,7 @@ fn bench(case: &Case, gemm: f64) {
         let step_s = step.elapsed().as_secs_f64();
         if i == 0 {
             println!("# warm-up step {step_s:.2} s (loss {loss_value:.4}); then {steps} timed steps");
+            op_times::take();
             continue;
         }
         fwd.push((t1 - t0).as_secs_f64());
@@ -192,6 +196,10 @@ fn bench(case: &Case, gemm: f64) {
         total.push(step_s);
     }
     assert!(loss_value.is_finite(), "non-finite loss {loss_value}");
+    if op_times::enabled() {
+        println!("# time per op (SIMCLR_OP_TIMES=1), ms per step, means over the timed steps:");
+        print!("{}", op_times::format_table(&op_times::take(), *steps as u64));
+    }
     let step_s = median(&total);
     println!("{:<10} {:>10} {:>10}", "phase", "median s", "of step");
     for (phase, v) in [("forward", &fwd), ("backward", &bwd), ("optimizer", &optim), ("step", &total)] {

@@ -20,6 +20,7 @@
 //! while backward is still computing the first layers' (`dist::overlap`).
 
 pub mod gradcheck;
+pub mod op_times;
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -158,6 +159,7 @@ pub fn record(
         return output;
     }
     debug_assert!(crate::ops::registry::is_recorded_op(name), "op `{name}` records a node but is not in ops::registry");
+    op_times::forward_recorded(name);
     let node = Node {
         name,
         inputs: inputs.iter().map(|t| (t.grad_info().clone(), t.shape().to_vec())).collect(),
@@ -303,6 +305,10 @@ fn run_node(node: &Node, grad_out: &Tensor, grads: &mut HashMap<*const Node, Ten
             node.name
         ))
     })?;
+    op_times::time_backward(node.name, || run_closure(node, f, grad_out, grads))
+}
+
+fn run_closure(node: &Node, f: BackwardFn, grad_out: &Tensor, grads: &mut HashMap<*const Node, Tensor>) -> Result<()> {
     let needs: Vec<bool> = node.inputs.iter().map(|(g, _)| g.is_tracked()).collect();
     let grads_in = f(grad_out, &needs)?;
     if grads_in.len() != node.inputs.len() {
