@@ -9,7 +9,7 @@ mod cuda;
 
 use super::{autocast, placement, Placement};
 use crate::autograd::record;
-use crate::backend::cpu::matmul::matmul as matmul_kernel;
+use crate::backend::cpu::matmul::{matmul as matmul_kernel, matmul_plus_row};
 use crate::error::{Error, Result};
 use crate::float_dispatch;
 use crate::tensor::Tensor;
@@ -22,6 +22,16 @@ fn product(op: &'static str, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         Placement::Cpu => Ok(float_dispatch!(op, a.dtype(), T => matmul_kernel::<T>(a, b)?)),
         #[cfg(feature = "cuda")]
         Placement::Cuda => cuda::matmul(a, b, super::autocast::is_autocast_enabled()),
+    }
+}
+
+/// `a @ b + row` (row [n] added to every output row), outside the graph. On the
+/// CPU the row is the GEMM's starting value; on a GPU it is a broadcast add.
+fn product_plus_row(op: &'static str, a: &Tensor, b: &Tensor, row: &Tensor) -> Result<Tensor> {
+    match placement(op, &[a, b, row])? {
+        Placement::Cpu => Ok(float_dispatch!(op, a.dtype(), T => matmul_plus_row::<T>(a, b, Some(row))?)),
+        #[cfg(feature = "cuda")]
+        Placement::Cuda => product(op, a, b)?.add(row),
     }
 }
 
@@ -66,10 +76,10 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     let rows = x.numel() / in_features.max(1);
     let x2 = x.detach().reshape(&[rows, in_features])?;
     let w = weight.detach();
-    let mut y2 = product(OP, &x2, &w.t()?)?;
-    if let Some(b) = bias {
-        y2 = crate::autograd::no_grad(|| y2.add(&b.detach()))?;
-    }
+    let y2 = match bias {
+        None => product(OP, &x2, &w.t()?)?,
+        Some(b) => product_plus_row(OP, &x2, &w.t()?, &b.detach())?,
+    };
     let mut out_shape = x.shape().to_vec();
     *out_shape.last_mut().expect("rank >= 1") = out_features;
     let out = y2.reshape(&out_shape)?;

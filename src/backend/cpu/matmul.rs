@@ -3,7 +3,7 @@
 //! `gemm` takes a row stride and a column stride for each operand, so
 //! transposed and broadcast views are multiplied in place, without copies.
 
-use super::elementwise::element_offsets;
+use super::elementwise::{element_offsets, PAR_MIN};
 use super::{SendConstPtr, SendPtr};
 use crate::error::{Error, Result};
 use crate::tensor::layout::{broadcast_shapes, Layout};
@@ -71,6 +71,12 @@ pub unsafe fn gemm_strided<T: Float>(
 
 /// `a @ b` for `a: [..., m, k]`, `b: [..., k, n]` with broadcast batch axes.
 pub fn matmul<T: Float + StorageElement>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    matmul_plus_row::<T>(a, b, None)
+}
+
+/// `a @ b + row` with `row` ([n], host) added to every output row, as the GEMM's
+/// starting value: a linear layer's bias costs no pass of its own.
+pub fn matmul_plus_row<T: Float + StorageElement>(a: &Tensor, b: &Tensor, row: Option<&Tensor>) -> Result<Tensor> {
     const OP: &str = "matmul";
     if a.rank() < 2 || b.rank() < 2 {
         return Err(Error::shape(OP, format!("needs rank >= 2 operands, got {:?} and {:?}", a.shape(), b.shape())));
@@ -99,6 +105,23 @@ pub fn matmul<T: Float + StorageElement>(a: &Tensor, b: &Tensor) -> Result<Tenso
     let db = T::slice(&sb).ok_or_else(|| Error::dtype(OP, "operands must share a dtype"))?;
     let nbatch = offs_a.len();
     let mut out = vec![T::zero(); nbatch * m * n];
+    let accumulate = match row {
+        None => false,
+        Some(row) => {
+            if row.shape() != [n] {
+                return Err(Error::shape(OP, format!("row {:?} should be [{n}]", row.shape())));
+            }
+            let row = row.host_data::<T>()?;
+            let fill = |out_row: &mut [T]| out_row.copy_from_slice(&row);
+            if n == 0 {
+            } else if out.len() >= PAR_MIN {
+                out.par_chunks_mut(n).for_each(fill);
+            } else {
+                out.chunks_mut(n).for_each(fill);
+            }
+            true
+        }
+    };
     let (pa, pb, po) = (SendConstPtr(da.as_ptr()), SendConstPtr(db.as_ptr()), SendPtr(out.as_mut_ptr()));
     let nl = la.rank();
     let (a_rs, a_cs) = (la.strides[nl - 2] as isize, la.strides[nl - 1] as isize);
@@ -118,7 +141,7 @@ pub fn matmul<T: Float + StorageElement>(a: &Tensor, b: &Tensor) -> Result<Tenso
             pb.0.add(offs_b[i]),
             b_rs,
             b_cs,
-            false,
+            accumulate,
             threads,
         );
     };
