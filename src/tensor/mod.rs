@@ -393,6 +393,28 @@ impl Tensor {
         Ok(())
     }
 
+    /// Lets `f` rewrite this host tensor's elements, for optimisers' in-place updates.
+    /// The storage is written where it is only when nothing else holds it (no view,
+    /// no checkpoint snapshot, no saved input of a live graph); otherwise `f` gets a
+    /// copy, which then replaces the storage — what `set_data` does, without a new
+    /// buffer per step. Every handle on this tensor (its clones) sees the new values.
+    pub(crate) fn update_host<T: StorageElement, R>(&self, f: impl FnOnce(&mut [T]) -> R) -> Result<R> {
+        const OP: &str = "update_host";
+        if !(self.is_contiguous() && self.0.layout.offset == 0 && self.data().len() == self.numel()) {
+            return Err(Error::invalid(OP, "only a tensor that owns its whole storage (not a view) can be updated"));
+        }
+        let dtype = self.dtype(); // read before the write lock below
+        let mut data = self.0.data.write().unwrap_or_else(|e| e.into_inner());
+        let storage = match &mut *data {
+            TensorData::Host(storage) => storage,
+            #[cfg(feature = "cuda")]
+            TensorData::Device(_) => return Err(Error::Device { op: OP, msg: "the tensor is on a GPU".into() }),
+        };
+        let slice = T::slice_mut(Arc::make_mut(storage))
+            .ok_or_else(|| Error::dtype(OP, format!("tensor is {}, asked for {}", dtype, T::DTYPE)))?;
+        Ok(f(slice))
+    }
+
     /// A fresh row-major copy of the elements as host storage (downloaded from a GPU).
     pub(crate) fn contiguous_storage(&self) -> Result<Storage> {
         let host = self.to_device(Device::Cpu)?;

@@ -1,7 +1,8 @@
 //! The bytes behind a tensor: one typed vector on the host.
 //!
 //! Storage is immutable once built and shared through `Arc`; views (transpose,
-//! narrow, broadcast) share it and differ only in their `Layout`.
+//! narrow, broadcast) share it and differ only in their `Layout`. The one writer
+//! is `Tensor::update_host` (optimisers), and only to storage nothing else holds.
 
 use super::dtype::{DType, Element};
 use half::{bf16, f16};
@@ -20,6 +21,7 @@ pub enum Storage {
 pub trait StorageElement: Element {
     fn wrap(v: Vec<Self>) -> Storage;
     fn slice(s: &Storage) -> Option<&[Self]>;
+    fn slice_mut(s: &mut Storage) -> Option<&mut [Self]>;
 }
 
 macro_rules! storage_element {
@@ -29,6 +31,12 @@ macro_rules! storage_element {
                 Storage::$variant(v)
             }
             fn slice(s: &Storage) -> Option<&[Self]> {
+                match s {
+                    Storage::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn slice_mut(s: &mut Storage) -> Option<&mut [Self]> {
                 match s {
                     Storage::$variant(v) => Some(v),
                     _ => None,
