@@ -1,9 +1,11 @@
 //! Elementwise kernels: unary maps and broadcasting binary maps.
 
+use super::simd::vectorized;
 use crate::error::Result;
 use crate::tensor::layout::{broadcast_shapes, coalesce, Layout};
 use crate::tensor::{Float, StorageElement, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Below this many elements, threading costs more than it saves.
 pub(crate) const PAR_MIN: usize = 1 << 14;
@@ -11,12 +13,27 @@ pub(crate) const PAR_MIN: usize = 1 << 14;
 /// `f` applied to every element, output row-major.
 pub fn unary<T: Float + StorageElement>(x: &Tensor, f: impl Fn(T) -> T + Sync + Send) -> Result<Tensor> {
     let data = x.host_data::<T>()?;
-    let out: Vec<T> = if data.len() >= PAR_MIN {
-        data.par_iter().map(|&v| f(v)).collect()
-    } else {
-        data.iter().map(|&v| f(v)).collect()
+    // Slices of PAR_MIN per rayon job: the inner loop is plain enough to vectorise.
+    let run = |(out, xs): (&mut [MaybeUninit<T>], &[T])| {
+        vectorized(|| out.iter_mut().zip(xs).for_each(|(o, &v)| _ = o.write(f(v))))
     };
+    let out = written_by(data.len(), |out| {
+        if data.len() >= PAR_MIN {
+            out.par_chunks_mut(PAR_MIN).zip(data.par_chunks(PAR_MIN)).for_each(run);
+        } else {
+            run((out, &data));
+        }
+    });
     Tensor::from_vec(out, x.shape())
+}
+
+/// `n` elements, every one written by `fill`: no zeroing pass before the real one.
+fn written_by<T>(n: usize, fill: impl FnOnce(&mut [MaybeUninit<T>])) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    fill(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: callers' fills cover the whole slice (chunks zipped with inputs of length n).
+    unsafe { v.set_len(n) };
+    v
 }
 
 /// `f(a, b)` with NumPy broadcasting. Works on strided views directly: each
@@ -36,19 +53,24 @@ pub fn binary<T: Float + StorageElement>(
         T::slice(&sb).ok_or_else(|| crate::error::Error::dtype(op, "dtype mismatch"))?,
     );
     let n: usize = shape.iter().product();
-    let mut out = vec![T::default(); n];
     if n == 0 {
-        return Tensor::from_vec(out, &shape);
+        return Tensor::from_vec(Vec::<T>::new(), &shape);
     }
     if la.is_contiguous() && lb.is_contiguous() {
         let (xa, xb) = (&da[la.offset..la.offset + n], &db[lb.offset..lb.offset + n]);
-        if n >= PAR_MIN {
-            out.par_iter_mut().zip(xa.par_iter().zip(xb.par_iter())).for_each(|(o, (&x, &y))| *o = f(x, y));
-        } else {
-            out.iter_mut().zip(xa.iter().zip(xb.iter())).for_each(|(o, (&x, &y))| *o = f(x, y));
-        }
+        let run = |((out, xa), xb): ((&mut [MaybeUninit<T>], &[T]), &[T])| {
+            vectorized(|| out.iter_mut().zip(xa.iter().zip(xb)).for_each(|(o, (&x, &y))| _ = o.write(f(x, y))))
+        };
+        let out = written_by(n, |out| {
+            if n >= PAR_MIN {
+                out.par_chunks_mut(PAR_MIN).zip(xa.par_chunks(PAR_MIN)).zip(xb.par_chunks(PAR_MIN)).for_each(run);
+            } else {
+                run(((out, xa), xb));
+            }
+        });
         return Tensor::from_vec(out, &shape);
     }
+    let mut out = vec![T::default(); n];
     let [la, lb]: [Layout; 2] = coalesce(&[la, lb]).try_into().expect("two layouts in, two out");
     let (starts_a, row_len, stride_a) = la.row_starts();
     let (starts_b, _, stride_b) = lb.row_starts();

@@ -3,8 +3,10 @@
 
 pub mod conv;
 pub mod elementwise;
+pub mod fast_math;
 pub mod matmul;
 pub mod reduce;
+pub mod simd;
 
 /// A raw pointer that may cross into rayon tasks. Each task writes a disjoint region.
 #[derive(Clone, Copy)]
