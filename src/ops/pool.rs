@@ -13,6 +13,7 @@ pub(crate) mod cuda;
 
 use super::{placement, Placement};
 use crate::autograd::record;
+use crate::backend::cpu::elementwise::PAR_MIN;
 use crate::error::{Error, Result};
 use crate::float_dispatch;
 use crate::tensor::{Element, Float, StorageElement, Tensor};
@@ -27,7 +28,16 @@ fn check_nchw(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize, usiz
     Ok((x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]))
 }
 
-/// Max over each window; padding counts as −∞ (never wins).
+/// The input pixels `[lo, hi)` along one axis that output position `o`'s window covers
+/// (a window hanging over the padding is cut to the real pixels).
+fn window(o: usize, stride: usize, pad: usize, kernel: usize, size: usize) -> std::ops::Range<usize> {
+    let start = (o * stride) as isize - pad as isize;
+    start.max(0) as usize..(start + kernel as isize).min(size as isize) as usize
+}
+
+/// Max over each window; padding counts as −∞ (never wins). Ties and NaN: the first
+/// pixel of the window in row-major order is the starting maximum, and a later one
+/// replaces it only when strictly greater.
 fn max_pool_forward<T: Float>(
     x: &[T],
     planes: usize,
@@ -39,34 +49,32 @@ fn max_pool_forward<T: Float>(
 ) -> (Vec<T>, Vec<usize>) {
     let mut y = vec![T::zero(); planes * oh * ow];
     let mut arg = vec![0usize; planes * oh * ow];
-    y.par_chunks_mut(oh * ow).zip(arg.par_chunks_mut(oh * ow)).enumerate().for_each(|(pl, (yp, ap))| {
-        let xp = &x[pl * h * w..(pl + 1) * h * w];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                // Padding guarantees every window holds at least one real pixel.
-                let (mut best, mut best_i) = (None::<T>, 0);
-                for i in 0..kh {
-                    let iy = (oy * sh + i) as isize - ph as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    for j in 0..kw {
-                        let ix = (ox * sw + j) as isize - pw as isize;
-                        if ix < 0 || ix >= w as isize {
-                            continue;
-                        }
-                        let idx = iy as usize * w + ix as usize;
-                        if best.is_none_or(|b| xp[idx] > b) {
-                            best = Some(xp[idx]);
-                            best_i = idx;
+    // Windows computed once for every plane; padding ≤ kernel/2 leaves each one a real pixel.
+    let rows: Vec<_> = (0..oh).map(|oy| window(oy, sh, ph, kh, h)).collect();
+    let cols: Vec<_> = (0..ow).map(|ox| window(ox, sw, pw, kw, w)).collect();
+    let planes_per_task = (PAR_MIN / (oh * ow).max(1)).max(1);
+    y.par_chunks_mut(oh * ow).zip(arg.par_chunks_mut(oh * ow)).enumerate().with_min_len(planes_per_task).for_each(
+        |(pl, (yp, ap))| {
+            let xp = &x[pl * h * w..(pl + 1) * h * w];
+            for (oy, ry) in rows.iter().enumerate() {
+                for (ox, rx) in cols.iter().enumerate() {
+                    let mut best_i = ry.start * w + rx.start;
+                    let mut best = xp[best_i];
+                    for iy in ry.clone() {
+                        for ix in rx.clone() {
+                            let v = xp[iy * w + ix];
+                            if v > best {
+                                best = v;
+                                best_i = iy * w + ix;
+                            }
                         }
                     }
+                    yp[oy * ow + ox] = best;
+                    ap[oy * ow + ox] = best_i;
                 }
-                yp[oy * ow + ox] = best.unwrap_or(T::neg_infinity());
-                ap[oy * ow + ox] = best_i;
             }
-        }
-    });
+        },
+    );
     (y, arg)
 }
 

@@ -7,7 +7,7 @@
 //!   threads, each output written in place;
 //! - small maps (deep layers: P = 4 at ResNet's last stage on 64×64 frames):
 //!   G images side by side in one wide GEMM, since many skinny GEMMs waste the
-//!   machine. G is capped so the cols buffer stays within `COLS_BUDGET`.
+//!   machine (down to P = 16 per image while the weights are small). G is capped so the cols buffer stays within `COLS_BUDGET`.
 //! Backward recomputes cols instead of keeping them.
 
 use super::matmul::gemm_strided;
@@ -20,6 +20,13 @@ const COLS_BUDGET: usize = 1 << 24;
 /// Feature maps with fewer output pixels than this are grouped (measured in
 /// benches/cpu_kernels.rs: per-image GEMMs win down to 8×8 maps).
 const MIN_GEMM_COLS: usize = 64;
+
+/// Every GEMM packs the weights again, so narrower per-image GEMMs pay off only
+/// while the weights are small: the demo's 4×4 maps with 32 channels (weights
+/// 32×288) train ×1.25 faster per image, full-width ResNet-18's 4×4 maps with
+/// 256 channels (256×2304) do not (benches/train_step, this change's commit).
+const MIN_GEMM_COLS_SMALL_WEIGHTS: usize = 16;
+const SMALL_WEIGHTS: usize = 1 << 16;
 
 /// Columns to aim for in a grouped GEMM.
 const GROUPED_GEMM_COLS: usize = 256;
@@ -56,7 +63,8 @@ impl ConvGeometry {
     }
     /// Images per GEMM (1 = the per-image schedule).
     fn group(&self) -> usize {
-        if self.p() >= MIN_GEMM_COLS {
+        let small_weights = self.o * self.k() <= SMALL_WEIGHTS;
+        if self.p() >= MIN_GEMM_COLS || (self.p() >= MIN_GEMM_COLS_SMALL_WEIGHTS && small_weights) {
             return 1;
         }
         let wanted = GROUPED_GEMM_COLS.div_ceil(self.p().max(1));

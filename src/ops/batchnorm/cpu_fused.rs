@@ -15,6 +15,7 @@
 
 use super::RunningStats;
 use crate::backend::cpu::elementwise::PAR_MIN;
+use crate::backend::cpu::simd::vectorized;
 use crate::error::Result;
 use crate::tensor::{Float, StorageElement, Tensor};
 use rayon::prelude::*;
@@ -31,29 +32,77 @@ pub(crate) struct Saved {
     dims: (usize, usize, usize),
 }
 
-/// Σ f(k) over the element indices k of channel `ch`'s planes, in f64.
-fn channel_sum((n, c, hw): (usize, usize, usize), ch: usize, f: impl Fn(usize) -> f64) -> f64 {
-    (0..n).map(|i| ((i * c + ch) * hw..(i * c + ch + 1) * hw).map(&f).sum::<f64>()).sum()
+/// Per channel, Σ over every image of `plane_sum(channel, plane's element range)`
+/// (K sums at once), in f64. Work goes by blocks of whole images (≈ PAR_MIN
+/// elements, set by the shape alone) so tiny planes (1×1 at ResNet's last stage)
+/// are not one task each; the blocks' partial sums are added in block order, so
+/// the result does not depend on the number of threads.
+fn channel_sums<const K: usize>(
+    (n, c, hw): (usize, usize, usize),
+    plane_sum: impl Fn(usize, std::ops::Range<usize>) -> [f64; K] + Sync + Send,
+) -> Vec<[f64; K]> {
+    let per_block = (PAR_MIN / (c * hw).max(1)).max(1);
+    let block = |b: usize| -> Vec<[f64; K]> {
+        let mut acc = vec![[0.0; K]; c];
+        vectorized(|| {
+            for i in b * per_block..((b + 1) * per_block).min(n) {
+                for (ch, a) in acc.iter_mut().enumerate() {
+                    let sums = plane_sum(ch, (i * c + ch) * hw..(i * c + ch + 1) * hw);
+                    a.iter_mut().zip(sums).for_each(|(a, s)| *a += s);
+                }
+            }
+        });
+        acc
+    };
+    let blocks = n.div_ceil(per_block);
+    let partial: Vec<Vec<[f64; K]>> = if n * c * hw >= PAR_MIN {
+        (0..blocks).into_par_iter().map(block).collect()
+    } else {
+        (0..blocks).map(block).collect()
+    };
+    let mut total = vec![[0.0; K]; c];
+    for p in partial {
+        for (t, s) in total.iter_mut().zip(p) {
+            t.iter_mut().zip(s).for_each(|(t, s)| *t += s);
+        }
+    }
+    total
 }
 
-/// Runs `f(plane index, plane)` over the `[H·W]` planes of `out`, in parallel when large.
+/// Σ_j f(a[j], b[j]) in f64, as 8 interleaved partial sums added pairwise at the
+/// end: a fixed order (the same on every machine and thread count) that the
+/// compiler can vectorise, where one running sum could not be.
+/// (Inlined into the caller's `vectorized` block.)
+#[inline(always)]
+fn lane_sum<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> f64) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [0.0f64; LANES];
+    let (a_body, a_tail) = a.split_at(a.len() / LANES * LANES);
+    let (b_body, b_tail) = b[..a.len()].split_at(a_body.len());
+    for (xa, xb) in a_body.chunks_exact(LANES).zip(b_body.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            acc[l] += f(xa[l], xb[l]);
+        }
+    }
+    let tail: f64 = a_tail.iter().zip(b_tail).map(|(&x, &y)| f(x, y)).sum();
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Runs `f(plane index, plane)` over the `[H·W]` planes of `out`, in parallel when
+/// large, `f` inlined into a `vectorized` loop over the block's planes.
 fn for_each_plane<T: Float>(out: &mut [T], hw: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
     if hw == 0 {
         return; // empty maps: nothing to write
     }
+    // Blocks of ≈ PAR_MIN elements per task, however small the planes.
+    let per_block = PAR_MIN.div_ceil(hw);
+    let block = |(b, out): (usize, &mut [T])| {
+        vectorized(|| out.chunks_mut(hw).enumerate().for_each(|(p, plane)| f(b * per_block + p, plane)));
+    };
     if out.len() >= PAR_MIN {
-        out.par_chunks_mut(hw).with_min_len(PAR_MIN.div_ceil(hw)).enumerate().for_each(|(p, plane)| f(p, plane));
+        out.par_chunks_mut(per_block * hw).enumerate().for_each(block);
     } else {
-        out.chunks_mut(hw).enumerate().for_each(|(p, plane)| f(p, plane));
-    }
-}
-
-/// Per channel, in parallel when large.
-fn per_channel<R: Send>(c: usize, work: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
-    if work >= PAR_MIN {
-        (0..c).into_par_iter().map(f).collect()
-    } else {
-        (0..c).map(f).collect()
+        block((0, out));
     }
 }
 
@@ -73,12 +122,11 @@ pub(crate) fn forward<T: Float + StorageElement>(
     let m = (n * hw) as f64;
     let xd = x.host_data::<T>()?;
     let (mean, var) = if training {
-        let moments = per_channel(c, xd.len(), |ch| {
-            let mean = channel_sum(dims, ch, |k| xd[k].as_f64()) / m;
-            let var = channel_sum(dims, ch, |k| (xd[k].as_f64() - mean).powi(2)) / m;
-            (mean, var)
-        });
-        let (mean, var): (Vec<f64>, Vec<f64>) = moments.into_iter().unzip();
+        let sum_x = channel_sums(dims, |_, r| [lane_sum(&xd[r.clone()], &xd[r], |v, _| v.as_f64())]);
+        let mean: Vec<f64> = sum_x.iter().map(|[s]| s / m).collect();
+        let sum_d2 =
+            channel_sums(dims, |ch, r| [lane_sum(&xd[r.clone()], &xd[r], |v, _| (v.as_f64() - mean[ch]).powi(2))]);
+        let var: Vec<f64> = sum_d2.iter().map(|[s]| s / m).collect();
         // Running statistics follow the batch (unbiased variance, as PyTorch).
         let unbiased: Vec<f64> = var.iter().map(|v| v * m / (m - 1.0)).collect();
         let dtype = x.dtype();
@@ -114,12 +162,12 @@ pub(crate) fn backward<T: Float + StorageElement>(
     let (n, c, hw) = *dims;
     let m = (n * hw) as f64;
     let (xd, gd) = (x.host_data::<T>()?, g.host_data::<T>()?);
-    let xhat = |k: usize, ch: usize| (xd[k].as_f64() - mean[ch]) * rstd[ch];
-    // Per channel: Σg, Σg·x̂.
-    let sums = per_channel(c, xd.len(), |ch| {
-        let sum_g = channel_sum(*dims, ch, |k| gd[k].as_f64());
-        let sum_gx = channel_sum(*dims, ch, |k| gd[k].as_f64() * xhat(k, ch));
-        (sum_g, sum_gx)
+    // Per channel: Σg, Σg·x̂ (x̂ = (x − μ)·r).
+    let sums = channel_sums(*dims, |ch, k| {
+        let (mu, r) = (mean[ch], rstd[ch]);
+        let sum_g = lane_sum(&gd[k.clone()], &gd[k.clone()], |g, _| g.as_f64());
+        let sum_gx = lane_sum(&gd[k.clone()], &xd[k], |g, x| g.as_f64() * ((x.as_f64() - mu) * r));
+        [sum_g, sum_gx]
     });
     let gamma_of = |ch: usize| gamma.as_ref().map_or(1.0, |w| w[ch]);
     let mut grads = Vec::with_capacity(needs.len());
@@ -128,32 +176,34 @@ pub(crate) fn backward<T: Float + StorageElement>(
         for_each_plane(&mut dx, hw, |p, plane| {
             let ch = p % c;
             let base = p * hw;
-            let (sum_g, sum_gx) = sums[ch];
-            let k = gamma_of(ch) * rstd[ch];
+            let [sum_g, sum_gx] = sums[ch];
+            let (mu, r) = (mean[ch], rstd[ch]);
+            let k = gamma_of(ch) * r;
+            let (gs, xs) = (&gd[base..base + hw], &xd[base..base + hw]);
             if *training {
                 // dx = γ·r/M·(M·g − Σg − x̂·Σg·x̂)
-                plane.iter_mut().enumerate().for_each(|(j, o)| {
-                    let v = m * gd[base + j].as_f64() - sum_g - xhat(base + j, ch) * sum_gx;
+                plane.iter_mut().zip(gs.iter().zip(xs)).for_each(|(o, (&g, &x))| {
+                    let v = m * g.as_f64() - sum_g - ((x.as_f64() - mu) * r) * sum_gx;
                     *o = T::of_f64(k / m * v);
                 });
             } else {
-                plane.iter_mut().enumerate().for_each(|(j, o)| *o = T::of_f64(k * gd[base + j].as_f64()));
+                plane.iter_mut().zip(gs).for_each(|(o, &g)| *o = T::of_f64(k * g.as_f64()));
             }
         });
         Some(Tensor::from_vec(dx, x.shape())?)
     } else {
         None
     });
-    let per_channel_grad = |pick: fn((f64, f64)) -> f64| -> Result<Tensor> {
+    let per_channel_grad = |pick: fn([f64; 2]) -> f64| -> Result<Tensor> {
         Tensor::from_f64s(&sums.iter().map(|&s| pick(s)).collect::<Vec<f64>>(), &[c], x.dtype())
     };
     let mut next = 1;
     if gamma.is_some() {
-        grads.push(if needs[next] { Some(per_channel_grad(|(_, sum_gx)| sum_gx)?) } else { None });
+        grads.push(if needs[next] { Some(per_channel_grad(|[_, sum_gx]| sum_gx)?) } else { None });
         next += 1;
     }
     if *has_bias {
-        grads.push(if needs[next] { Some(per_channel_grad(|(sum_g, _)| sum_g)?) } else { None });
+        grads.push(if needs[next] { Some(per_channel_grad(|[sum_g, _]| sum_g)?) } else { None });
     }
     Ok(grads)
 }
