@@ -2,13 +2,15 @@
 //!
 //! im2col unrolls every receptive field into a column, so the convolution
 //! becomes one matrix product `W[O, K] · cols[K, G·P]` (K = C·kh·kw, P = OH·OW)
-//! that the tuned GEMM runs near peak. Two schedules, picked by feature-map size:
-//! - large maps (P ≥ `MIN_GEMM_COLS`): one image per GEMM, images spread over
-//!   threads, each output written in place;
-//! - small maps (deep layers: P = 4 at ResNet's last stage on 64×64 frames):
-//!   G images side by side in one wide GEMM, since many skinny GEMMs waste the
-//!   machine (down to P = 16 per image while the weights are small). G is capped so the cols buffer stays within `COLS_BUDGET`.
-//! Backward recomputes cols instead of keeping them.
+//! that the tuned GEMM runs near peak. Jobs of G images, spread over threads,
+//! each with its own buffers and a single-threaded GEMM, G by feature-map size:
+//! - large maps (P ≥ `MIN_GEMM_COLS`): G = 1, each output written in place;
+//! - small maps: G images side by side in one wider GEMM (many skinny GEMMs waste
+//!   the machine), capped so the cols buffer stays within `COLS_BUDGET`.
+//! Backward recomputes cols instead of keeping them. Maps of 2×2 and 1×1 pixels
+//! (ResNet's last stages) skip im2col altogether: `pixel_taps.rs`.
+
+mod pixel_taps;
 
 use super::matmul::gemm_strided;
 use crate::tensor::Float;
@@ -21,12 +23,14 @@ const COLS_BUDGET: usize = 1 << 24;
 /// benches/cpu_kernels.rs: per-image GEMMs win down to 8×8 maps).
 const MIN_GEMM_COLS: usize = 64;
 
-/// Every GEMM packs the weights again, so narrower per-image GEMMs pay off only
-/// while the weights are small: the demo's 4×4 maps with 32 channels (weights
-/// 32×288) train ×1.25 faster per image, full-width ResNet-18's 4×4 maps with
-/// 256 channels (256×2304) do not (benches/train_step, this change's commit).
-const MIN_GEMM_COLS_SMALL_WEIGHTS: usize = 16;
-const SMALL_WEIGHTS: usize = 1 << 16;
+/// When the (pixel, tap) schedule is used: 2×2 and 1×1 output maps over ≥ 16 images.
+/// Measured per layer (fwd, fwd + bwd): the demo's 64→64 2×2 conv over 1024 images
+/// 7.7 → 2.8 ms, 25 → 8 ms; its 128→128 3×3 conv of 1×1 maps 7.2 → 0.3 ms, 12.8 → 0.9 ms;
+/// ResNet-18's 512→512 2×2 over 320 images 43 → 34 ms, 99 → 53 ms. At 4×4 it lost
+/// everywhere (256→256 over 320 images 46 → 80 ms; the demo's 32→32 4.9 → 23 ms):
+/// its GEMMs read and write strided views, which costs more than im2col there.
+const PIXEL_TAPS_MAX_PIXELS: usize = 4;
+const PIXEL_TAPS_MIN_BATCH: usize = 16;
 
 /// Columns to aim for in a grouped GEMM.
 const GROUPED_GEMM_COLS: usize = 256;
@@ -61,10 +65,14 @@ impl ConvGeometry {
     fn image(&self) -> usize {
         self.c * self.h * self.w
     }
+    /// Tiny output maps over a batch large enough to be a GEMM's wide side: the
+    /// (pixel, tap) schedule of `pixel_taps.rs`.
+    fn pixel_taps(&self) -> bool {
+        self.p() <= PIXEL_TAPS_MAX_PIXELS && self.n >= PIXEL_TAPS_MIN_BATCH
+    }
     /// Images per GEMM (1 = the per-image schedule).
     fn group(&self) -> usize {
-        let small_weights = self.o * self.k() <= SMALL_WEIGHTS;
-        if self.p() >= MIN_GEMM_COLS || (self.p() >= MIN_GEMM_COLS_SMALL_WEIGHTS && small_weights) {
+        if self.p() >= MIN_GEMM_COLS {
             return 1;
         }
         let wanted = GROUPED_GEMM_COLS.div_ceil(self.p().max(1));
@@ -77,150 +85,210 @@ impl ConvGeometry {
 
 /// y = conv(x, w) + bias. `x`: [N, C, H, W], `w`: [O, K], both row-major; returns [N, O, OH, OW].
 pub fn conv2d_forward<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry) -> Vec<T> {
-    match g.group() {
-        1 => forward_per_image(x, w, bias, g),
-        step => forward_grouped(x, w, bias, g, step),
+    if g.pixel_taps() {
+        return pixel_taps::forward(x, w, bias, g);
     }
+    forward_im2col(x, w, bias, g, g.group())
 }
 
 /// dX[n] = col2im(Wᵀ · dY[n]).
 pub fn conv2d_backward_input<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
-    match g.group() {
-        1 => backward_input_per_image(dy, w, g),
-        step => backward_input_grouped(dy, w, g, step),
+    if g.pixel_taps() {
+        return pixel_taps::backward_input(dy, w, g);
     }
+    backward_input_im2col(dy, w, g, g.group())
 }
 
 /// dW = Σ_n dY[n] · cols(x[n])ᵀ, as [O, K].
 pub fn conv2d_backward_weight<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry) -> Vec<T> {
-    match g.group() {
-        1 => backward_weight_per_image(x, dy, g),
-        step => backward_weight_grouped(x, dy, g, step),
+    if g.pixel_taps() {
+        return pixel_taps::backward_weight(x, dy, g);
     }
+    backward_weight_im2col(x, dy, g, g.group())
 }
 
-// ---- schedule 1: one GEMM per image
+// ---- the im2col schedule: jobs of `step` images, one GEMM each
 
-/// Spread images over threads (single-threaded GEMMs) when there are enough of
-/// them; otherwise give each image's GEMM every thread.
-fn image_threads(n: usize) -> (bool, usize) {
-    if n >= threads() {
+/// Spread jobs over threads (single-threaded GEMMs) when there are enough of
+/// them; otherwise give each job's GEMM every thread.
+fn job_threads(jobs: usize) -> (bool, usize) {
+    if jobs >= threads() {
         (true, 1)
     } else {
         (false, threads())
     }
 }
 
-fn forward_per_image<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry) -> Vec<T> {
+/// Runs `job(buffers, (job index, its chunk of out))` over `out` in chunks of
+/// `chunk` elements, in parallel when there are enough jobs; each rayon worker
+/// makes its buffers once with `new` and reuses them job after job.
+fn for_each_job<T: Send, B>(
+    out: &mut [T],
+    chunk: usize,
+    parallel: bool,
+    new: impl Fn() -> B + Sync + Send,
+    job: impl Fn(&mut B, (usize, &mut [T])) + Sync + Send,
+) {
+    if parallel {
+        out.par_chunks_mut(chunk).enumerate().for_each_init(new, job);
+    } else {
+        let mut buffers = new();
+        out.chunks_mut(chunk).enumerate().for_each(|item| job(&mut buffers, item));
+    }
+}
+
+/// cols of images `first..first + count` side by side: [K, count·P] with row stride count·P.
+fn group_cols<T: Float>(x: &[T], g: &ConvGeometry, first: usize, count: usize, cols: &mut [T]) {
+    let ld = count * g.p();
+    for b in 0..count {
+        im2col(&x[(first + b) * g.image()..][..g.image()], g, &mut cols[b * g.p()..], ld);
+    }
+}
+
+/// dY of images `first..first + count` as the GEMMs want it: [O, count·P].
+fn group_dy<T: Float>(dy: &[T], g: &ConvGeometry, first: usize, count: usize, out: &mut [T]) {
+    let (o, p) = (g.o, g.p());
+    for oc in 0..o {
+        for b in 0..count {
+            out[(oc * count + b) * p..][..p].copy_from_slice(&dy[((first + b) * o + oc) * p..][..p]);
+        }
+    }
+}
+
+fn forward_im2col<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry, step: usize) -> Vec<T> {
     let (k, p, o) = (g.k(), g.p(), g.o);
     let mut y = vec![T::zero(); g.n * o * p];
-    let (parallel, gemm_threads) = image_threads(g.n);
-    // One cols buffer per rayon job, reused image after image (im2col writes all of it).
-    let one_image = |cols: &mut Vec<T>, (n, yn): (usize, &mut [T])| {
-        im2col(&x[n * g.image()..][..g.image()], g, cols, p);
-        // SAFETY: yn is [O, P], w is [O, K], cols is [K, P]; row-major, in bounds.
+    let (parallel, gemm_threads) = job_threads(g.n.div_ceil(step));
+    // Buffers per worker: the group's cols [K, count·P] and, for groups, the GEMM's [O, count·P].
+    let new = || (vec![T::zero(); k * step * p], vec![T::zero(); if step > 1 { o * step * p } else { 0 }]);
+    for_each_job(&mut y, step * o * p, parallel, new, |(cols, out), (j, yg)| {
+        let count = yg.len() / (o * p);
+        let ld = count * p;
+        group_cols(x, g, j * step, count, cols);
+        // One image writes its [O, P] output in place; a group's [O, count, P] is reordered below.
+        let dst = if count == 1 { &mut yg[..] } else { &mut out[..o * ld] };
+        // SAFETY: dst is [O, count·P], w is [O, K], cols is [K, count·P]; row-major, in bounds.
         unsafe {
             gemm_strided(
                 o,
-                p,
+                ld,
                 k,
-                yn.as_mut_ptr(),
-                p as isize,
+                dst.as_mut_ptr(),
+                ld as isize,
                 1,
                 w.as_ptr(),
                 k as isize,
                 1,
                 cols.as_ptr(),
-                p as isize,
+                ld as isize,
                 1,
                 false,
                 gemm_threads,
             );
         }
-        if let Some(b) = bias {
-            yn.chunks_mut(p).zip(b).for_each(|(plane, &bv)| plane.iter_mut().for_each(|v| *v += bv));
+        if count > 1 {
+            // [O, count, P] → [count, O, P]
+            for (b, yn) in yg.chunks_mut(o * p).enumerate() {
+                for oc in 0..o {
+                    yn[oc * p..(oc + 1) * p].copy_from_slice(&out[(oc * count + b) * p..][..p]);
+                }
+            }
         }
-    };
-    let new_cols = || vec![T::zero(); k * p];
-    if parallel {
-        y.par_chunks_mut(o * p).enumerate().for_each_init(new_cols, one_image);
-    } else {
-        let mut cols = new_cols();
-        y.chunks_mut(o * p).enumerate().for_each(|image| one_image(&mut cols, image));
-    }
+        if let Some(b) = bias {
+            yg.chunks_mut(p).enumerate().for_each(|(plane, v)| v.iter_mut().for_each(|v| *v += b[plane % o]));
+        }
+    });
     y
 }
 
-fn backward_input_per_image<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
+fn backward_input_im2col<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry, step: usize) -> Vec<T> {
     let (k, p, o) = (g.k(), g.p(), g.o);
     let mut dx = vec![T::zero(); g.n * g.image()];
-    let (parallel, gemm_threads) = image_threads(g.n);
-    // One dcols buffer per rayon job, reused (the GEMM overwrites it).
-    let one_image = |dcols: &mut Vec<T>, (n, dxn): (usize, &mut [T])| {
+    let (parallel, gemm_threads) = job_threads(g.n.div_ceil(step));
+    // Buffers per worker: dcols [K, count·P] (the GEMM overwrites it) and, for groups, dY [O, count·P].
+    let new = || (vec![T::zero(); k * step * p], vec![T::zero(); if step > 1 { o * step * p } else { 0 }]);
+    for_each_job(&mut dx, step * g.image(), parallel, new, |(dcols, dyg), (j, dxg)| {
+        let (first, count) = (j * step, dxg.len() / g.image());
+        let ld = count * p;
+        let dy_group = if count == 1 {
+            &dy[first * o * p..][..o * p]
+        } else {
+            group_dy(dy, g, first, count, dyg);
+            &dyg[..o * ld]
+        };
+        // dcols = Wᵀ · dY, Wᵀ as a strided view of W (row stride 1, column stride K).
+        // SAFETY: dcols is [K, count·P], dy_group [O, count·P], w [O, K]; in bounds.
         unsafe {
             gemm_strided(
                 k,
-                p,
+                ld,
                 o,
                 dcols.as_mut_ptr(),
-                p as isize,
+                ld as isize,
                 1,
                 w.as_ptr(),
                 1,
                 k as isize,
-                dy[n * o * p..].as_ptr(),
-                p as isize,
+                dy_group.as_ptr(),
+                ld as isize,
                 1,
                 false,
                 gemm_threads,
             );
         }
-        col2im(dcols, p, g, dxn);
-    };
-    let new_dcols = || vec![T::zero(); k * p];
-    if parallel {
-        dx.par_chunks_mut(g.image()).enumerate().for_each_init(new_dcols, one_image);
-    } else {
-        let mut dcols = new_dcols();
-        dx.chunks_mut(g.image()).enumerate().for_each(|image| one_image(&mut dcols, image));
-    }
+        for (b, dxn) in dxg.chunks_mut(g.image()).enumerate() {
+            col2im(&dcols[b * p..], ld, g, dxn);
+        }
+    });
     dx
 }
 
-fn backward_weight_per_image<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry) -> Vec<T> {
+fn backward_weight_im2col<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry, step: usize) -> Vec<T> {
     let (k, p, o) = (g.k(), g.p(), g.o);
-    let accumulate = |acc: &mut Vec<T>, cols: &mut Vec<T>, n: usize, gemm_threads: usize| {
-        im2col(&x[n * g.image()..][..g.image()], g, cols, p);
+    let groups = g.n.div_ceil(step);
+    // dW += dY_group · colsᵀ for group j (colsᵀ as a strided view: row stride 1, column stride count·P).
+    let accumulate = |acc: &mut [T], (cols, dyg): &mut (Vec<T>, Vec<T>), j: usize, gemm_threads: usize| {
+        let (first, count) = (j * step, step.min(g.n - j * step));
+        let ld = count * p;
+        group_cols(x, g, first, count, cols);
+        let dy_group = if count == 1 {
+            &dy[first * o * p..][..o * p]
+        } else {
+            group_dy(dy, g, first, count, dyg);
+            &dyg[..o * ld]
+        };
+        // SAFETY: acc is [O, K], dy_group [O, count·P], cols [K, count·P]; in bounds.
         unsafe {
             gemm_strided(
                 o,
                 k,
-                p,
+                ld,
                 acc.as_mut_ptr(),
                 k as isize,
                 1,
-                dy[n * o * p..].as_ptr(),
-                p as isize,
+                dy_group.as_ptr(),
+                ld as isize,
                 1,
                 cols.as_ptr(),
                 1,
-                p as isize,
+                ld as isize,
                 true,
                 gemm_threads,
             );
         }
     };
-    let (parallel, gemm_threads) = image_threads(g.n);
+    let new = || (vec![T::zero(); k * step * p], vec![T::zero(); if step > 1 { o * step * p } else { 0 }]);
+    let (parallel, gemm_threads) = job_threads(groups);
     if parallel {
-        // A fixed split of the images into one contiguous chunk per thread, each
-        // summed in order, then the chunks added in order: the floating-point
-        // sum is the same on every run (work stealing must not change results).
-        let chunk = g.n.div_ceil(threads());
-        let partial: Vec<Vec<T>> = (0..g.n.div_ceil(chunk))
+        // A fixed split of the groups into one contiguous chunk per thread, each summed
+        // in order, then the chunks added in order: the floating-point sum is the same
+        // on every run (work stealing must not change results).
+        let chunk = groups.div_ceil(threads());
+        let partial: Vec<Vec<T>> = (0..groups.div_ceil(chunk))
             .into_par_iter()
             .map(|c| {
-                let (mut acc, mut cols) = (vec![T::zero(); o * k], vec![T::zero(); k * p]);
-                (c * chunk..((c + 1) * chunk).min(g.n)).for_each(|n| accumulate(&mut acc, &mut cols, n, 1));
+                let (mut acc, mut buffers) = (vec![T::zero(); o * k], new());
+                (c * chunk..((c + 1) * chunk).min(groups)).for_each(|j| accumulate(&mut acc, &mut buffers, j, 1));
                 acc
             })
             .collect();
@@ -230,145 +298,10 @@ fn backward_weight_per_image<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry) -> V
         }
         total
     } else {
-        let (mut acc, mut cols) = (vec![T::zero(); o * k], vec![T::zero(); k * p]);
-        (0..g.n).for_each(|n| accumulate(&mut acc, &mut cols, n, gemm_threads));
+        let (mut acc, mut buffers) = (vec![T::zero(); o * k], new());
+        (0..groups).for_each(|j| accumulate(&mut acc, &mut buffers, j, gemm_threads));
         acc
     }
-}
-
-// ---- schedule 2: groups of images in one wide GEMM
-
-/// cols for images `first..first + count`, side by side: [K, count·P].
-fn group_cols<T: Float>(x: &[T], g: &ConvGeometry, first: usize, count: usize) -> Vec<T> {
-    let (k, p, ld) = (g.k(), g.p(), count * g.p());
-    let mut cols = vec![T::zero(); k * ld];
-    // Each image owns a column block; build them in parallel through a raw pointer.
-    let ptr = super::SendPtr(cols.as_mut_ptr());
-    (0..count).into_par_iter().for_each(|b| {
-        let ptr = ptr;
-        // SAFETY: image b writes only columns b·P..(b+1)·P of each row, disjoint across b;
-        // the slice handed to im2col starts at its block and im2col stays within ld-strided rows.
-        let block = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(b * p), k * ld - b * p) };
-        im2col(&x[(first + b) * g.image()..][..g.image()], g, block, ld);
-    });
-    cols
-}
-
-/// dY for a group laid out as the GEMMs want it: [O, count·P].
-fn group_dy<T: Float>(dy: &[T], g: &ConvGeometry, first: usize, count: usize) -> Vec<T> {
-    let (o, p) = (g.o, g.p());
-    let mut out = vec![T::zero(); o * count * p];
-    out.par_chunks_mut(count * p).enumerate().for_each(|(oc, row)| {
-        for b in 0..count {
-            row[b * p..(b + 1) * p].copy_from_slice(&dy[((first + b) * o + oc) * p..][..p]);
-        }
-    });
-    out
-}
-
-fn forward_grouped<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry, step: usize) -> Vec<T> {
-    let (k, p, o) = (g.k(), g.p(), g.o);
-    let mut y = vec![T::zero(); g.n * o * p];
-    for first in (0..g.n).step_by(step) {
-        let count = step.min(g.n - first);
-        let cols = group_cols(x, g, first, count);
-        let mut yg = vec![T::zero(); o * count * p]; // [O, count·P]
-                                                     // SAFETY: yg is [O, count·P], w is [O, K], cols is [K, count·P]; row-major, in bounds.
-        unsafe {
-            gemm_strided(
-                o,
-                count * p,
-                k,
-                yg.as_mut_ptr(),
-                (count * p) as isize,
-                1,
-                w.as_ptr(),
-                k as isize,
-                1,
-                cols.as_ptr(),
-                (count * p) as isize,
-                1,
-                false,
-                threads(),
-            );
-        }
-        // [O, count, P] → [count, O, P], adding the bias on the way.
-        y[first * o * p..(first + count) * o * p].par_chunks_mut(o * p).enumerate().for_each(|(b, yn)| {
-            for oc in 0..o {
-                let add = bias.map_or(T::zero(), |bs| bs[oc]);
-                let src = &yg[(oc * count + b) * p..][..p];
-                yn[oc * p..(oc + 1) * p].iter_mut().zip(src).for_each(|(d, &s)| *d = s + add);
-            }
-        });
-    }
-    y
-}
-
-fn backward_input_grouped<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry, step: usize) -> Vec<T> {
-    let (k, p, o) = (g.k(), g.p(), g.o);
-    let mut dx = vec![T::zero(); g.n * g.image()];
-    for first in (0..g.n).step_by(step) {
-        let count = step.min(g.n - first);
-        let dyg = group_dy(dy, g, first, count);
-        let ld = count * p;
-        let mut dcols = vec![T::zero(); k * ld];
-        // Wᵀ as a strided view of W: row stride 1, column stride K.
-        unsafe {
-            gemm_strided(
-                k,
-                ld,
-                o,
-                dcols.as_mut_ptr(),
-                ld as isize,
-                1,
-                w.as_ptr(),
-                1,
-                k as isize,
-                dyg.as_ptr(),
-                ld as isize,
-                1,
-                false,
-                threads(),
-            );
-        }
-        dx[first * g.image()..(first + count) * g.image()].par_chunks_mut(g.image()).enumerate().for_each(
-            |(b, dxn)| {
-                col2im(&dcols[b * p..], ld, g, dxn);
-            },
-        );
-    }
-    dx
-}
-
-fn backward_weight_grouped<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry, step: usize) -> Vec<T> {
-    let (k, p, o) = (g.k(), g.p(), g.o);
-    let mut dw = vec![T::zero(); o * k];
-    for first in (0..g.n).step_by(step) {
-        let count = step.min(g.n - first);
-        let cols = group_cols(x, g, first, count);
-        let dyg = group_dy(dy, g, first, count);
-        let ld = count * p;
-        // colsᵀ as a strided view: row stride 1, column stride ld. Accumulates over groups.
-        unsafe {
-            gemm_strided(
-                o,
-                k,
-                ld,
-                dw.as_mut_ptr(),
-                k as isize,
-                1,
-                dyg.as_ptr(),
-                ld as isize,
-                1,
-                cols.as_ptr(),
-                1,
-                ld as isize,
-                true,
-                threads(),
-            );
-        }
-    }
-    dw
 }
 
 // ---- im2col and its adjoint
@@ -488,49 +421,55 @@ fn threads() -> usize {
 mod tests {
     use super::*;
 
-    /// Groups are an implementation detail: one image per GEMM, two, or all
-    /// at once must give the same numbers.
+    /// The schedules are an implementation detail: one image per GEMM, groups of two,
+    /// three or all images, and the (pixel, tap) GEMMs must give the same numbers.
     #[test]
-    fn grouping_does_not_change_results() {
-        let g = ConvGeometry { n: 5, c: 2, h: 6, w: 5, o: 3, kh: 3, kw: 2, sh: 2, sw: 1, ph: 1, pw: 1, oh: 3, ow: 6 };
-        let mut rng = crate::rng::Rng::new(3);
-        let mut rand = |n: usize| (0..n).map(|_| rng.normal()).collect::<Vec<f64>>();
-        let (x, w, dy) = (rand(g.n * g.image()), rand(g.o * g.k()), rand(g.n * g.o * g.p()));
-        let bias = rand(g.o);
-        let reference = (
-            forward_grouped(&x, &w, Some(&bias), &g, 5),
-            backward_input_grouped(&dy, &w, &g, 5),
-            backward_weight_grouped(&x, &dy, &g, 5),
-        );
-        let candidates = [
-            (
-                "per image",
-                (
-                    forward_per_image(&x, &w, Some(&bias), &g),
-                    backward_input_per_image(&dy, &w, &g),
-                    backward_weight_per_image(&x, &dy, &g),
-                ),
-            ),
-            (
-                "groups of 1",
-                (
-                    forward_grouped(&x, &w, Some(&bias), &g, 1),
-                    backward_input_grouped(&dy, &w, &g, 1),
-                    backward_weight_grouped(&x, &dy, &g, 1),
-                ),
-            ),
-            (
-                "groups of 2",
-                (
-                    forward_grouped(&x, &w, Some(&bias), &g, 2),
-                    backward_input_grouped(&dy, &w, &g, 2),
-                    backward_weight_grouped(&x, &dy, &g, 2),
-                ),
-            ),
+    fn schedules_agree() {
+        let geometry = |n, c, (h, w), o, (kh, kw), (sh, sw), (ph, pw)| {
+            let (oh, ow) = ((h + 2 * ph - kh) / sh + 1, (w + 2 * pw - kw) / sw + 1);
+            ConvGeometry { n, c, h, w, o, kh, kw, sh, sw, ph, pw, oh, ow }
+        };
+        let cases = [
+            geometry(5, 2, (6, 5), 3, (3, 2), (2, 1), (1, 1)),
+            // ResNet's last stages: a 3×3 conv of 1×1 maps (eight taps in the padding),
+            // a strided one onto 1×1, and 2×2 maps.
+            geometry(5, 3, (1, 1), 4, (3, 3), (1, 1), (1, 1)),
+            geometry(5, 3, (2, 2), 4, (3, 3), (2, 2), (1, 1)),
+            geometry(5, 3, (2, 2), 2, (3, 3), (1, 1), (1, 1)),
+            // A 1×1 kernel with padding: the border outputs see only padding (bias alone).
+            geometry(5, 2, (2, 3), 3, (1, 1), (1, 1), (1, 1)),
         ];
-        for (name, got) in &candidates {
-            for (a, b) in [(&got.0, &reference.0), (&got.1, &reference.1), (&got.2, &reference.2)] {
-                assert!(a.iter().zip(b.iter()).all(|(p, q)| (p - q).abs() < 1e-12), "{name}");
+        for g in &cases {
+            let mut rng = crate::rng::Rng::new(3);
+            let mut rand = |n: usize| (0..n).map(|_| rng.normal()).collect::<Vec<f64>>();
+            let (x, w, dy) = (rand(g.n * g.image()), rand(g.o * g.k()), rand(g.n * g.o * g.p()));
+            let bias = rand(g.o);
+            let im2col_in_groups = |step| {
+                (
+                    forward_im2col(&x, &w, Some(&bias), g, step),
+                    backward_input_im2col(&dy, &w, g, step),
+                    backward_weight_im2col(&x, &dy, g, step),
+                )
+            };
+            let reference = im2col_in_groups(g.n);
+            let candidates = [
+                ("per image", im2col_in_groups(1)),
+                ("groups of 2", im2col_in_groups(2)),
+                ("groups of 3", im2col_in_groups(3)),
+                (
+                    "pixel taps",
+                    (
+                        pixel_taps::forward(&x, &w, Some(&bias), g),
+                        pixel_taps::backward_input(&dy, &w, g),
+                        pixel_taps::backward_weight(&x, &dy, g),
+                    ),
+                ),
+            ];
+            for (name, got) in &candidates {
+                for (a, b) in [(&got.0, &reference.0), (&got.1, &reference.1), (&got.2, &reference.2)] {
+                    assert_eq!(a.len(), b.len());
+                    assert!(a.iter().zip(b.iter()).all(|(p, q)| (p - q).abs() < 1e-12), "{name} {g:?}");
+                }
             }
         }
     }
