@@ -38,11 +38,16 @@ impl Module for MultiHeadAttention {
         }
         let (b, l, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let h = self.heads;
-        let qkv = linear(x, &self.in_proj_weight, Some(&self.in_proj_bias))?; // [B, L, 3D]
-                                                                              // [B, L, 3, H, Dh] → [3, B, H, L, Dh]
-        let qkv = qkv.reshape(&[b, l, 3, h, d / h])?.permute(&[2, 0, 3, 1, 4])?;
-        let (q, k, v) =
-            (qkv.narrow(0, 0, 1)?.squeeze(0)?, qkv.narrow(0, 1, 1)?.squeeze(0)?, qkv.narrow(0, 2, 1)?.squeeze(0)?);
+        // q, k and v each from its third of the stacked projection: three GEMMs rather than
+        // one [B, L, 3D] output split three ways, whose backward would write three
+        // zero-padded copies of the whole [B, L, 3D] gradient and add them.
+        let project = |i: usize| -> Result<Tensor> {
+            let w = self.in_proj_weight.narrow(0, i * d, d)?;
+            let bias = self.in_proj_bias.narrow(0, i * d, d)?;
+            // [B, L, D] → [B, L, H, Dh] → [B, H, L, Dh]
+            linear(x, &w, Some(&bias))?.reshape(&[b, l, h, d / h])?.permute(&[0, 2, 1, 3])
+        };
+        let (q, k, v) = (project(0)?, project(1)?, project(2)?);
         let o = scaled_dot_product_attention(&q, &k, &v, None, None)?; // [B, H, L, Dh]
         let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, l, d])?;
         self.out_proj.forward(&o)

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::tensor::layout::{broadcast_shapes, Layout};
 use crate::tensor::{Float, StorageElement, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// One GEMM: `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`, each operand given by pointer and
 /// (row stride, column stride) in elements. `dst` is overwritten, or added to
@@ -104,7 +105,9 @@ pub fn matmul_plus_row<T: Float + StorageElement>(a: &Tensor, b: &Tensor, row: O
     let da = T::slice(&sa).ok_or_else(|| Error::dtype(OP, "operands must share a dtype"))?;
     let db = T::slice(&sb).ok_or_else(|| Error::dtype(OP, "operands must share a dtype"))?;
     let nbatch = offs_a.len();
-    let mut out = vec![T::zero(); nbatch * m * n];
+    // Not zeroed first: the GEMMs write every element, over the row where there is one.
+    let len = nbatch * m * n;
+    let mut out: Vec<T> = Vec::with_capacity(len);
     let accumulate = match row {
         None => false,
         Some(row) => {
@@ -112,13 +115,18 @@ pub fn matmul_plus_row<T: Float + StorageElement>(a: &Tensor, b: &Tensor, row: O
                 return Err(Error::shape(OP, format!("row {:?} should be [{n}]", row.shape())));
             }
             let row = row.host_data::<T>()?;
-            let fill = |out_row: &mut [T]| out_row.copy_from_slice(&row);
+            let fill = |out_row: &mut [MaybeUninit<T>]| {
+                out_row.iter_mut().zip(row.iter()).for_each(|(o, &r)| _ = o.write(r));
+            };
+            let spare = &mut out.spare_capacity_mut()[..len];
             if n == 0 {
-            } else if out.len() >= PAR_MIN {
-                out.par_chunks_mut(n).for_each(fill);
+            } else if len >= PAR_MIN {
+                spare.par_chunks_mut(n).for_each(fill);
             } else {
-                out.chunks_mut(n).for_each(fill);
+                spare.chunks_mut(n).for_each(fill);
             }
+            // SAFETY: the rows of n cover all len elements.
+            unsafe { out.set_len(len) };
             true
         }
     };
@@ -151,6 +159,8 @@ pub fn matmul_plus_row<T: Float + StorageElement>(a: &Tensor, b: &Tensor, row: O
     } else {
         (0..nbatch).for_each(|i| run(i, threads));
     }
+    // SAFETY: gemm_strided writes every element of each batch's [m, n] block (zeros when k = 0).
+    unsafe { out.set_len(len) };
     let mut out_shape = batch;
     out_shape.extend([m, n]);
     Tensor::from_vec(out, &out_shape)
