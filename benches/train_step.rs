@@ -225,6 +225,7 @@ fn bench(case: &Case, gemm: f64) {
 }
 
 fn main() {
+    simclr::backend::cpu::heap::keep_freed_memory(); // as simclr-train does
     header();
     let mut rng = Rng::new(0);
     let n = 1024;

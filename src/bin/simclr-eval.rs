@@ -232,6 +232,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() {
+    simclr::backend::cpu::heap::keep_freed_memory();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e}");

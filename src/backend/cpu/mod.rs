@@ -4,6 +4,7 @@
 pub mod conv;
 pub mod elementwise;
 pub mod fast_math;
+pub mod heap;
 pub mod matmul;
 pub mod reduce;
 pub mod simd;

@@ -365,6 +365,7 @@ fn available_cores() -> usize {
 }
 
 fn main() {
+    simclr::backend::cpu::heap::keep_freed_memory();
     let result = if std::env::args().len() <= 1 { demo::run() } else { run(Cli::parse()) };
     if let Err(e) = result {
         eprintln!("error: {e}");
