@@ -4,14 +4,16 @@
 //! and checked against this file in tests/conv_pool_bn.rs) is a chain of tensor ops: about
 //! eight passes over `[N, C, H, W]` forward and twelve backward, each with a fresh buffer.
 //! Here, per channel (M = N·H·W values, in f64):
-//! - forward, training: μ and σ² (two-pass), then `y = γ·(x − μ)·r + β` in one pass
+//! - forward, training: μ and σ² (two-pass within each plane while it is in cache, the
+//!   planes combined exactly), then `y = γ·(x − μ)·r + β` in one pass
 //!   (r = 1/√(σ² + eps)); eval: the running statistics instead;
 //! - backward: Σg and Σg·x̂ in one pass (x̂ recomputed from the saved input, not stored),
 //!   then `dx = γ·r/M·(M·g − Σg − x̂·Σg·x̂)` (training) or `γ·r·g` (eval) in one pass;
 //!   dγ = Σg·x̂ and dβ = Σg come from the first pass.
 //!
-//! Channels are spread over threads for the sums; the elementwise passes go plane by plane
-//! (one `[H, W]` plane of one image and channel), which every thread can write on its own.
+//! Sums go by blocks of whole images over threads, each block's partial sums added in block
+//! order; the elementwise passes go plane by plane (one `[H, W]` plane of one image and
+//! channel), which every thread can write on its own.
 
 use super::RunningStats;
 use crate::backend::cpu::elementwise::PAR_MIN;
@@ -88,6 +90,29 @@ fn lane_sum<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> f64) -> f64 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
+/// Each channel's mean and (biased) variance in one pass over memory: per plane, while it
+/// is in cache, s = Σ(x − K) and the plane's own M2 = Σ(x − μ_p)² (two-pass), then
+/// M2 = Σ M2_p + Σ s_p²/n_p − S²/M (the spread of the plane means about the batch mean).
+/// K, the channel's first value, keeps that last difference free of cancellation when
+/// the mean is far from zero.
+fn moments<T: Float>(xd: &[T], dims: (usize, usize, usize)) -> (Vec<f64>, Vec<f64>) {
+    let (n, c, hw) = dims;
+    let m = (n * hw) as f64;
+    let shift: Vec<f64> = (0..c).map(|ch| if n * hw > 0 { xd[ch * hw].as_f64() } else { 0.0 }).collect();
+    let per_channel = channel_sums(dims, |ch, r| {
+        let xs = &xd[r];
+        if xs.is_empty() {
+            return [0.0; 3];
+        }
+        let (k, n_p) = (shift[ch], xs.len() as f64);
+        let s = lane_sum(xs, xs, |v, _| v.as_f64() - k);
+        let mean_p = k + s / n_p;
+        let m2 = lane_sum(xs, xs, |v, _| (v.as_f64() - mean_p).powi(2));
+        [s, m2, s * s / n_p]
+    });
+    per_channel.iter().zip(&shift).map(|(&[s, m2, between], &k)| (k + s / m, (m2 + between - s * s / m) / m)).unzip()
+}
+
 /// Runs `f(plane index, plane)` over the `[H·W]` planes of `out`, in parallel when
 /// large, `f` inlined into a `vectorized` loop over the block's planes.
 fn for_each_plane<T: Float>(out: &mut [T], hw: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
@@ -122,11 +147,7 @@ pub(crate) fn forward<T: Float + StorageElement>(
     let m = (n * hw) as f64;
     let xd = x.host_data::<T>()?;
     let (mean, var) = if training {
-        let sum_x = channel_sums(dims, |_, r| [lane_sum(&xd[r.clone()], &xd[r], |v, _| v.as_f64())]);
-        let mean: Vec<f64> = sum_x.iter().map(|[s]| s / m).collect();
-        let sum_d2 =
-            channel_sums(dims, |ch, r| [lane_sum(&xd[r.clone()], &xd[r], |v, _| (v.as_f64() - mean[ch]).powi(2))]);
-        let var: Vec<f64> = sum_d2.iter().map(|[s]| s / m).collect();
+        let (mean, var) = moments(&xd, dims);
         // Running statistics follow the batch (unbiased variance, as PyTorch).
         let unbiased: Vec<f64> = var.iter().map(|v| v * m / (m - 1.0)).collect();
         let dtype = x.dtype();
