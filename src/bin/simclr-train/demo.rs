@@ -36,13 +36,13 @@ fn dataset() -> BouncingDataset {
 }
 
 /// One of the demo's two training runs: a quarter-width ResNet-18 on 4 of the 12 frames
-/// (0, 3, 6, 9: frames 10–11 stay unseen for the future probe), 32×32, 8 epochs. What
+/// (0, 3, 6, 9: frames 10–11 stay unseen for the future probe), 32×32, 14 epochs. What
 /// differs from the defaults of any run, and why (measured on 2 cores, 2026-12-07):
-/// - 4 frames at 32×32 with the standard stem: motion needs frames; this runs at ~200 clips/s
-///   (95 before the CPU speed-ups of issue 17: fused batch norm, faster im2col, AVX-512 GEMM),
-///   so two encoders × 8 epochs, the probes and the data fit in 5 minutes (211 s; 5 epochs
-///   took 273 s before them, 147 s after). The small stem (no downsampling) ran at 10 clips/s;
-///   48×48 would cost 2.25× more;
+/// - 4 frames at 32×32 with the standard stem: motion needs frames; this runs at ~330 clips/s
+///   (95 before the CPU work of issue 17, ~200 after its first round), so two encoders × 14
+///   epochs, the probes and the data fit in 5 minutes (219 s; 8 epochs took 211 s at ~200
+///   clips/s and 139 s at ~340, and more epochs raised every trained score). The small stem
+///   (no downsampling) ran at 10 clips/s; 48×48 would cost 2.25× more;
 /// - no horizontal flips: a flip reverses vx, so the loss would teach the encoder to ignore
 ///   which way the balls move;
 /// - crops keep at least 60 % of the frame (SimCLR's ImageNet recipe goes down to 8 %): a
@@ -55,7 +55,7 @@ fn dataset() -> BouncingDataset {
 fn config(data: PathBuf, temporal: &str) -> TrainConfig {
     TrainConfig {
         processed_dir: data,
-        epochs: 8,
+        epochs: 14,
         batch_size: 128,
         lr: 3e-3,
         temperature: 0.2,
@@ -63,7 +63,7 @@ fn config(data: PathBuf, temporal: &str) -> TrainConfig {
         image_size: 32,
         width: 0.25,
         temporal: temporal.into(),
-        checkpoint_every: 8,
+        checkpoint_every: 14,
         out: PathBuf::from(format!("runs/demo-{temporal}")),
         // The CPU demo, with the numbers the README quotes, even in a CUDA build on a GPU machine.
         device: "cpu".into(),
