@@ -7,6 +7,7 @@
 //! - large maps (P ≥ `MIN_GEMM_COLS`): G = 1, each output written in place;
 //! - small maps: G images side by side in one wider GEMM (many skinny GEMMs waste
 //!   the machine), capped so the cols buffer stays within `COLS_BUDGET`.
+//!
 //! Backward recomputes cols instead of keeping them. Maps of 2×2 and 1×1 pixels
 //! (ResNet's last stages) skip im2col altogether: `pixel_taps.rs`.
 

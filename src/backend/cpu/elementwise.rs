@@ -27,6 +27,9 @@ pub fn unary<T: Float + StorageElement>(x: &Tensor, f: impl Fn(T) -> T + Sync + 
     Tensor::from_vec(out, x.shape())
 }
 
+/// A chunk of an output being written and the matching chunk of an input.
+type OutAndInput<'a, T> = (&'a mut [MaybeUninit<T>], &'a [T]);
+
 /// `n` elements, every one written by `fill`: no zeroing pass before the real one.
 fn written_by<T>(n: usize, fill: impl FnOnce(&mut [MaybeUninit<T>])) -> Vec<T> {
     let mut v = Vec::with_capacity(n);
@@ -58,7 +61,7 @@ pub fn binary<T: Float + StorageElement>(
     }
     if la.is_contiguous() && lb.is_contiguous() {
         let (xa, xb) = (&da[la.offset..la.offset + n], &db[lb.offset..lb.offset + n]);
-        let run = |((out, xa), xb): ((&mut [MaybeUninit<T>], &[T]), &[T])| {
+        let run = |((out, xa), xb): (OutAndInput<'_, T>, &[T])| {
             vectorized(|| out.iter_mut().zip(xa.iter().zip(xb)).for_each(|(o, (&x, &y))| _ = o.write(f(x, y))))
         };
         let out = written_by(n, |out| {
