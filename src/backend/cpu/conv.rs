@@ -17,7 +17,7 @@ use super::matmul::gemm_strided;
 use crate::tensor::Float;
 use rayon::prelude::*;
 
-/// Elements of im2col buffer per group (16 Mi f32 = 64 MiB).
+/// Elements of one job's im2col buffer (16 Mi f32 = 64 MiB; each busy thread holds one).
 const COLS_BUDGET: usize = 1 << 24;
 
 /// Feature maps with fewer output pixels than this are grouped (measured in
