@@ -99,7 +99,7 @@ pub(super) fn forward<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGe
 /// dX, as in `conv2d_backward_input`.
 pub(super) fn backward_input<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
     let s = strides(g);
-    let mut dx = vec![T::zero(); g.n * g.c * g.h * g.w];
+    let mut dx = vec![T::zero(); g.n * g.image()];
     for (pix, src, tap) in live_pairs(g) {
         // SAFETY: as in `forward`; dX[:, :, src] is [C × N] with strides (x_c, x_n).
         unsafe {
