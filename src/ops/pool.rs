@@ -2,7 +2,7 @@
 //! temporal mean that turns per-frame features into one clip feature.
 //!
 //! Max pooling's gradient goes only to the element that won each window
-//! (its index is saved in forward); average pooling spreads each output's
+//! (its index is saved in forward; the CPU kernel is `backend/cpu/max_pool.rs`); average pooling spreads each output's
 //! gradient evenly over its window.
 //!
 //! On a GPU (`pool/cuda.rs`) max pooling and the global (1×1) average pooling run as
@@ -13,10 +13,10 @@ pub(crate) mod cuda;
 
 use super::{placement, Placement};
 use crate::autograd::record;
-use crate::backend::cpu::elementwise::PAR_MIN;
+use crate::backend::cpu::max_pool::{max_pool_f32, max_pool_plain, PoolGeometry};
 use crate::error::{Error, Result};
 use crate::float_dispatch;
-use crate::tensor::{Element, Float, StorageElement, Tensor};
+use crate::tensor::{DType, Element, Float, StorageElement, Tensor};
 #[allow(unused_imports)]
 use num_traits::{Float as _, One, Zero};
 use rayon::prelude::*;
@@ -26,56 +26,6 @@ fn check_nchw(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize, usiz
         return Err(Error::shape(op, format!("input must be [N, C, H, W], got {:?}", x.shape())));
     }
     Ok((x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]))
-}
-
-/// The input pixels `[lo, hi)` along one axis that output position `o`'s window covers
-/// (a window hanging over the padding is cut to the real pixels).
-fn window(o: usize, stride: usize, pad: usize, kernel: usize, size: usize) -> std::ops::Range<usize> {
-    let start = (o * stride) as isize - pad as isize;
-    start.max(0) as usize..(start + kernel as isize).min(size as isize) as usize
-}
-
-/// Max over each window; padding counts as −∞ (never wins). Ties and NaN: the first
-/// pixel of the window in row-major order is the starting maximum, and a later one
-/// replaces it only when strictly greater.
-fn max_pool_forward<T: Float>(
-    x: &[T],
-    planes: usize,
-    (h, w): (usize, usize),
-    (oh, ow): (usize, usize),
-    (kh, kw): (usize, usize),
-    (sh, sw): (usize, usize),
-    (ph, pw): (usize, usize),
-) -> (Vec<T>, Vec<usize>) {
-    let mut y = vec![T::zero(); planes * oh * ow];
-    let mut arg = vec![0usize; planes * oh * ow];
-    // Windows computed once for every plane; padding ≤ kernel/2 leaves each one a real pixel.
-    let rows: Vec<_> = (0..oh).map(|oy| window(oy, sh, ph, kh, h)).collect();
-    let cols: Vec<_> = (0..ow).map(|ox| window(ox, sw, pw, kw, w)).collect();
-    let planes_per_task = (PAR_MIN / (oh * ow).max(1)).max(1);
-    y.par_chunks_mut(oh * ow).zip(arg.par_chunks_mut(oh * ow)).enumerate().with_min_len(planes_per_task).for_each(
-        |(pl, (yp, ap))| {
-            let xp = &x[pl * h * w..(pl + 1) * h * w];
-            for (oy, ry) in rows.iter().enumerate() {
-                for (ox, rx) in cols.iter().enumerate() {
-                    let mut best_i = ry.start * w + rx.start;
-                    let mut best = xp[best_i];
-                    for iy in ry.clone() {
-                        for ix in rx.clone() {
-                            let v = xp[iy * w + ix];
-                            if v > best {
-                                best = v;
-                                best_i = iy * w + ix;
-                            }
-                        }
-                    }
-                    yp[oy * ow + ox] = best;
-                    ap[oy * ow + ox] = best_i;
-                }
-            }
-        },
-    );
-    (y, arg)
 }
 
 /// Max pooling over `kernel` windows every `stride` pixels, input padded by `padding`.
@@ -111,11 +61,17 @@ pub fn max_pool2d(
         }
     }
     let planes = n * c;
-    let (out, arg) = float_dispatch!(OP, x.dtype(), T => {
-        let xd = x.host_data::<T>()?;
-        let (y, arg) = max_pool_forward::<T>(&xd, planes, (h, w), (oh, ow), kernel, stride, padding);
+    let (kh, kw, sh, sw, ph, pw) = (kernel.0, kernel.1, stride.0, stride.1, padding.0, padding.1);
+    let geometry = PoolGeometry { planes, h, w, oh, ow, kh, kw, sh, sw, ph, pw };
+    let (out, arg) = if x.dtype() == DType::F32 {
+        let (y, arg) = max_pool_f32(&x.host_data::<f32>()?, &geometry);
         (Tensor::from_vec(y, &[n, c, oh, ow])?, arg)
-    });
+    } else {
+        float_dispatch!(OP, x.dtype(), T => {
+            let (y, arg) = max_pool_plain::<T>(&x.host_data::<T>()?, &geometry);
+            (Tensor::from_vec(y, &[n, c, oh, ow])?, arg)
+        })
+    };
     let in_shape = x.shape().to_vec();
     Ok(record(OP, &[x], out, move |g, _| {
         let gi = float_dispatch!(OP, g.dtype(), T => {

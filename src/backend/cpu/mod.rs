@@ -6,6 +6,7 @@ pub mod elementwise;
 pub mod fast_math;
 pub mod heap;
 pub mod matmul;
+pub mod max_pool;
 pub mod reduce;
 pub mod simd;
 
