@@ -5,6 +5,8 @@
 //! r per row; backward recomputes x̂ from x and, with ĝ = g·γ, computes in one
 //! fused pass over the rows:
 //!   dx = r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)),  dγ = Σ_rows g·x̂,  dβ = Σ_rows g.
+//! Row statistics and the two row sums of backward go in 8 interleaved f64 partial sums,
+//! each loop compiled wide (`simd::vectorized`).
 //! On a GPU the same math runs in the fused kernels of kernels/layernorm.cu (`layernorm/cuda.rs`).
 
 #[cfg(feature = "cuda")]
@@ -12,6 +14,8 @@ mod cuda;
 
 use super::{placement, Placement};
 use crate::autograd::record;
+use crate::backend::cpu::elementwise::PAR_MIN;
+use crate::backend::cpu::simd::vectorized;
 use crate::error::{Error, Result};
 use crate::float_dispatch;
 use crate::tensor::{Float, Tensor};
@@ -19,32 +23,60 @@ use rayon::prelude::*;
 
 const OP: &str = "layer_norm";
 
+/// Σ_j f(j) for j in 0..len, in 8 interleaved f64 partial sums (a single running sum is
+/// a chain of dependent adds, 4 cycles each: that chain was most of this op's time).
+#[inline(always)]
+fn lane_sum(len: usize, f: impl Fn(usize) -> f64) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [0.0f64; LANES];
+    let body = len / LANES * LANES;
+    for base in (0..body).step_by(LANES) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(base + l);
+        }
+    }
+    let tail: f64 = (body..len).map(&f).sum();
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
 /// y, and per row μ and r = 1/√(σ² + eps). `x` holds whole rows of length `n > 0`.
 fn forward<T: Float>(x: &[T], n: usize, gamma: Option<&[T]>, beta: Option<&[T]>, eps: f64) -> (Vec<T>, Vec<T>, Vec<T>) {
     let rows = x.len() / n;
     let mut y = vec![T::zero(); x.len()];
     let mut mean = vec![T::zero(); rows];
     let mut rstd = vec![T::zero(); rows];
-    y.par_chunks_mut(n).zip(x.par_chunks(n)).zip(mean.par_iter_mut().zip(rstd.par_iter_mut())).for_each(
-        |((yr, row), (mu, rs))| {
-            // Statistics in f64: cheap here, and keeps long f32 rows (768+) accurate.
-            // Two sweeps (mean, then squared deviations) avoid E[x²] − E[x]² cancellation.
-            let m = row.iter().map(|v| v.as_f64()).sum::<f64>() / n as f64;
-            let var = row.iter().map(|v| (v.as_f64() - m).powi(2)).sum::<f64>() / n as f64;
-            let r = 1.0 / (var + eps).sqrt();
-            (*mu, *rs) = (T::of_f64(m), T::of_f64(r));
-            for (j, (o, &v)) in yr.iter_mut().zip(row).enumerate() {
-                let h = T::of_f64((v.as_f64() - m) * r);
-                let h = gamma.map_or(h, |g| h * g[j]);
-                *o = beta.map_or(h, |b| h + b[j]);
-            }
-        },
-    );
+    let rows_per_task = (PAR_MIN / n).max(1);
+    y.par_chunks_mut(n)
+        .zip(x.par_chunks(n))
+        .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
+        .with_min_len(rows_per_task)
+        .for_each(|((yr, row), (mu, rs))| {
+            vectorized(|| {
+                // Statistics in f64: cheap here, and keeps long f32 rows (768+) accurate.
+                // Two sweeps (mean, then squared deviations) avoid E[x²] − E[x]² cancellation.
+                let m = lane_sum(n, |j| row[j].as_f64()) / n as f64;
+                let var = lane_sum(n, |j| (row[j].as_f64() - m).powi(2)) / n as f64;
+                let r = 1.0 / (var + eps).sqrt();
+                (*mu, *rs) = (T::of_f64(m), T::of_f64(r));
+                let normalized = |v: T| T::of_f64((v.as_f64() - m) * r);
+                // The affine choice outside the loops, so each loop is one plain pass.
+                let items = yr.iter_mut().zip(row);
+                match (gamma, beta) {
+                    (Some(g), Some(b)) => {
+                        items.zip(g.iter().zip(b)).for_each(|((o, &v), (&g, &b))| *o = normalized(v) * g + b)
+                    }
+                    (Some(g), None) => items.zip(g).for_each(|((o, &v), &g)| *o = normalized(v) * g),
+                    (None, Some(b)) => items.zip(b).for_each(|((o, &v), &b)| *o = normalized(v) + b),
+                    (None, None) => items.for_each(|(o, &v)| *o = normalized(v)),
+                }
+            })
+        });
     (y, mean, rstd)
 }
 
-/// dx, dγ and dβ in one pass: rows in parallel, each rayon task summing its own
-/// dγ/dβ partials (in f64) that are added up at the end.
+/// dx, dγ and dβ in one pass: blocks of rows in parallel, each block summing its own
+/// dγ/dβ partials (in f64), the blocks' partials then added in block order (a split
+/// fixed by the shape: the same sums on every run, whatever the threads do).
 fn backward<T: Float>(
     x: &[T],
     g: &[T],
@@ -54,34 +86,37 @@ fn backward<T: Float>(
     rstd: &[T],
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let mut dx = vec![T::zero(); x.len()];
-    let zeros = || (vec![0.0f64; n], vec![0.0f64; n]);
-    let (dgamma, dbeta) = dx
-        .par_chunks_mut(n)
-        .zip(x.par_chunks(n).zip(g.par_chunks(n)))
-        .zip(mean.par_iter().zip(rstd.par_iter()))
-        .fold(zeros, |(mut dgam, mut dbet), ((dxr, (xr, gr)), (&mu, &r))| {
-            let (mu, r) = (mu.as_f64(), r.as_f64());
-            let xhat = |j: usize| (xr[j].as_f64() - mu) * r;
-            let ghat = |j: usize| gr[j].as_f64() * gamma.map_or(1.0, |w| w[j].as_f64());
-            let (mut sum_gh, mut sum_ghx) = (0.0, 0.0);
-            for j in 0..n {
-                let (h, gh) = (xhat(j), ghat(j));
-                sum_gh += gh;
-                sum_ghx += gh * h;
-                dgam[j] += gr[j].as_f64() * h;
-                dbet[j] += gr[j].as_f64();
-            }
-            let (mean_gh, mean_ghx) = (sum_gh / n as f64, sum_ghx / n as f64);
-            for (j, d) in dxr.iter_mut().enumerate() {
-                *d = T::of_f64(r * (ghat(j) - mean_gh - xhat(j) * mean_ghx));
-            }
-            (dgam, dbet)
-        })
-        .reduce(zeros, |(mut ga, mut ba), (gb, bb)| {
-            ga.iter_mut().zip(gb).for_each(|(a, b)| *a += b);
-            ba.iter_mut().zip(bb).for_each(|(a, b)| *a += b);
-            (ga, ba)
-        });
+    let ones = gamma.is_none().then(|| vec![T::one(); n]);
+    let gamma = gamma.unwrap_or_else(|| ones.as_deref().expect("made when gamma is None"));
+    let block_rows = (PAR_MIN / n).max(1);
+    let block = |(b, dx_block): (usize, &mut [T])| {
+        let (mut dgam, mut dbet) = (vec![0.0f64; n], vec![0.0f64; n]);
+        for (i, dxr) in dx_block.chunks_exact_mut(n).enumerate() {
+            let row = b * block_rows + i;
+            let (xr, gr) = (&x[row * n..][..n], &g[row * n..][..n]);
+            let (mu, r) = (mean[row].as_f64(), rstd[row].as_f64());
+            vectorized(|| {
+                let xhat = |j: usize| (xr[j].as_f64() - mu) * r;
+                let ghat = |j: usize| gr[j].as_f64() * gamma[j].as_f64();
+                let mean_gh = lane_sum(n, ghat) / n as f64;
+                let mean_ghx = lane_sum(n, |j| ghat(j) * xhat(j)) / n as f64;
+                for (j, (dg, db)) in dgam.iter_mut().zip(dbet.iter_mut()).enumerate() {
+                    *dg += gr[j].as_f64() * xhat(j);
+                    *db += gr[j].as_f64();
+                }
+                for (j, d) in dxr.iter_mut().enumerate() {
+                    *d = T::of_f64(r * (ghat(j) - mean_gh - xhat(j) * mean_ghx));
+                }
+            });
+        }
+        (dgam, dbet)
+    };
+    let partials: Vec<(Vec<f64>, Vec<f64>)> = dx.par_chunks_mut(block_rows * n).enumerate().map(block).collect();
+    let (mut dgamma, mut dbeta) = (vec![0.0f64; n], vec![0.0f64; n]);
+    for (pg, pb) in &partials {
+        dgamma.iter_mut().zip(pg).for_each(|(a, b)| *a += b);
+        dbeta.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+    }
     let cast = |v: Vec<f64>| v.into_iter().map(T::of_f64).collect::<Vec<T>>();
     (dx, cast(dgamma), cast(dbeta))
 }

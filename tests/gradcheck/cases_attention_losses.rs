@@ -34,6 +34,9 @@ pub fn cases() -> Vec<Case> {
         case("layer_norm", "weight only", || {
             check(&[rand(&[4, 3], 9), rand(&[3], 10)], |x| layer_norm(&x[0], &[3], Some(&x[1]), None, 1e-5))
         }),
+        case("layer_norm", "bias only, rows of 19 (two 8-lane blocks and a tail)", || {
+            check(&[rand(&[3, 19], 30), rand(&[19], 31)], |x| layer_norm(&x[0], &[19], None, Some(&x[1]), 1e-5))
+        }),
         case("l2_normalize", "rows of [4,3]", || check(&[rand(&[4, 3], 11)], |x| x[0].l2_normalize(-1, 1e-12))),
         case("l2_normalize", "axis 0 of a strided [3,5]", || {
             check(&[strided(&[3, 5], 12)], |x| x[0].l2_normalize(0, 1e-12))
