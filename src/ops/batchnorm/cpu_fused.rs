@@ -21,6 +21,7 @@ use crate::backend::cpu::simd::vectorized;
 use crate::error::Result;
 use crate::tensor::{Float, StorageElement, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// What backward needs: the input, each channel's mean and r, and the affine weight.
 pub(crate) struct Saved {
@@ -113,22 +114,28 @@ fn moments<T: Float>(xd: &[T], dims: (usize, usize, usize)) -> (Vec<f64>, Vec<f6
     per_channel.iter().zip(&shift).map(|(&[s, m2, between], &k)| (k + s / m, (m2 + between - s * s / m) / m)).unzip()
 }
 
-/// Runs `f(plane index, plane)` over the `[H·W]` planes of `out`, in parallel when
-/// large, `f` inlined into a `vectorized` loop over the block's planes.
-fn for_each_plane<T: Float>(out: &mut [T], hw: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
-    if hw == 0 {
-        return; // empty maps: nothing to write
+/// A tensor of `len` elements written plane by plane: `f(plane index, plane)` over its
+/// `[H·W]` planes, in parallel when large, `f` inlined into a `vectorized` loop over the
+/// block's planes. `f` must write every element of its plane (nothing is zeroed first:
+/// a zeroing pass costs as much memory traffic as the write itself).
+fn planes_written_by<T: Float>(len: usize, hw: usize, f: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync + Send) -> Vec<T> {
+    let mut out = Vec::with_capacity(len);
+    if hw > 0 {
+        let spare = &mut out.spare_capacity_mut()[..len];
+        // Blocks of ≈ PAR_MIN elements per task, however small the planes.
+        let per_block = PAR_MIN.div_ceil(hw);
+        let block = |(b, out): (usize, &mut [MaybeUninit<T>])| {
+            vectorized(|| out.chunks_mut(hw).enumerate().for_each(|(p, plane)| f(b * per_block + p, plane)));
+        };
+        if len >= PAR_MIN {
+            spare.par_chunks_mut(per_block * hw).enumerate().for_each(block);
+        } else {
+            block((0, spare));
+        }
     }
-    // Blocks of ≈ PAR_MIN elements per task, however small the planes.
-    let per_block = PAR_MIN.div_ceil(hw);
-    let block = |(b, out): (usize, &mut [T])| {
-        vectorized(|| out.chunks_mut(hw).enumerate().for_each(|(p, plane)| f(b * per_block + p, plane)));
-    };
-    if out.len() >= PAR_MIN {
-        out.par_chunks_mut(per_block * hw).enumerate().for_each(block);
-    } else {
-        block((0, out));
-    }
+    // SAFETY: `f` wrote every element of every plane; with hw = 0 there are no elements (len = 0).
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// y = batch_norm(x) for `x: [N, C, H, W]`; updates `stats` in training. Returns y and what
@@ -162,11 +169,10 @@ pub(crate) fn forward<T: Float + StorageElement>(
     // y = γ·(x − μ)·r + β, folded per channel into y = scale·x + shift (in f64).
     let scale: Vec<f64> = (0..c).map(|ch| gamma.as_ref().map_or(1.0, |g| g[ch]) * rstd[ch]).collect();
     let shift: Vec<f64> = (0..c).map(|ch| beta.as_ref().map_or(0.0, |b| b[ch]) - mean[ch] * scale[ch]).collect();
-    let mut y = vec![T::zero(); xd.len()];
-    for_each_plane(&mut y, hw, |p, plane| {
+    let y = planes_written_by(xd.len(), hw, |p, plane| {
         let (ch, src) = (p % c, &xd[p * hw..(p + 1) * hw]);
         let (a, b) = (scale[ch], shift[ch]);
-        plane.iter_mut().zip(src).for_each(|(o, &v)| *o = T::of_f64(v.as_f64() * a + b));
+        plane.iter_mut().zip(src).for_each(|(o, &v)| _ = o.write(T::of_f64(v.as_f64() * a + b)));
     });
     let saved = Saved { x: x.detach(), mean, rstd, gamma, has_bias: bias.is_some(), training, dims };
     Ok((Tensor::from_vec(y, &shape)?, saved))
@@ -193,8 +199,7 @@ pub(crate) fn backward<T: Float + StorageElement>(
     let gamma_of = |ch: usize| gamma.as_ref().map_or(1.0, |w| w[ch]);
     let mut grads = Vec::with_capacity(needs.len());
     grads.push(if needs[0] {
-        let mut dx = vec![T::zero(); xd.len()];
-        for_each_plane(&mut dx, hw, |p, plane| {
+        let dx = planes_written_by(xd.len(), hw, |p, plane| {
             let ch = p % c;
             let base = p * hw;
             let [sum_g, sum_gx] = sums[ch];
@@ -205,10 +210,10 @@ pub(crate) fn backward<T: Float + StorageElement>(
                 // dx = γ·r/M·(M·g − Σg − x̂·Σg·x̂)
                 plane.iter_mut().zip(gs.iter().zip(xs)).for_each(|(o, (&g, &x))| {
                     let v = m * g.as_f64() - sum_g - ((x.as_f64() - mu) * r) * sum_gx;
-                    *o = T::of_f64(k / m * v);
+                    o.write(T::of_f64(k / m * v));
                 });
             } else {
-                plane.iter_mut().zip(gs).for_each(|(o, &g)| *o = T::of_f64(k * g.as_f64()));
+                plane.iter_mut().zip(gs).for_each(|(o, &g)| _ = o.write(T::of_f64(k * g.as_f64())));
             }
         });
         Some(Tensor::from_vec(dx, x.shape())?)
