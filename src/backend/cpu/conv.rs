@@ -148,7 +148,7 @@ pub fn conv2d_backward_weight<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry) -> 
     if g.pixel_taps() {
         return pixel_taps::backward_weight(x, dy, g);
     }
-    backward_weight_im2col(x, dy, g, g.group(), &Unfold::for_geometry(g))
+    backward_weight_im2col(x, dy, g, g.group(), &tap_table::TapTable::new(g))
 }
 
 // ---- the im2col schedule: jobs of `step` images, one GEMM each
@@ -294,21 +294,29 @@ fn backward_input_im2col<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry, step: us
     dx
 }
 
-fn backward_weight_im2col<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry, step: usize, unfold: &Unfold) -> Vec<T> {
+fn backward_weight_im2col<T: Float>(
+    x: &[T],
+    dy: &[T],
+    g: &ConvGeometry,
+    step: usize,
+    table: &tap_table::TapTable,
+) -> Vec<T> {
     let (k, p, o) = (g.k(), g.p(), g.o);
     let groups = g.n.div_ceil(step);
-    // dW += dY_group · colsᵀ for group j (colsᵀ as a strided view: row stride 1, column stride count·P).
-    let accumulate = |acc: &mut [T], (cols, dyg): &mut (Vec<T>, Vec<T>), j: usize, gemm_threads: usize| {
+    // dW += dY_group · colsᵀ for group j, colsᵀ built as a row-major [count·P, K] matrix.
+    let accumulate = |acc: &mut [T], (cols_t, dyg): &mut (Vec<T>, Vec<T>), j: usize, gemm_threads: usize| {
         let (first, count) = (j * step, step.min(g.n - j * step));
         let ld = count * p;
-        group_cols(x, g, unfold, first, count, cols);
+        for b in 0..count {
+            table.im2col_t(&x[(first + b) * g.image()..][..g.image()], g, &mut cols_t[b * p * k..]);
+        }
         let dy_group = if count == 1 {
             &dy[first * o * p..][..o * p]
         } else {
             group_dy(dy, g, first, count, dyg);
             &dyg[..o * ld]
         };
-        // SAFETY: acc is [O, K], dy_group [O, count·P], cols [K, count·P]; in bounds.
+        // SAFETY: acc is [O, K], dy_group [O, count·P], cols_t [count·P, K]; in bounds.
         unsafe {
             gemm_strided(
                 o,
@@ -320,9 +328,9 @@ fn backward_weight_im2col<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry, step: u
                 dy_group.as_ptr(),
                 ld as isize,
                 1,
-                cols.as_ptr(),
+                cols_t.as_ptr(),
+                k as isize,
                 1,
-                ld as isize,
                 true,
                 gemm_threads,
             );
@@ -499,11 +507,12 @@ mod tests {
             let mut rand = |n: usize| (0..n).map(|_| rng.normal()).collect::<Vec<f64>>();
             let (x, w, dy) = (rand(g.n * g.image()), rand(g.o * g.k()), rand(g.n * g.o * g.p()));
             let bias = rand(g.o);
+            let taps = tap_table::TapTable::new(g);
             let im2col_in_groups = |step, unfold: &Unfold| {
                 (
                     forward_im2col(&x, &w, Some(&bias), g, step, unfold),
                     backward_input_im2col(&dy, &w, g, step, unfold),
-                    backward_weight_im2col(&x, &dy, g, step, unfold),
+                    backward_weight_im2col(&x, &dy, g, step, &taps),
                 )
             };
             let (rows, table) = (Unfold::Rows, Unfold::Table(tap_table::TapTable::new(g)));

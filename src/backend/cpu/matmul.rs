@@ -220,7 +220,15 @@ pub fn matmul_plus_row<T: Float + StorageElement>(a: &Tensor, b: &Tensor, row: O
     } else if nbatch == 1 && splits_inner_axis(m, n, k, threads) {
         // SAFETY: as for `run`: the operands cover [m, k] and [k, n] at their strides.
         unsafe {
-            inner_axis_split(m, n, k, (po.0, pa.0.add(offs_a[0]), pb.0.add(offs_b[0])), (a_rs, a_cs, b_rs, b_cs), accumulate, threads)
+            inner_axis_split(
+                m,
+                n,
+                k,
+                (po.0, pa.0.add(offs_a[0]), pb.0.add(offs_b[0])),
+                (a_rs, a_cs, b_rs, b_cs),
+                accumulate,
+                threads,
+            )
         };
     } else {
         (0..nbatch).for_each(|i| run(i, threads));

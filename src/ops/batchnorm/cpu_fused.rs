@@ -118,7 +118,11 @@ fn moments<T: Float>(xd: &[T], dims: (usize, usize, usize)) -> (Vec<f64>, Vec<f6
 /// `[H·W]` planes, in parallel when large, `f` inlined into a `vectorized` loop over the
 /// block's planes. `f` must write every element of its plane (nothing is zeroed first:
 /// a zeroing pass costs as much memory traffic as the write itself).
-fn planes_written_by<T: Float>(len: usize, hw: usize, f: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync + Send) -> Vec<T> {
+fn planes_written_by<T: Float>(
+    len: usize,
+    hw: usize,
+    f: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync + Send,
+) -> Vec<T> {
     let mut out = Vec::with_capacity(len);
     if hw > 0 {
         let spare = &mut out.spare_capacity_mut()[..len];
