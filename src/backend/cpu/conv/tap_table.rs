@@ -21,8 +21,6 @@ use crate::tensor::Float;
 /// the input pixel it reads in the plane padded by (ph, pw) on every side.
 pub(super) struct TapTable {
     offsets: Vec<u32>,
-    /// The same offsets ordered by output pixel, then tap (for [`TapTable::im2col_t`]).
-    by_pixel: Vec<u32>,
     padded_w: usize,
     padded_len: usize,
 }
@@ -41,10 +39,7 @@ impl TapTable {
                 }
             }
         }
-        let (taps, p) = (g.kh * g.kw, g.p());
-        let by_pixel = (0..p * taps).map(|at| offsets[(at % taps) * p + at / taps]).collect();
-        assert!(padded_h * padded_w <= u32::MAX as usize, "conv2d: a padded plane of {padded_h}x{padded_w} pixels");
-        TapTable { offsets, by_pixel, padded_w, padded_len: padded_h * padded_w }
+        TapTable { offsets, padded_w, padded_len: padded_h * padded_w }
     }
 
     /// Copies channel plane `src` ([H, W]) into the interior of `padded`.
@@ -67,24 +62,6 @@ impl TapTable {
                 vectorized(|| {
                     row.iter_mut().zip(offsets).for_each(|(d, &at)| *d = unsafe { *padded.get_unchecked(at as usize) })
                 });
-            }
-        }
-    }
-
-    /// The transpose of [`TapTable::im2col`]: one row per output pixel, holding that pixel's
-    /// receptive field (K = C·kh·kw values, channel-major as cols' rows are), rows written
-    /// at stride K into `cols_t`. The weight gradient multiplies dY [O, P] by this [P, K]
-    /// matrix: read along its rows, the GEMM runs 2–3× faster than on cols seen transposed
-    /// (measured at the demo's shapes: 16×147 over 256 pixels 24 → 14 µs per image).
-    pub(super) fn im2col_t<T: Float>(&self, x: &[T], g: &ConvGeometry, cols_t: &mut [T]) {
-        let (taps, k) = (g.kh * g.kw, g.k());
-        let mut padded = vec![T::zero(); g.c * self.padded_len]; // the borders stay zero
-        for (plane, padded_plane) in x.chunks_exact(g.h * g.w).zip(padded.chunks_exact_mut(self.padded_len)) {
-            self.pad_into(g, plane, padded_plane);
-        }
-        for (row, offsets) in cols_t[..g.p() * k].chunks_exact_mut(k).zip(self.by_pixel.chunks_exact(taps)) {
-            for (field, padded_plane) in row.chunks_exact_mut(taps).zip(padded.chunks_exact(self.padded_len)) {
-                field.iter_mut().zip(offsets).for_each(|(d, &at)| *d = padded_plane[at as usize]);
             }
         }
     }
