@@ -8,9 +8,10 @@
 //! - small maps: G images side by side in one wider GEMM (many skinny GEMMs waste
 //!   the machine), capped so the cols buffer stays within `COLS_BUDGET`.
 //!
-//! Backward recomputes cols instead of keeping them. Narrow or strided maps unfold by
-//! a table of offsets (`tap_table.rs`); maps of 2×2 and 1×1 pixels (ResNet's last
-//! stages) skip im2col altogether: `pixel_taps.rs`.
+//! Backward recomputes the unfolded matrix instead of keeping it, from a channels-last
+//! copy of each image where the kernel is wider than 1×1 (`channels_last.rs`). Narrow or
+//! strided maps unfold by a table of offsets (`tap_table.rs`); maps of 2×2 and 1×1 pixels
+//! (ResNet's last stages) skip im2col altogether: `pixel_taps.rs`.
 
 mod channels_last;
 mod pixel_taps;
