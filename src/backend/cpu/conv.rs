@@ -143,7 +143,6 @@ pub fn conv2d_forward<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGe
     if g.pixel_taps() {
         return pixel_taps::forward(x, w, bias, g);
     }
-
     forward_im2col(x, w, bias, g, g.group(), &Unfold::for_geometry(g))
 }
 
