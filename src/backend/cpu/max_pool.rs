@@ -124,7 +124,8 @@ fn tap_by_tap(x: &[f32], g: &PoolGeometry) -> (Vec<f32>, Vec<usize>) {
             for (row, src) in x[pl * plane..][..plane].chunks_exact(g.w).enumerate() {
                 for (q, &(first, start)) in phase_columns.iter().enumerate() {
                     let dst = &mut phases[q * phase_len + (row + g.ph) * phase_w + first..];
-                    dst.iter_mut().zip(src[start..].iter().step_by(g.sw)).for_each(|(d, &v)| *d = v);
+                    // (A stride wider than the image leaves some phases without a pixel: skip, not slice.)
+                    dst.iter_mut().zip(src.iter().skip(start).step_by(g.sw)).for_each(|(d, &v)| *d = v);
                 }
             }
             for oy in 0..g.oh {
@@ -198,6 +199,7 @@ mod tests {
             geometry(3, (5, 6), (2, 3), (1, 2), (1, 1)),
             geometry(2, (4, 4), (2, 2), (2, 2), (0, 0)),
             geometry(2, (1, 1), (3, 3), (1, 1), (1, 1)), // every window mostly padding
+            geometry(2, (2, 1), (1, 1), (3, 3), (0, 0)), // stride wider than the image
         ];
         let mut rng = crate::rng::Rng::new(5);
         for g in &cases {
