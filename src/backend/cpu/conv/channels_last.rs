@@ -126,8 +126,8 @@ pub(super) fn backward_input<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry, step
         let count = dxg.len() / g.image();
         // dYᵀ [count·P, O]: each image's [O, P] transposed.
         for b in 0..count {
-            let dyn_ = &dy[(j * step + b) * o * p..][..o * p];
-            for (oc, plane) in dyn_.chunks_exact(p).enumerate() {
+            let dy_image = &dy[(j * step + b) * o * p..][..o * p];
+            for (oc, plane) in dy_image.chunks_exact(p).enumerate() {
                 dyt[b * p * o + oc..].iter_mut().step_by(o).zip(plane).for_each(|(d, &v)| *d = v);
             }
         }
