@@ -346,27 +346,38 @@ fn backward_weight_im2col<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry, step: u
         }
     };
     let new = || (vec![T::zero(); k * step * p], vec![T::zero(); if step > 1 { o * step * p } else { 0 }]);
+    sum_over_groups(groups, o * k, new, accumulate)
+}
+
+/// Σ over groups 0..`groups` of `accumulate(acc, buffers, group, gemm threads)` into a
+/// `len`-element sum (a weight gradient). With enough groups: a fixed split into one
+/// contiguous chunk per thread, each summed in order, then the chunks added in order —
+/// the floating-point sum is the same on every run (work stealing must not change
+/// results); otherwise one pass with threaded GEMMs.
+fn sum_over_groups<T: Float, B>(
+    groups: usize,
+    len: usize,
+    new: impl Fn() -> B + Sync + Send,
+    accumulate: impl Fn(&mut [T], &mut B, usize, usize) + Sync + Send,
+) -> Vec<T> {
     let (parallel, gemm_threads) = job_threads(groups);
     if parallel {
-        // A fixed split of the groups into one contiguous chunk per thread, each summed
-        // in order, then the chunks added in order: the floating-point sum is the same
-        // on every run (work stealing must not change results).
         let chunk = groups.div_ceil(threads());
         let partial: Vec<Vec<T>> = (0..groups.div_ceil(chunk))
             .into_par_iter()
             .map(|c| {
-                let (mut acc, mut buffers) = (vec![T::zero(); o * k], new());
+                let (mut acc, mut buffers) = (vec![T::zero(); len], new());
                 (c * chunk..((c + 1) * chunk).min(groups)).for_each(|j| accumulate(&mut acc, &mut buffers, j, 1));
                 acc
             })
             .collect();
-        let mut total = vec![T::zero(); o * k];
+        let mut total = vec![T::zero(); len];
         for part in &partial {
             total.iter_mut().zip(part).for_each(|(t, v)| *t += *v);
         }
         total
     } else {
-        let (mut acc, mut buffers) = (vec![T::zero(); o * k], new());
+        let (mut acc, mut buffers) = (vec![T::zero(); len], new());
         (0..groups).for_each(|j| accumulate(&mut acc, &mut buffers, j, gemm_threads));
         acc
     }

@@ -16,10 +16,9 @@
 //! `conv.rs`'s im2col: there, transposing each image in cost more than it saved.
 //! Jobs of G images share one GEMM as in `conv.rs`.
 
-use super::{for_each_job, group_dy, job_threads, threads, ConvGeometry};
+use super::{for_each_job, group_dy, job_threads, sum_over_groups, ConvGeometry};
 use crate::backend::cpu::matmul::gemm_strided;
 use crate::tensor::Float;
-use rayon::prelude::*;
 
 /// The padded channels-last image: its width (pixels) and size (elements).
 struct Padded {
@@ -82,28 +81,14 @@ fn fold<T: Float>(cols_t: &[T], g: &ConvGeometry, pd: &Padded, padded: &mut [T])
     }
 }
 
-/// W [O, (C, kh, kw)] → W' [O, (kh, kw, C)].
-fn weight_channels_last<T: Float>(w: &[T], g: &ConvGeometry) -> Vec<T> {
-    let taps = g.kh * g.kw;
+/// Each row of `w` ([O, rows·cols]) holds a [rows, cols] matrix; returns them transposed.
+/// W [O, (C, kh·kw)] → W' [O, (kh·kw, C)] with (C, taps), and back with (taps, C).
+fn transpose_rows<T: Float>(w: &[T], (rows, cols): (usize, usize)) -> Vec<T> {
     let mut out = vec![T::zero(); w.len()];
-    for (src, dst) in w.chunks_exact(g.k()).zip(out.chunks_exact_mut(g.k())) {
-        for c in 0..g.c {
-            for t in 0..taps {
-                dst[t * g.c + c] = src[c * taps + t];
-            }
-        }
-    }
-    out
-}
-
-/// dW' [O, (kh, kw, C)] → dW [O, (C, kh, kw)].
-fn weight_channels_first<T: Float>(w: &[T], g: &ConvGeometry) -> Vec<T> {
-    let taps = g.kh * g.kw;
-    let mut out = vec![T::zero(); w.len()];
-    for (src, dst) in w.chunks_exact(g.k()).zip(out.chunks_exact_mut(g.k())) {
-        for c in 0..g.c {
-            for t in 0..taps {
-                dst[c * taps + t] = src[t * g.c + c];
+    for (src, dst) in w.chunks_exact(rows * cols).zip(out.chunks_exact_mut(rows * cols)) {
+        for r in 0..rows {
+            for c in 0..cols {
+                dst[c * rows + r] = src[r * cols + c];
             }
         }
     }
@@ -119,7 +104,7 @@ fn buffers<T: Float>(g: &ConvGeometry, step: usize) -> impl Fn() -> (Vec<T>, Vec
 /// dX = fold(dYᵀ · W'), as `conv2d_backward_input`.
 pub(super) fn backward_input<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry, step: usize) -> Vec<T> {
     let (k, p, o, pd) = (g.k(), g.p(), g.o, padded(g));
-    let wt = weight_channels_last(w, g);
+    let wt = transpose_rows(w, (g.c, g.kh * g.kw));
     let mut dx = vec![T::zero(); g.n * g.image()];
     let (parallel, gemm_threads) = job_threads(g.n.div_ceil(step));
     for_each_job(&mut dx, step * g.image(), parallel, buffers(g, step), |(image, dcols_t, dyt), (j, dxg)| {
@@ -163,7 +148,6 @@ pub(super) fn backward_input<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry, step
 pub(super) fn backward_weight<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry, step: usize) -> Vec<T> {
     let (k, p, o, pd) = (g.k(), g.p(), g.o, padded(g));
     let groups = g.n.div_ceil(step);
-    let new = buffers(g, step);
     // dW' += dY_group [O, count·P] · colsᵀ [count·P, K] for group j.
     let accumulate = |acc: &mut [T], (image, cols_t, dyg): &mut (Vec<T>, Vec<T>, Vec<T>), j: usize, gemm_threads| {
         let (first, count) = (j * step, step.min(g.n - j * step));
@@ -197,28 +181,6 @@ pub(super) fn backward_weight<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry, ste
             );
         }
     };
-    let (parallel, gemm_threads) = job_threads(groups);
-    let dw_channels_last = if parallel {
-        // A fixed split of the groups, one contiguous chunk per thread, chunks added in
-        // order: the same sum on every run (as in `conv.rs`).
-        let chunk = groups.div_ceil(threads());
-        let partial: Vec<Vec<T>> = (0..groups.div_ceil(chunk))
-            .into_par_iter()
-            .map(|c| {
-                let (mut acc, mut buffers) = (vec![T::zero(); o * k], new());
-                (c * chunk..((c + 1) * chunk).min(groups)).for_each(|j| accumulate(&mut acc, &mut buffers, j, 1));
-                acc
-            })
-            .collect();
-        let mut total = vec![T::zero(); o * k];
-        for part in &partial {
-            total.iter_mut().zip(part).for_each(|(t, v)| *t += *v);
-        }
-        total
-    } else {
-        let (mut acc, mut buffers) = (vec![T::zero(); o * k], new());
-        (0..groups).for_each(|j| accumulate(&mut acc, &mut buffers, j, gemm_threads));
-        acc
-    };
-    weight_channels_first(&dw_channels_last, g)
+    let dw_channels_last = sum_over_groups(groups, o * k, buffers(g, step), accumulate);
+    transpose_rows(&dw_channels_last, (g.kh * g.kw, g.c))
 }
