@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v cargo >/dev/null 2>&1; then
-    echo "error: cargo not found. Install Rust from https://rustup.rs (stable, 1.85 or newer) and re-run." >&2
+    echo "error: cargo not found. Install Rust from https://rustup.rs (stable, 1.89 or newer: the AVX-512 kernels need it) and re-run." >&2
     exit 1
 fi
 # The default features need no system libraries (no CUDA, no FFmpeg): a C

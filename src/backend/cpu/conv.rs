@@ -12,14 +12,21 @@
 //! copy of each image where the kernel is wider than 1×1 (`channels_last.rs`). Narrow or
 //! strided maps unfold by a table of offsets (`tap_table.rs`); maps of 2×2 and 1×1 pixels
 //! (ResNet's last stages) skip im2col altogether: `pixel_taps.rs`.
+//!
+//! In f32 on CPUs with AVX2 + FMA or AVX-512, layers with few output channels (≤ 32 with
+//! AVX2, ≤ 64 with AVX-512) skip im2col too: `direct.rs` multiplies the weights into the
+//! input where it lies, for the forward pass and — a stride-1 layer's input gradient being
+//! itself such a convolution (`ConvGeometry::input_gradient_as_convolution`) — for dX.
 
 mod channels_last;
+mod direct;
 mod pixel_taps;
 mod tap_table;
 
 use super::matmul::gemm_strided;
 use crate::tensor::Float;
 use rayon::prelude::*;
+use std::any::{Any, TypeId};
 
 /// Elements of one job's im2col buffer (16 Mi f32 = 64 MiB; each busy thread holds one).
 const COLS_BUDGET: usize = 1 << 24;
@@ -93,6 +100,27 @@ impl ConvGeometry {
     fn channels_last(&self) -> bool {
         self.kh * self.kw > 1
     }
+    /// For stride 1 (and padding below the kernel size), the input gradient is itself a
+    /// convolution: dX[c, y, x] = Σ_{o, i, j} dY[o, y + ph − i, x + pw − j] · W[o, c, i, j],
+    /// i.e. dY (O channels) convolved with the kernel flipped in both axes and its channel
+    /// axes swapped, padded by kh − 1 − ph and kw − 1 − pw. Its geometry, where that holds.
+    fn input_gradient_as_convolution(&self) -> Option<ConvGeometry> {
+        (self.sh == 1 && self.sw == 1 && self.ph < self.kh && self.pw < self.kw).then_some(ConvGeometry {
+            n: self.n,
+            c: self.o,
+            h: self.oh,
+            w: self.ow,
+            o: self.c,
+            kh: self.kh,
+            kw: self.kw,
+            sh: 1,
+            sw: 1,
+            ph: self.kh - 1 - self.ph,
+            pw: self.kw - 1 - self.pw,
+            oh: self.h,
+            ow: self.w,
+        })
+    }
     /// Images per GEMM (1 = the per-image schedule).
     fn group(&self) -> usize {
         if self.p() >= MIN_GEMM_COLS {
@@ -143,6 +171,12 @@ pub fn conv2d_forward<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGe
     if g.pixel_taps() {
         return pixel_taps::forward(x, w, bias, g);
     }
+    if let (Some(xf), Some(wf)) = (as_f32(x), as_f32(w)) {
+        if direct::chosen_for(g) {
+            let bf = bias.map(|b| as_f32(b).expect("the bias has the input's type"));
+            return from_f32(direct::forward(xf, wf, bf, g));
+        }
+    }
     forward_im2col(x, w, bias, g, g.group(), &Unfold::for_geometry(g))
 }
 
@@ -151,10 +185,42 @@ pub fn conv2d_backward_input<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> V
     if g.pixel_taps() {
         return pixel_taps::backward_input(dy, w, g);
     }
+    if let (Some(dyf), Some(wf), Some(t)) = (as_f32(dy), as_f32(w), g.input_gradient_as_convolution()) {
+        if !t.pixel_taps() && direct::chosen_for(&t) {
+            return from_f32(direct::forward(dyf, &flipped_transposed_kernel(wf, g), None, &t));
+        }
+    }
     if g.channels_last() {
         return channels_last::backward_input(dy, w, g, g.group());
     }
     backward_input_im2col(dy, w, g, g.group(), &Unfold::for_geometry(g))
+}
+
+/// `s` as f32 when `T` is f32: the direct kernels (`direct.rs`) are f32 only.
+fn as_f32<T: Float>(s: &[T]) -> Option<&[f32]> {
+    // SAFETY: the same type, so the same layout.
+    (TypeId::of::<T>() == TypeId::of::<f32>())
+        .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) })
+}
+
+/// A result of the f32 kernels as `Vec<T>`, where [`as_f32`] found `T` to be f32.
+fn from_f32<T: Float>(v: Vec<f32>) -> Vec<T> {
+    *(Box::new(v) as Box<dyn Any>).downcast::<Vec<T>>().expect("called only where T is f32")
+}
+
+/// W[o][c][i][j] → W'[c][o][kh − 1 − i][kw − 1 − j]: the kernel of the convolution that is
+/// a stride-1 convolution's input gradient (see `ConvGeometry::input_gradient_as_convolution`).
+fn flipped_transposed_kernel(w: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let taps = g.kh * g.kw;
+    let mut flipped = vec![0.0f32; w.len()];
+    for o in 0..g.o {
+        for c in 0..g.c {
+            let from = &w[(o * g.c + c) * taps..][..taps];
+            let to = &mut flipped[(c * g.o + o) * taps..][..taps];
+            to.iter_mut().zip(from.iter().rev()).for_each(|(t, &f)| *t = f);
+        }
+    }
+    flipped
 }
 
 /// dW = Σ_n dY[n] · cols(x[n])ᵀ, as [O, K].
@@ -573,6 +639,48 @@ mod tests {
                 for (a, b) in [(&got.0, &reference.0), (&got.1, &reference.1), (&got.2, &reference.2)] {
                     assert_eq!(a.len(), b.len());
                     assert!(a.iter().zip(b.iter()).all(|(p, q)| (p - q).abs() < 1e-12), "{name} {g:?}");
+                }
+            }
+        }
+    }
+    /// The f32 entry points take the direct kernel where it is chosen (forward, and the input
+    /// gradient of stride-1 layers as a convolution of dY with the flipped kernel); they
+    /// compute what the f64 schedules do, to f32 rounding.
+    #[test]
+    fn f32_entry_points_match_the_f64_schedules() {
+        let geometry = |n, c, (h, w), o, (kh, kw), (sh, sw), (ph, pw)| {
+            let (oh, ow) = ((h + 2 * ph - kh) / sh + 1, (w + 2 * pw - kw) / sw + 1);
+            ConvGeometry { n, c, h, w, o, kh, kw, sh, sw, ph, pw, oh, ow }
+        };
+        let cases = [
+            geometry(2, 3, (16, 16), 16, (7, 7), (2, 2), (3, 3)), // a stem
+            geometry(2, 16, (8, 8), 16, (3, 3), (1, 1), (1, 1)),
+            geometry(2, 16, (8, 8), 32, (3, 3), (2, 2), (1, 1)),
+            geometry(2, 5, (6, 7), 24, (3, 2), (1, 1), (0, 1)), // unequal kernel sides and paddings
+            geometry(2, 20, (9, 5), 12, (5, 5), (1, 1), (2, 2)),
+            geometry(2, 8, (4, 4), 40, (1, 1), (1, 1), (0, 0)),
+        ];
+        for g in &cases {
+            let mut rng = crate::rng::Rng::new(5);
+            let mut rand = |n: usize| (0..n).map(|_| rng.normal()).collect::<Vec<f64>>();
+            let (x, w, dy, bias) = (rand(g.n * g.image()), rand(g.o * g.k()), rand(g.n * g.o * g.p()), rand(g.o));
+            let f32s = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+            let (xf, wf, dyf, bf) = (f32s(&x), f32s(&w), f32s(&dy), f32s(&bias));
+            let pairs = [
+                ("forward", conv2d_forward(&xf, &wf, Some(&bf), g), conv2d_forward(&x, &w, Some(&bias), g), g.k()),
+                (
+                    "input gradient",
+                    conv2d_backward_input(&dyf, &wf, g),
+                    conv2d_backward_input(&dy, &w, g),
+                    g.o * g.kh * g.kw,
+                ),
+            ];
+            for (what, got, want, terms) in pairs {
+                assert_eq!(got.len(), want.len());
+                // Sums of `terms` products of unit normals (of f32-rounded inputs).
+                let tol = 1e-5 * (terms as f64).sqrt() * 8.0;
+                for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+                    assert!((a as f64 - b).abs() < tol, "{what} {g:?}: element {i}: {a} vs {b}");
                 }
             }
         }
