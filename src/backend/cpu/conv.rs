@@ -16,10 +16,12 @@
 //! In f32 on CPUs with AVX2 + FMA or AVX-512, layers with few output channels (≤ 32 with
 //! AVX2, ≤ 64 with AVX-512) skip im2col too: `direct.rs` multiplies the weights into the
 //! input where it lies, for the forward pass and — a stride-1 layer's input gradient being
-//! itself such a convolution (`ConvGeometry::input_gradient_as_convolution`) — for dX.
+//! itself such a convolution (`ConvGeometry::input_gradient_as_convolution`) — for dX;
+//! `direct_weight.rs` does the same for the weight gradient of 7×7 stems (AVX-512).
 
 mod channels_last;
 mod direct;
+mod direct_weight;
 mod pixel_taps;
 mod tap_table;
 
@@ -227,6 +229,11 @@ fn flipped_transposed_kernel(w: &[f32], g: &ConvGeometry) -> Vec<f32> {
 pub fn conv2d_backward_weight<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry) -> Vec<T> {
     if g.pixel_taps() {
         return pixel_taps::backward_weight(x, dy, g);
+    }
+    if let (Some(xf), Some(dyf)) = (as_f32(x), as_f32(dy)) {
+        if direct_weight::chosen_for(g) {
+            return from_f32(direct_weight::backward_weight(xf, dyf, g));
+        }
     }
     if g.channels_last() {
         return channels_last::backward_weight(x, dy, g, g.group());
@@ -643,9 +650,9 @@ mod tests {
             }
         }
     }
-    /// The f32 entry points take the direct kernel where it is chosen (forward, and the input
-    /// gradient of stride-1 layers as a convolution of dY with the flipped kernel); they
-    /// compute what the f64 schedules do, to f32 rounding.
+    /// The f32 entry points take the direct kernels where they are chosen (forward, the input
+    /// gradient of stride-1 layers as a convolution of dY with the flipped kernel, the weight
+    /// gradient); they compute what the f64 schedules do, to f32 rounding.
     #[test]
     fn f32_entry_points_match_the_f64_schedules() {
         let geometry = |n, c, (h, w), o, (kh, kw), (sh, sw), (ph, pw)| {
@@ -673,6 +680,12 @@ mod tests {
                     conv2d_backward_input(&dyf, &wf, g),
                     conv2d_backward_input(&dy, &w, g),
                     g.o * g.kh * g.kw,
+                ),
+                (
+                    "weight gradient",
+                    conv2d_backward_weight(&xf, &dyf, g),
+                    conv2d_backward_weight(&x, &dy, g),
+                    g.n * g.p(),
                 ),
             ];
             for (what, got, want, terms) in pairs {
