@@ -3,7 +3,7 @@
 
 use super::{init, join, Linear, Module, TensorKind};
 use crate::error::{Error, Result};
-use crate::ops::attention::scaled_dot_product_attention;
+use crate::ops::attention::{multi_head_attention, scaled_dot_product_attention};
 use crate::ops::matmul::linear;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
@@ -17,7 +17,7 @@ pub struct MultiHeadAttention {
 
 impl MultiHeadAttention {
     pub fn new(dim: usize, heads: usize, dtype: DType, rng: &mut Rng) -> Result<MultiHeadAttention> {
-        if heads == 0 || dim % heads != 0 {
+        if heads == 0 || !dim.is_multiple_of(heads) {
             return Err(Error::invalid("MultiHeadAttention", format!("dim {dim} must be a multiple of heads {heads}")));
         }
         // PyTorch: xavier_uniform on the stacked projection, zero biases.
@@ -38,9 +38,15 @@ impl Module for MultiHeadAttention {
         }
         let (b, l, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let h = self.heads;
-        // q, k and v each from its third of the stacked projection: three GEMMs rather than
-        // one [B, L, 3D] output split three ways, whose backward would write three
-        // zero-padded copies of the whole [B, L, 3D] gradient and add them.
+        if x.device() == crate::backend::Device::Cpu {
+            // One projection to [B, L, 3D] and one attention op that reads q, k, v from it in
+            // place (ops/attention/packed.rs): no per-head layout copies.
+            let qkv = linear(x, &self.in_proj_weight, Some(&self.in_proj_bias))?;
+            return self.out_proj.forward(&multi_head_attention(&qkv, h)?);
+        }
+        // On a GPU: q, k and v each from its third of the stacked projection: three GEMMs
+        // rather than one [B, L, 3D] output split three ways, whose backward would write
+        // three zero-padded copies of the whole [B, L, 3D] gradient and add them.
         let project = |i: usize| -> Result<Tensor> {
             let w = self.in_proj_weight.narrow(0, i * d, d)?;
             let bias = self.in_proj_bias.narrow(0, i * d, d)?;

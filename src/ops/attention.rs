@@ -14,6 +14,9 @@
 
 #[cfg(feature = "cuda")]
 mod cuda;
+mod packed;
+
+pub use packed::{multi_head_attention, multi_head_attention_composed};
 
 use super::{autocast, placement, Placement};
 use crate::autograd::{no_grad, record};

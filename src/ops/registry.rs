@@ -56,8 +56,9 @@ pub const RECORDED: &[&str] = &[
     "adaptive_avg_pool2d",
     // regularisation (ops/dropout.rs)
     "dropout",
-    // attention (ops/attention.rs)
+    // attention (ops/attention.rs, ops/attention/packed.rs)
     "scaled_dot_product_attention",
+    "multi_head_attention",
     // losses (ops/loss/)
     "cross_entropy",
     "nt_xent",

@@ -1,7 +1,7 @@
 //! Softmax family, layer norm, L2 normalisation, dropout, attention, losses.
 
 use crate::common::*;
-use simclr::ops::attention::scaled_dot_product_attention;
+use simclr::ops::attention::{multi_head_attention, scaled_dot_product_attention};
 use simclr::ops::dropout::dropout;
 use simclr::ops::layernorm::layer_norm;
 use simclr::ops::loss::{cross_entropy, nt_xent};
@@ -66,6 +66,13 @@ pub fn cases() -> Vec<Case> {
             check(&[rand(&[1, 2, 5, 4], 19), rand(&[1, 2, 7, 4], 20), rand(&[1, 2, 7, 3], 21)], move |x| {
                 scaled_dot_product_attention(&x[0], &x[1], &x[2], Some(&mask), None)
             })
+        }),
+        case("multi_head_attention", "packed qkv [2,5,18]: 3 heads of 2", || {
+            check(&[rand(&[2, 5, 18], 33)], |x| multi_head_attention(&x[0], 3))
+        }),
+        case("multi_head_attention", "one token, one head, strided qkv", || {
+            let x = rand(&[3, 1, 2], 34).permute(&[1, 2, 0]).unwrap(); // [1, 2, 3]: not contiguous
+            check(&[x], |x| multi_head_attention(&x[0], 1))
         }),
         case("scaled_dot_product_attention", "f64 key-padding mask [2,1,1,4], custom scale", || {
             let mask = Tensor::from_vec(vec![1.0f64, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0], &[2, 1, 1, 4]).unwrap();
