@@ -161,7 +161,7 @@ fn forward_with(kernel: Kernel, x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &
             }
             // Every channel block over the same pixels, while their inputs are in cache.
             for block in 0..blocks {
-                let run = Block {
+                let work = Block {
                     first,
                     targets,
                     taps: &tap_offsets,
@@ -176,7 +176,7 @@ fn forward_with(kernel: Kernel, x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &
                 // corner + tap offset + q·sw (q < run) lies inside the padded buffer with its
                 // slack (the geometry keeps each receptive field inside the planes); the
                 // stores go to the block's real planes of this image's output, at live pixels.
-                unsafe { (kernel.block)(&run) };
+                unsafe { (kernel.block)(&work) };
             }
         }
     });
@@ -186,11 +186,12 @@ fn forward_with(kernel: Kernel, x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &
 /// AVX2: 6 pixels × 2 vectors of 8 channels = 12 accumulators, + 2 weight vectors + 1
 /// broadcast = 15 of the 16 vector registers; 6 runs of one pixel each, so 6 pointers
 /// (they fit in the general registers) and any stride.
-#[cfg(target_arch = "x86_64")]
+///
 /// Against im2col + GEMM, per layer (forward, 320 images, 2-core Xeon run with AVX2 only,
 /// medians of 7, ms): the demo's 7×7/2 stem 4.0 → 2.7, 16→16 on 8×8 0.98 → 0.76, 32→32 on
 /// 4×4 0.97 → 0.70; ResNet-18's 64→64 on 16×16 29.5 → 37.5 (lost: the GEMM's packed
 /// operands reach 200 GFLOP/s there, this kernel 160).
+#[cfg(target_arch = "x86_64")]
 const AVX2_KERNEL: Kernel = Kernel { block: block_avx2, segments: 6, run: 1, max_channels: 32 };
 
 #[cfg(target_arch = "x86_64")]
