@@ -650,6 +650,7 @@ mod tests {
             }
         }
     }
+
     /// The f32 entry points take the direct kernels where they are chosen (forward, the input
     /// gradient of stride-1 layers as a convolution of dY with the flipped kernel, the weight
     /// gradient); they compute what the f64 schedules do, to f32 rounding.
