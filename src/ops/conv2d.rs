@@ -55,9 +55,7 @@ fn geometry(x: &Tensor, w: &Tensor, stride: (usize, usize), padding: (usize, usi
             format!("kernel {kh}x{kw} does not fit the padded input {}x{}", h + 2 * padding.0, wd + 2 * padding.1),
         ));
     }
-    let oh = (h + 2 * padding.0 - kh) / stride.0 + 1;
-    let ow = (wd + 2 * padding.1 - kw) / stride.1 + 1;
-    Ok(ConvGeometry { n, c, h, w: wd, o, kh, kw, sh: stride.0, sw: stride.1, ph: padding.0, pw: padding.1, oh, ow })
+    Ok(ConvGeometry::new(n, c, (h, wd), o, (kh, kw), stride, padding))
 }
 
 /// 2-D cross-correlation (what deep learning calls convolution).

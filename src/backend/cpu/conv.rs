@@ -77,6 +77,21 @@ pub struct ConvGeometry {
 }
 
 impl ConvGeometry {
+    /// The geometry of N images of C×H×W through O kernels of kh×kw at `stride` and
+    /// `padding`; the output size follows. The caller checks that the kernel fits the
+    /// padded image and the stride is at least 1 (`ops::conv2d` does, with clear errors).
+    pub fn new(
+        n: usize,
+        c: usize,
+        (h, w): (usize, usize),
+        o: usize,
+        (kh, kw): (usize, usize),
+        (sh, sw): (usize, usize),
+        (ph, pw): (usize, usize),
+    ) -> ConvGeometry {
+        let (oh, ow) = ((h + 2 * ph - kh) / sh + 1, (w + 2 * pw - kw) / sw + 1);
+        ConvGeometry { n, c, h, w, o, kh, kw, sh, sw, ph, pw, oh, ow }
+    }
     /// Rows of the cols matrix: one per (input channel, kernel row, kernel column).
     pub fn k(&self) -> usize {
         self.c * self.kh * self.kw
@@ -107,20 +122,9 @@ impl ConvGeometry {
     /// i.e. dY (O channels) convolved with the kernel flipped in both axes and its channel
     /// axes swapped, padded by kh − 1 − ph and kw − 1 − pw. Its geometry, where that holds.
     fn input_gradient_as_convolution(&self) -> Option<ConvGeometry> {
-        (self.sh == 1 && self.sw == 1 && self.ph < self.kh && self.pw < self.kw).then_some(ConvGeometry {
-            n: self.n,
-            c: self.o,
-            h: self.oh,
-            w: self.ow,
-            o: self.c,
-            kh: self.kh,
-            kw: self.kw,
-            sh: 1,
-            sw: 1,
-            ph: self.kh - 1 - self.ph,
-            pw: self.kw - 1 - self.pw,
-            oh: self.h,
-            ow: self.w,
+        (self.sh == 1 && self.sw == 1 && self.ph < self.kh && self.pw < self.kw).then(|| {
+            let padding = (self.kh - 1 - self.ph, self.kw - 1 - self.pw);
+            ConvGeometry::new(self.n, self.o, (self.oh, self.ow), self.c, (self.kh, self.kw), (1, 1), padding)
         })
     }
     /// Images per GEMM (1 = the per-image schedule).
@@ -578,10 +582,7 @@ mod tests {
     /// GEMMs must give the same numbers.
     #[test]
     fn schedules_agree() {
-        let geometry = |n, c, (h, w), o, (kh, kw), (sh, sw), (ph, pw)| {
-            let (oh, ow) = ((h + 2 * ph - kh) / sh + 1, (w + 2 * pw - kw) / sw + 1);
-            ConvGeometry { n, c, h, w, o, kh, kw, sh, sw, ph, pw, oh, ow }
-        };
+        let geometry = ConvGeometry::new;
         let cases = [
             geometry(5, 2, (6, 5), 3, (3, 2), (2, 1), (1, 1)),
             // The stem's shape in small: a 7×7 kernel, stride 2, padding 3; and a strided 1×1.
@@ -656,10 +657,7 @@ mod tests {
     /// gradient); they compute what the f64 schedules do, to f32 rounding.
     #[test]
     fn f32_entry_points_match_the_f64_schedules() {
-        let geometry = |n, c, (h, w), o, (kh, kw), (sh, sw), (ph, pw)| {
-            let (oh, ow) = ((h + 2 * ph - kh) / sh + 1, (w + 2 * pw - kw) / sw + 1);
-            ConvGeometry { n, c, h, w, o, kh, kw, sh, sw, ph, pw, oh, ow }
-        };
+        let geometry = ConvGeometry::new;
         let cases = [
             geometry(2, 3, (16, 16), 16, (7, 7), (2, 2), (3, 3)), // a stem
             geometry(2, 16, (8, 8), 16, (3, 3), (1, 1), (1, 1)),
