@@ -141,12 +141,7 @@ fn forward_with(kernel: Kernel, x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &
     // row's last pixel: the slack keeps those reads inside the buffer.
     let new_padded = || vec![0.0f32; g.c * plane + run * g.sw];
     y.par_chunks_mut(g.o * p).enumerate().for_each_init(new_padded, |padded, (n, yn)| {
-        let image = &x[n * g.image()..][..g.image()];
-        for (c, src) in image.chunks_exact(g.h * g.w).enumerate() {
-            for (row, values) in src.chunks_exact(g.w).enumerate() {
-                padded[c * plane + (row + g.ph) * padded_w + g.pw..][..g.w].copy_from_slice(values);
-            }
-        }
+        pad_image_into(&x[n * g.image()..][..g.image()], g, padded);
         let base = padded.as_ptr();
         let out = yn.as_mut_ptr();
         for group in runs.chunks(kernel.segments) {
@@ -181,6 +176,18 @@ fn forward_with(kernel: Kernel, x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &
         }
     });
     y
+}
+
+/// Image `image` ([C, H, W]) into the interiors of the zero-bordered planes `padded`
+/// ([C, H + 2ph, W + 2pw] and any slack after); the borders are left as they are (zero).
+pub(super) fn pad_image_into(image: &[f32], g: &ConvGeometry, padded: &mut [f32]) {
+    let padded_w = g.w + 2 * g.pw;
+    let plane = (g.h + 2 * g.ph) * padded_w;
+    for (c, src) in image.chunks_exact(g.h * g.w).enumerate() {
+        for (row, values) in src.chunks_exact(g.w).enumerate() {
+            padded[c * plane + (row + g.ph) * padded_w + g.pw..][..g.w].copy_from_slice(values);
+        }
+    }
 }
 
 /// AVX2: 6 pixels × 2 vectors of 8 channels = 12 accumulators, + 2 weight vectors + 1
@@ -336,9 +343,9 @@ mod tests {
     use super::super::{forward_im2col, ConvGeometry, Unfold};
     use super::*;
 
+    /// Square images and kernels, the same stride and padding on both axes.
     fn geometry(n: usize, c: usize, hw: usize, o: usize, k: usize, s: usize, pad: usize) -> ConvGeometry {
-        let out = (hw + 2 * pad - k) / s + 1;
-        ConvGeometry { n, c, h: hw, w: hw, o, kh: k, kw: k, sh: s, sw: s, ph: pad, pw: pad, oh: out, ow: out }
+        ConvGeometry::new(n, c, (hw, hw), o, (k, k), (s, s), (pad, pad))
     }
 
     /// Every kernel this CPU runs (each stride and block shape) computes the im2col

@@ -20,6 +20,7 @@
 //! per-thread total in order, the totals in a fixed split (`conv.rs`'s `sum_over_groups`):
 //! the same bits on every run.
 
+use super::direct::pad_image_into;
 use super::{sum_over_groups, ConvGeometry};
 
 /// Output channels per block: one AVX-512 vector of f32.
@@ -83,11 +84,7 @@ pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f3
     let new = || (vec![0.0f32; g.c * plane], vec![0.0f32; blocks * p * CHANNELS]);
     // The running total is [block][K][16]: tap k's 16 output channels side by side.
     let accumulate = |total: &mut [f32], (padded, dy_t): &mut (Vec<f32>, Vec<f32>), n: usize, _threads| {
-        for (c, src) in x[n * g.image()..][..g.image()].chunks_exact(g.h * g.w).enumerate() {
-            for (row, values) in src.chunks_exact(g.w).enumerate() {
-                padded[c * plane + (row + g.ph) * padded_w + g.pw..][..g.w].copy_from_slice(values);
-            }
-        }
+        pad_image_into(&x[n * g.image()..][..g.image()], g, padded);
         // Pixel by pixel, so the writes run along dy_t and the reads stay within a few cache
         // lines of each of the 16 planes (plane by plane, every write missed the cache at
         // ResNet-18's 32×32 maps). Channels past O stay zero.
@@ -180,10 +177,7 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX-512");
             return;
         }
-        let geometry = |n, c, hw: usize, o, k: usize, s: usize, pad: usize| {
-            let out = (hw + 2 * pad - k) / s + 1;
-            ConvGeometry { n, c, h: hw, w: hw, o, kh: k, kw: k, sh: s, sw: s, ph: pad, pw: pad, oh: out, ow: out }
-        };
+        let geometry = |n, c, hw, o, k, s, pad| ConvGeometry::new(n, c, (hw, hw), o, (k, k), (s, s), (pad, pad));
         let cases = [
             geometry(3, 3, 32, 16, 7, 2, 3), // the demo's stem: 21 kernel rows, blocks of 4
             geometry(2, 3, 20, 64, 7, 2, 3), // ResNet-18's, smaller
