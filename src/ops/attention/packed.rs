@@ -30,14 +30,7 @@ const OP: &str = "multi_head_attention";
 /// Self-attention of `heads` heads over packed projections `qkv` [B, L, 3·D] → [B, L, D]
 /// (scale 1/√Dh, no mask). See the module documentation.
 pub fn multi_head_attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
-    if qkv.rank() != 3 || heads == 0 || !qkv.shape()[2].is_multiple_of(3 * heads) {
-        return Err(Error::shape(
-            OP,
-            format!("qkv must be [B, L, 3·D] with D a multiple of {heads} heads, got {:?}", qkv.shape()),
-        ));
-    }
-    let (b, l, d) = (qkv.shape()[0], qkv.shape()[1], qkv.shape()[2] / 3);
-    let shape = Shape { b, l, d, heads, dh: d / heads };
+    let shape = Shape::of(qkv, heads)?;
     match placement(OP, &[qkv])? {
         // f32 through the vectorisable exp of `fast_math` (f64 keeps libm's for the gradcheck).
         Placement::Cpu if qkv.dtype() == DType::F32 => fused::<f32, _>(qkv, shape, exp_f32),
@@ -49,11 +42,7 @@ pub fn multi_head_attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
 
 /// The definition: narrow, reshape and permute into [B, H, L, Dh], attend, and back.
 pub fn multi_head_attention_composed(qkv: &Tensor, heads: usize) -> Result<Tensor> {
-    if qkv.rank() != 3 || heads == 0 || !qkv.shape()[2].is_multiple_of(3 * heads) {
-        return Err(Error::shape(OP, format!("qkv must be [B, L, 3·D], got {:?}", qkv.shape())));
-    }
-    let (b, l, d) = (qkv.shape()[0], qkv.shape()[1], qkv.shape()[2] / 3);
-    composed(qkv, Shape { b, l, d, heads, dh: d / heads })
+    composed(qkv, Shape::of(qkv, heads)?)
 }
 
 #[derive(Clone, Copy)]
@@ -63,6 +52,20 @@ struct Shape {
     d: usize,
     heads: usize,
     dh: usize,
+}
+
+impl Shape {
+    /// `qkv`'s sizes, or a clear error where it is not [B, L, 3·D] with D a multiple of `heads`.
+    fn of(qkv: &Tensor, heads: usize) -> Result<Shape> {
+        if qkv.rank() != 3 || heads == 0 || !qkv.shape()[2].is_multiple_of(3 * heads) {
+            return Err(Error::shape(
+                OP,
+                format!("qkv must be [B, L, 3·D] with D a multiple of {heads} heads, got {:?}", qkv.shape()),
+            ));
+        }
+        let (b, l, d) = (qkv.shape()[0], qkv.shape()[1], qkv.shape()[2] / 3);
+        Ok(Shape { b, l, d, heads, dh: d / heads })
+    }
 }
 
 fn composed(qkv: &Tensor, s: Shape) -> Result<Tensor> {
