@@ -99,6 +99,8 @@ pub struct AugmentSettings {
     pub grayscale_p: f64,
     /// Each view's frames shifted later by a random 0..=N stored frames (0: the same frames).
     pub temporal_jitter: usize,
+    /// Every clip also enters the batch played backwards, as its own instance.
+    pub reversed_twins: bool,
 }
 
 impl Default for AugmentSettings {
@@ -115,6 +117,7 @@ impl Default for AugmentSettings {
             hue: a.hue,
             grayscale_p: a.grayscale_p,
             temporal_jitter: a.temporal_jitter,
+            reversed_twins: a.reversed_twins,
         }
     }
 }
@@ -175,6 +178,7 @@ impl TrainConfig {
             hue: a.hue,
             grayscale_p: a.grayscale_p,
             temporal_jitter: a.temporal_jitter,
+            reversed_twins: a.reversed_twins,
             ..AugmentConfig::default()
         }
     }

@@ -317,3 +317,56 @@ fn temporal_jitter_shifts_each_views_frames_together_within_the_clip() {
     assert!(shifts_of(&plain_batch.view1).iter().chain(&shifts_of(&plain_batch.view2)).all(|&s| s == 0));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn reversed_twins_follow_the_forward_clips_played_backwards() {
+    // Frames 0, 2, 5 of 8 (grey levels 0, 40, 100): forwards in the first 16 instances,
+    // backwards in the 16 twins after them.
+    let (dir, ds) = numbered_frames("twins", 16, 8, 8);
+    let ds = Arc::new(ds);
+    let config = |twins: bool| LoaderConfig {
+        frames: Some(3),
+        augment: AugmentConfig { reversed_twins: twins, ..plain(8) },
+        ..loader_config(16, 0, 1, 8)
+    };
+    let batch = |twins: bool| Loader::new(ds.clone(), config(twins)).unwrap().epoch(0, 0).next().unwrap().unwrap();
+    let twinned = batch(true);
+    assert_eq!(twinned.view1.shape(), &[32, 3, 3, 8, 8]);
+    assert_eq!(twinned.view2.shape(), &[32, 3, 3, 8, 8]);
+    assert_eq!(twinned.clips.len(), 16, "the batch still samples 16 clips of the dataset");
+    let per_frame = 3 * 8 * 8;
+    for view in [&twinned.view1, &twinned.view2] {
+        let v = view.to_f64_vec();
+        let frames = |instance: usize| -> Vec<usize> {
+            (0..3).map(|k| (v[(instance * 3 + k) * per_frame] * 255.0 / 20.0).round() as usize).collect()
+        };
+        for clip in 0..16 {
+            assert_eq!(frames(clip), [0, 2, 5], "forward instance {clip}");
+            assert_eq!(frames(16 + clip), [5, 2, 0], "twin of instance {clip}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // On real clips: the forward half is the batch without twins, bit for bit, and each twin
+    // is its clip reversed under augmentations of its own.
+    let (dir, ds) = dataset("twins-bouncing", 8, 24, 4);
+    let config = |twins: bool| LoaderConfig {
+        augment: AugmentConfig { reversed_twins: twins, out_size: 16, ..Default::default() },
+        ..loader_config(8, 0, 1, 16)
+    };
+    let batch = |twins: bool| Loader::new(ds.clone(), config(twins)).unwrap().epoch(1, 0).next().unwrap().unwrap();
+    let (plain_batch, twinned) = (batch(false), batch(true));
+    let per_clip = 4 * 3 * 16 * 16;
+    for (single, doubled) in [(&plain_batch.view1, &twinned.view1), (&plain_batch.view2, &twinned.view2)] {
+        let (single, doubled) = (single.to_f64_vec(), doubled.to_f64_vec());
+        assert_eq!(doubled.len(), 2 * single.len());
+        assert_eq!(single, doubled[..single.len()], "twins changed the forward views");
+        let reversed_back = |instance: usize| -> Vec<f64> {
+            let clip = &doubled[instance * per_clip..(instance + 1) * per_clip];
+            clip.chunks(per_clip / 4).rev().flatten().copied().collect()
+        };
+        let same_draws = (0..8).filter(|&b| reversed_back(8 + b) == single[b * per_clip..(b + 1) * per_clip]).count();
+        assert_eq!(same_draws, 0, "a twin reused its forward clip's augmentation");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -38,6 +38,11 @@ pub struct AugmentConfig {
     /// views show the same motion at slightly different moments. 0 (the baseline): both
     /// views see the same frames.
     pub temporal_jitter: usize,
+    /// Reversed twins: every clip of a batch also enters it played backwards, as an instance
+    /// of its own (both of its views reversed, augmented independently). Telling a clip from
+    /// its twin needs the order of the frames, so the loss rewards encoding the direction of
+    /// motion, which nothing else in SimCLR asks for. Doubles the instances per step.
+    pub reversed_twins: bool,
     /// Normalisation (ImageNet statistics by default).
     pub mean: [f32; 3],
     pub std: [f32; 3],
@@ -57,6 +62,7 @@ impl Default for AugmentConfig {
             hue: 0.1,
             grayscale_p: 0.2,
             temporal_jitter: 0,
+            reversed_twins: false,
             mean: [0.485, 0.456, 0.406],
             std: [0.229, 0.224, 0.225],
         }

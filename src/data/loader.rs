@@ -112,6 +112,9 @@ fn view_rng(seed: u64, epoch: usize, clip: usize, view: usize) -> Rng {
     Rng::fork(seed ^ 0xA06_0E17, ((epoch as u64) << 36) ^ ((clip as u64) << 1) ^ view as u64)
 }
 
+/// Mixed into the seed of a reversed twin's views, so they are drawn apart from the forward ones.
+const TWIN_SEED: u64 = 0x7E7E_5EED;
+
 /// The temporal-jitter RNG of one clip's view in one epoch (its own stream, so that the
 /// spatial transforms are the same with and without jitter).
 fn shift_rng(seed: u64, epoch: usize, clip: usize, view: usize) -> Rng {
@@ -155,26 +158,39 @@ fn build_batch(
     let max_shift = cfg.temporal_jitter.min(m.frames - 1 - base.last().copied().unwrap_or(0));
     let per_clip = t * 3 * s * s;
     let frame_bytes = m.height * m.width * 3;
+    // Forward instances first, then (with reversed twins) the same clips played backwards.
+    let directions: &[bool] = if cfg.reversed_twins { &[false, true] } else { &[false] };
+    let instances = clips.len() * directions.len();
     let mut subset = Vec::new();
-    let mut views = [vec![0f32; clips.len() * per_clip], vec![0f32; clips.len() * per_clip]];
-    for (b, &clip) in clips.iter().enumerate() {
-        let whole = ds.clip(clip)?;
-        for (v, out) in views.iter_mut().enumerate() {
-            let shift = if max_shift > 0 { shift_rng(seed, epoch, clip, v).below(max_shift + 1) } else { 0 };
-            let bytes = if shift == 0 && t == m.frames {
-                whole
-            } else {
-                subset.clear();
-                for f in base.iter().map(|f| f + shift) {
-                    subset.extend_from_slice(&whole[f * frame_bytes..(f + 1) * frame_bytes]);
-                }
-                &subset[..]
-            };
-            let params = ViewParams::sample(cfg, m.height, m.width, &mut view_rng(seed, epoch, clip, v));
-            augment_clip(bytes, t, m.height, m.width, &params, cfg, &mut out[b * per_clip..(b + 1) * per_clip])?;
+    let mut views = [vec![0f32; instances * per_clip], vec![0f32; instances * per_clip]];
+    for (d, &reversed) in directions.iter().enumerate() {
+        for (b, &clip) in clips.iter().enumerate() {
+            let whole = ds.clip(clip)?;
+            let instance = d * clips.len() + b;
+            for (v, out) in views.iter_mut().enumerate() {
+                // A twin's views have random draws of their own.
+                let seed = if reversed { seed ^ TWIN_SEED } else { seed };
+                let shift = if max_shift > 0 { shift_rng(seed, epoch, clip, v).below(max_shift + 1) } else { 0 };
+                let bytes = if shift == 0 && t == m.frames && !reversed {
+                    whole
+                } else {
+                    subset.clear();
+                    let mut chosen: Vec<usize> = base.iter().map(|f| f + shift).collect();
+                    if reversed {
+                        chosen.reverse();
+                    }
+                    for f in chosen {
+                        subset.extend_from_slice(&whole[f * frame_bytes..(f + 1) * frame_bytes]);
+                    }
+                    &subset[..]
+                };
+                let params = ViewParams::sample(cfg, m.height, m.width, &mut view_rng(seed, epoch, clip, v));
+                let out = &mut out[instance * per_clip..(instance + 1) * per_clip];
+                augment_clip(bytes, t, m.height, m.width, &params, cfg, out)?;
+            }
         }
     }
-    let shape = [clips.len(), t, 3, s, s];
+    let shape = [instances, t, 3, s, s];
     let [v1, v2] = views;
     Ok(Batch { epoch, step, clips, view1: Tensor::from_vec(v1, &shape)?, view2: Tensor::from_vec(v2, &shape)? })
 }
