@@ -41,7 +41,7 @@ pub struct TrainConfig {
     pub width: f64,
     pub small_stem: bool,
     /// How a ResNet's per-frame features become the clip's: `mean` (the baseline's) or the
-    /// order-aware `transformer` (`nn::temporal`).
+    /// order-aware `transformer` or `motion` (`nn::temporal`).
     pub temporal: String,
     pub optimizer: String,
     pub weight_decay: f64,

@@ -276,32 +276,35 @@ fn a_projection_head_trained_on_the_device_tracks_the_cpu_loss() {
     }
 }
 
-/// The order-aware temporal aggregation (`--temporal transformer`) on the device: the same
-/// output and the same gradients for the frame features and every parameter as on the CPU.
+/// The order-aware temporal aggregations (`--temporal transformer` and `motion`) on the device:
+/// the same output and the same gradients for the frame features and every parameter as on
+/// the CPU.
 #[test]
-fn the_temporal_transformer_on_the_device_matches_the_cpu() {
+fn the_temporal_transformers_on_the_device_match_the_cpu() {
     let gpu = emulated_gpu();
     let x = randn(&[4, 5, 64], 1.0, 9);
-    let weights = randn(&[4, 64], 1.0, 10);
     /// Clip features, their gradient w.r.t. the frame features, and each parameter's gradient.
     type Pass = (Vec<f64>, Vec<f64>, Vec<(String, Vec<f64>)>);
-    let run = |device: Device| -> Pass {
-        let mut pooling = TemporalPooling::new(TemporalKind::Transformer, 5, 64, DType::F32, &mut Rng::new(4)).unwrap();
-        move_to_device(&pooling, device).unwrap();
-        let x = x.to_device(device).unwrap().requires_grad().unwrap();
-        let y = pooling.forward(&x).unwrap();
-        assert_eq!((y.shape(), y.device()), (&[4usize, 64][..], device));
-        y.mul(&weights.to_device(device).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
-        let grads = parameters(&pooling).into_iter().map(|(n, p)| (n, values(&p.grad().unwrap()))).collect();
-        (values(&y), values(&x.grad().unwrap()), grads)
-    };
-    let (cpu_y, cpu_dx, cpu_grads) = run(Device::Cpu);
-    let (dev_y, dev_dx, dev_grads) = run(gpu);
-    assert_close("clip features", &dev_y, &cpu_y, 1e-5, 1e-4);
-    assert_close("frame-feature gradient", &dev_dx, &cpu_dx, 1e-5, 1e-4);
-    assert_eq!(cpu_grads.len(), dev_grads.len());
-    for ((name, c), (_, d)) in cpu_grads.iter().zip(&dev_grads) {
-        assert_close(name, d, c, 1e-5, 1e-4);
+    for (kind, width) in [(TemporalKind::Transformer, 64), (TemporalKind::Motion, 128)] {
+        let weights = randn(&[4, width], 1.0, 10);
+        let run = |device: Device| -> Pass {
+            let mut pooling = TemporalPooling::new(kind, 5, 64, DType::F32, &mut Rng::new(4)).unwrap();
+            move_to_device(&pooling, device).unwrap();
+            let x = x.to_device(device).unwrap().requires_grad().unwrap();
+            let y = pooling.forward(&x).unwrap();
+            assert_eq!((y.shape(), y.device()), (&[4usize, width][..], device));
+            y.mul(&weights.to_device(device).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+            let grads = parameters(&pooling).into_iter().map(|(n, p)| (n, values(&p.grad().unwrap()))).collect();
+            (values(&y), values(&x.grad().unwrap()), grads)
+        };
+        let (cpu_y, cpu_dx, cpu_grads) = run(Device::Cpu);
+        let (dev_y, dev_dx, dev_grads) = run(gpu);
+        assert_close(&format!("{kind:?}: clip features"), &dev_y, &cpu_y, 1e-5, 1e-4);
+        assert_close(&format!("{kind:?}: frame-feature gradient"), &dev_dx, &cpu_dx, 1e-5, 1e-4);
+        assert_eq!(cpu_grads.len(), dev_grads.len());
+        for ((name, c), (_, d)) in cpu_grads.iter().zip(&dev_grads) {
+            assert_close(&format!("{kind:?}: {name}"), d, c, 1e-5, 1e-4);
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 use simclr::autograd::gradcheck::{gradcheck, GradcheckOptions};
 use simclr::nn::mlp::Activation;
 use simclr::nn::resnet::{Depth, ResNet, ResNetConfig};
-use simclr::nn::temporal::{TemporalKind, TemporalPooling};
+use simclr::nn::temporal::{temporal_slope, TemporalKind, TemporalPooling};
 use simclr::nn::{load_state_dict, parameter_count, parameters, state_dict, Mlp, Module, MultiHeadAttention};
 use simclr::tensor::safetensors_io::{load_safetensors, save_safetensors};
 use simclr::{DType, Rng, Tensor};
@@ -207,69 +207,92 @@ fn reversed_frames(x: &Tensor) -> Tensor {
     Tensor::cat(&frames.iter().collect::<Vec<_>>(), 1).unwrap()
 }
 
+fn max_abs_difference(a: &Tensor, b: &Tensor) -> f64 {
+    a.to_f64_vec().iter().zip(b.to_f64_vec()).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max)
+}
+
 #[test]
 fn temporal_transformer_sees_frame_order_and_has_correct_gradients() {
     let (frames, dim) = (4, 8);
     let x = Tensor::randn(&[3, frames, dim], 1.0, DType::F64, &mut Rng::new(11)).unwrap();
-    let close = |a: &Tensor, b: &Tensor| {
-        a.to_f64_vec().iter().zip(b.to_f64_vec()).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max)
-    };
 
-    // The mean cannot tell a clip from the clip played backwards; the transformer can.
+    // The mean cannot tell a clip from the clip played backwards; the transformers can.
     let mut mean = TemporalPooling::new(TemporalKind::Mean, frames, dim, DType::F64, &mut Rng::new(0)).unwrap();
-    assert!(close(&mean.forward(&x).unwrap(), &mean.forward(&reversed_frames(&x)).unwrap()) < 1e-12);
+    assert!(max_abs_difference(&mean.forward(&x).unwrap(), &mean.forward(&reversed_frames(&x)).unwrap()) < 1e-12);
     assert!(parameters(&mean).is_empty(), "the mean has nothing to learn");
-    let pooling = std::cell::RefCell::new(
-        TemporalPooling::new(TemporalKind::Transformer, frames, dim, DType::F64, &mut Rng::new(12)).unwrap(),
-    );
-    let y = pooling.borrow_mut().forward(&x).unwrap();
-    assert_eq!(y.shape(), &[3, dim]);
-    let backwards = pooling.borrow_mut().forward(&reversed_frames(&x)).unwrap();
-    assert!(close(&y, &backwards) > 1e-3, "reversing the frames should change the transformer's output");
+    for (kind, width) in [(TemporalKind::Transformer, dim), (TemporalKind::Motion, 2 * dim)] {
+        let pooling =
+            std::cell::RefCell::new(TemporalPooling::new(kind, frames, dim, DType::F64, &mut Rng::new(12)).unwrap());
+        assert_eq!(pooling.borrow().output_dim(dim), width);
+        let y = pooling.borrow_mut().forward(&x).unwrap();
+        assert_eq!(y.shape(), &[3, width]);
+        let backwards = pooling.borrow_mut().forward(&reversed_frames(&x)).unwrap();
+        assert!(max_abs_difference(&y, &backwards) > 1e-3, "{kind:?}: reversing the frames should change the output");
 
-    // Every parameter is reached by the loss, under PyTorch-style names.
-    y.mul(&y).unwrap().sum_all().unwrap().backward().unwrap();
-    let params = parameters(&*pooling.borrow());
-    for (name, p) in &params {
-        assert!(p.grad().is_some(), "{name} got no gradient");
+        // Every parameter is reached by the loss, under PyTorch-style names.
+        y.mul(&y).unwrap().sum_all().unwrap().backward().unwrap();
+        let params = parameters(&*pooling.borrow());
+        for (name, p) in &params {
+            assert!(p.grad().is_some(), "{kind:?}: {name} got no gradient");
+        }
+        let names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(names.contains(&"positions") && names.contains(&"blocks.1.mlp.layers.1.bias"), "{names:?}");
+
+        // Gradients with respect to the frame features and to the positional embeddings, in f64.
+        let positions = Tensor::randn(&[1, frames, dim], 0.1, DType::F64, &mut Rng::new(13)).unwrap();
+        let x = x.narrow(0, 0, 2).unwrap().contiguous().unwrap();
+        let report = gradcheck(
+            &[x, positions],
+            |inputs| {
+                let mut p = pooling.borrow_mut();
+                if let TemporalPooling::Transformer(t) | TemporalPooling::Motion(t) = &mut *p {
+                    t.positions = inputs[1].clone();
+                }
+                p.forward(&inputs[0])
+            },
+            GradcheckOptions { eps: 1e-6, atol: 1e-6, rtol: 1e-4 },
+        )
+        .unwrap();
+        assert!(report.ops.contains(&"multi_head_attention"), "{:?}", report.ops); // attention, fused on the CPU
+
+        // A clip of another length is a clear error.
+        let wrong = Tensor::zeros(&[1, frames + 1, dim], DType::F64).unwrap();
+        let e = pooling.borrow_mut().forward(&wrong).unwrap_err().to_string();
+        assert!(e.contains("[B, 4, 8]"), "{kind:?}: {e}");
     }
-    let names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
-    assert!(names.contains(&"positions") && names.contains(&"blocks.1.mlp.layers.1.bias"), "{names:?}");
 
-    // Gradients with respect to the frame features and to the positional embeddings, in f64.
-    let positions = Tensor::randn(&[1, frames, dim], 0.1, DType::F64, &mut Rng::new(13)).unwrap();
-    let x = x.narrow(0, 0, 2).unwrap().contiguous().unwrap();
-    let report = gradcheck(
-        &[x, positions],
-        |inputs| {
-            let mut p = pooling.borrow_mut();
-            if let TemporalPooling::Transformer(t) = &mut *p {
-                t.positions = inputs[1].clone();
-            }
-            p.forward(&inputs[0])
-        },
-        GradcheckOptions { eps: 1e-6, atol: 1e-6, rtol: 1e-4 },
-    )
-    .unwrap();
-    assert!(report.ops.contains(&"multi_head_attention"), "{:?}", report.ops); // attention, fused on the CPU
+    // `motion`'s first half attends over what changes: a still clip (every frame the same) comes
+    // out as its frame plus an offset that is the same for every still clip, and a slope of 0.
+    let mut motion = TemporalPooling::new(TemporalKind::Motion, frames, dim, DType::F64, &mut Rng::new(14)).unwrap();
+    let still_frames = Tensor::randn(&[2, 1, dim], 1.0, DType::F64, &mut Rng::new(15)).unwrap();
+    let still = Tensor::cat(&vec![&still_frames; frames], 1).unwrap();
+    let y = motion.forward(&still).unwrap();
+    let offset = y.narrow(1, 0, dim).unwrap().sub(&still_frames.reshape(&[2, dim]).unwrap()).unwrap();
+    let (first, second) = (offset.narrow(0, 0, 1).unwrap(), offset.narrow(0, 1, 1).unwrap());
+    assert!(max_abs_difference(&first, &second) < 1e-12, "{:?}", offset.to_f64_vec());
+    assert!(first.to_f64_vec().iter().any(|v| v.abs() > 1e-6), "the blocks add a learned offset");
+    assert!(y.narrow(1, dim, dim).unwrap().to_f64_vec().iter().all(|v| v.abs() < 1e-12), "a still clip has no slope");
 
-    // Clear errors: a clip of another length, an unknown kind, a ViViT with an added transformer.
-    let wrong = Tensor::zeros(&[1, frames + 1, dim], DType::F64).unwrap();
-    let e = pooling.borrow_mut().forward(&wrong).unwrap_err().to_string();
-    assert!(e.contains("[B, 4, 8]"), "{e}");
-    assert!(TemporalKind::parse("gru").is_err());
-    let e = simclr::nn::simclr::Encoder::named(
-        "vivit_tiny",
-        4,
-        32,
-        1.0,
-        false,
-        TemporalKind::Transformer,
-        DType::F32,
-        &mut Rng::new(0),
+    // The second half is the least-squares slope: frames a + b·t give b, played backwards −b.
+    let (a, b) = (
+        Tensor::randn(&[2, 1, dim], 1.0, DType::F64, &mut Rng::new(16)).unwrap(),
+        Tensor::randn(&[2, 1, dim], 1.0, DType::F64, &mut Rng::new(17)).unwrap(),
     );
-    let e = e.err().expect("vivit + transformer is refused").to_string();
-    assert!(e.contains("--temporal") && e.contains("vivit_tiny"), "{e}");
+    let moving: Vec<Tensor> = (0..frames).map(|t| a.add(&b.mul_scalar(t as f64).unwrap()).unwrap()).collect();
+    let moving = Tensor::cat(&moving.iter().collect::<Vec<_>>(), 1).unwrap();
+    let b = b.reshape(&[2, dim]).unwrap();
+    assert!(max_abs_difference(&temporal_slope(&moving).unwrap(), &b) < 1e-12);
+    assert!(max_abs_difference(&temporal_slope(&reversed_frames(&moving)).unwrap(), &b.neg().unwrap()) < 1e-12);
+    let y = motion.forward(&moving).unwrap();
+    assert!(max_abs_difference(&y.narrow(1, dim, dim).unwrap(), &b) < 1e-12, "motion's second half is the slope");
+
+    // Clear errors: an unknown kind, a ViViT with an added transformer.
+    assert!(TemporalKind::parse("gru").is_err());
+    for kind in [TemporalKind::Transformer, TemporalKind::Motion] {
+        let e = simclr::nn::simclr::Encoder::named("vivit_tiny", 4, 32, 1.0, false, kind, DType::F32, &mut Rng::new(0));
+        let e = e.err().expect("vivit + transformer is refused").to_string();
+        assert!(e.contains("--temporal") && e.contains("vivit_tiny"), "{e}");
+    }
 }
 
 #[test]

@@ -56,7 +56,7 @@ impl Encoder {
 
     pub fn feature_dim(&self) -> usize {
         match self {
-            Encoder::ResNet(r, _) => r.feature_dim(),
+            Encoder::ResNet(r, pooling) => pooling.output_dim(r.feature_dim()),
             Encoder::Vivit(v) => v.config.dim,
         }
     }

@@ -75,7 +75,8 @@ struct Cli {
     #[arg(long = "small_stem", num_args = 0..=1, default_missing_value = "true")]
     small_stem: Option<bool>,
     /// How a ResNet's frame features become the clip's: mean (the baseline's) | transformer
-    /// (order-aware: learned frame positions and attention over frames, then the mean) [default: mean].
+    /// (order-aware: learned frame positions and attention over frames, then the mean) | motion
+    /// (the same attention over each frame's change from the clip's mean, added to it) [default: mean].
     #[arg(long)]
     temporal: Option<String>,
     /// adam | adamw | sgd | lars [default: adam].
