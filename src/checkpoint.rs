@@ -28,69 +28,19 @@
 
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
-use crate::nn::simclr::{Encoder, SimClr};
-use crate::nn::temporal::TemporalKind;
+use crate::nn::simclr::SimClr;
+pub use crate::nn::spec::ModelSpec;
 use crate::nn::{load_state_dict, state_dict};
 use crate::optim::OptimizerState;
 use crate::rng::Rng;
 use crate::tensor::safetensors_io::{load_safetensors, save_safetensors};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 const MODEL_FORMAT: &str = "simclr-model";
 const STATE_FORMAT: &str = "simclr-train-state";
-
-/// Everything needed to rebuild the model from its weights file alone.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ModelSpec {
-    pub base_model: String,
-    pub num_frames: usize,
-    pub image_size: usize,
-    pub width: f64,
-    pub small_stem: bool,
-    /// How a ResNet's frame features become the clip's (`nn::temporal`). Checkpoints from
-    /// before `--temporal` existed have no such field: they averaged, and load as `mean`.
-    #[serde(default = "mean_temporal")]
-    pub temporal: String,
-    pub projection_dim: usize,
-    pub temperature: f64,
-}
-
-fn mean_temporal() -> String {
-    TemporalKind::Mean.name().to_string()
-}
-
-impl ModelSpec {
-    pub fn from_config(c: &TrainConfig) -> ModelSpec {
-        ModelSpec {
-            base_model: c.base_model.clone(),
-            num_frames: c.num_frames,
-            image_size: c.image_size,
-            width: c.width,
-            small_stem: c.small_stem,
-            temporal: c.temporal.clone(),
-            projection_dim: c.projection_dim,
-            temperature: c.temperature,
-        }
-    }
-
-    /// A freshly initialised model (f32) drawn from `rng`.
-    pub fn build(&self, rng: &mut Rng) -> Result<SimClr> {
-        let encoder = Encoder::named(
-            &self.base_model,
-            self.num_frames,
-            self.image_size,
-            self.width,
-            self.small_stem,
-            TemporalKind::parse(&self.temporal)?,
-            DType::F32,
-            rng,
-        )?;
-        SimClr::new(encoder, self.projection_dim, self.temperature, DType::F32, rng)
-    }
-}
 
 /// Where training stands after `epochs_done` epochs (and `epoch_steps_done` steps of the next).
 #[derive(Clone, Debug, Serialize, Deserialize)]

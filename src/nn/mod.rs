@@ -15,6 +15,7 @@ pub mod linear;
 pub mod mlp;
 pub mod resnet;
 pub mod simclr;
+pub mod spec;
 pub mod temporal;
 pub mod vivit;
 

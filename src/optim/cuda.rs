@@ -127,13 +127,15 @@ pub(crate) fn adam_step(
     Ok(())
 }
 
-/// One LARS step of the device parameters `idx`, which have gradients.
+/// One LARS step of the device parameters `idx`, which have gradients; `adapted` says which
+/// parameters get the layer-wise trust ratio (`Lars`'s rule).
 pub(crate) fn lars_step(
     kernel: &mut Option<FusedLars>,
     config: LarsConfig,
     params: &[Tensor],
     momentum: &mut [Option<Tensor>],
     idx: &[usize],
+    adapted: fn(&Tensor) -> bool,
 ) -> Result<()> {
     const OP: &str = "Lars::step (cuda)";
     if idx.is_empty() {
@@ -152,7 +154,7 @@ pub(crate) fn lars_step(
     };
     for (gpu, group) in groups {
         let grads = group.iter().map(|&i| grad_slice(OP, i, &params[i])).collect::<Result<Vec<_>>>()?;
-        let adapt: Vec<bool> = group.iter().map(|&i| super::lars::is_adapted(&params[i])).collect();
+        let adapt: Vec<bool> = group.iter().map(|&i| adapted(&params[i])).collect();
         let us: Vec<Tensor> =
             group.iter().map(|&i| momentum[i].as_ref().expect("state ensured above").clone()).collect();
         let mut ws = lock_all(OP, group.iter().map(|&i| &params[i]))?;

@@ -85,7 +85,14 @@ impl Lars {
                 use crate::backend::cuda::kernels::optim::LarsConfig;
                 let config =
                     LarsConfig { lr: self.lr, momentum: self.momentum, weight_decay: self.weight_decay, eta: self.eta };
-                super::cuda::lars_step(&mut self.fused, config, &self.params, &mut self.momentum_buf, &on_device)?;
+                super::cuda::lars_step(
+                    &mut self.fused,
+                    config,
+                    &self.params,
+                    &mut self.momentum_buf,
+                    &on_device,
+                    is_adapted,
+                )?;
             }
             Ok(())
         })
