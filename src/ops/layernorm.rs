@@ -23,23 +23,23 @@ use rayon::prelude::*;
 
 const OP: &str = "layer_norm";
 
-/// Σ_j f(j) for j in 0..len, in 8 interleaved f64 partial sums (a single running sum is
-/// a chain of dependent adds, 4 cycles each: that chain was most of this op's time).
+/// Σ f(v) over `values` in 8 interleaved f64 partial sums (lane l takes the elements
+/// j ≡ l mod 8, in order; a single running sum is a chain of dependent adds, 4 cycles each:
+/// that chain was most of this op's time), the lanes added pairwise, the tail last: a fixed
+/// order, so the same sum whichever instruction set runs it. Loops over slices, not
+/// indices, so that the compiler sees the lengths and vectorises them.
 #[inline(always)]
-fn lane_sum(len: usize, f: impl Fn(usize) -> f64) -> f64 {
+fn lane_sum<V: Copy>(values: &[V], f: impl Fn(V) -> f64) -> f64 {
     const LANES: usize = 8;
     let mut acc = [0.0f64; LANES];
-    let body = len / LANES * LANES;
-    for base in (0..body).step_by(LANES) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(base + l);
-        }
+    let blocks = values.chunks_exact(LANES);
+    let tail: f64 = blocks.remainder().iter().map(|&v| f(v)).sum();
+    for block in blocks {
+        acc.iter_mut().zip(block).for_each(|(a, &v)| *a += f(v));
     }
-    let tail: f64 = (body..len).map(&f).sum();
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-/// y, and per row μ and r = 1/√(σ² + eps). `x` holds whole rows of length `n > 0`.
 fn forward<T: Float>(x: &[T], n: usize, gamma: Option<&[T]>, beta: Option<&[T]>, eps: f64) -> (Vec<T>, Vec<T>, Vec<T>) {
     let rows = x.len() / n;
     let mut y = vec![T::zero(); x.len()];
@@ -54,8 +54,8 @@ fn forward<T: Float>(x: &[T], n: usize, gamma: Option<&[T]>, beta: Option<&[T]>,
             vectorized(|| {
                 // Statistics in f64: cheap here, and keeps long f32 rows (768+) accurate.
                 // Two sweeps (mean, then squared deviations) avoid E[x²] − E[x]² cancellation.
-                let m = lane_sum(n, |j| row[j].as_f64()) / n as f64;
-                let var = lane_sum(n, |j| (row[j].as_f64() - m).powi(2)) / n as f64;
+                let m = lane_sum(row, |v| v.as_f64()) / n as f64;
+                let var = lane_sum(row, |v| (v.as_f64() - m).powi(2)) / n as f64;
                 let r = 1.0 / (var + eps).sqrt();
                 (*mu, *rs) = (T::of_f64(m), T::of_f64(r));
                 let normalized = |v: T| T::of_f64((v.as_f64() - m) * r);
@@ -91,21 +91,24 @@ fn backward<T: Float>(
     let block_rows = (PAR_MIN / n).max(1);
     let block = |(b, dx_block): (usize, &mut [T])| {
         let (mut dgam, mut dbet) = (vec![0.0f64; n], vec![0.0f64; n]);
+        // One row's x̂, ĝ = g·γ and ĝ·x̂, in f64 (reused row after row).
+        let (mut xhat, mut ghat, mut ghat_xhat) = (vec![0.0f64; n], vec![0.0f64; n], vec![0.0f64; n]);
         for (i, dxr) in dx_block.chunks_exact_mut(n).enumerate() {
             let row = b * block_rows + i;
             let (xr, gr) = (&x[row * n..][..n], &g[row * n..][..n]);
             let (mu, r) = (mean[row].as_f64(), rstd[row].as_f64());
             vectorized(|| {
-                let xhat = |j: usize| (xr[j].as_f64() - mu) * r;
-                let ghat = |j: usize| gr[j].as_f64() * gamma[j].as_f64();
-                let mean_gh = lane_sum(n, ghat) / n as f64;
-                let mean_ghx = lane_sum(n, |j| ghat(j) * xhat(j)) / n as f64;
-                for (j, (dg, db)) in dgam.iter_mut().zip(dbet.iter_mut()).enumerate() {
-                    *dg += gr[j].as_f64() * xhat(j);
-                    *db += gr[j].as_f64();
+                xhat.iter_mut().zip(xr).for_each(|(h, &v)| *h = (v.as_f64() - mu) * r);
+                ghat.iter_mut().zip(gr.iter().zip(gamma)).for_each(|(h, (&g, &w))| *h = g.as_f64() * w.as_f64());
+                ghat_xhat.iter_mut().zip(ghat.iter().zip(&xhat)).for_each(|(p, (&g, &x))| *p = g * x);
+                let mean_gh = lane_sum(&ghat, |v| v) / n as f64;
+                let mean_ghx = lane_sum(&ghat_xhat, |v| v) / n as f64;
+                for ((dg, db), (&g, &x)) in dgam.iter_mut().zip(dbet.iter_mut()).zip(gr.iter().zip(&xhat)) {
+                    *dg += g.as_f64() * x;
+                    *db += g.as_f64();
                 }
-                for (j, d) in dxr.iter_mut().enumerate() {
-                    *d = T::of_f64(r * (ghat(j) - mean_gh - xhat(j) * mean_ghx));
+                for (d, (&gh, &x)) in dxr.iter_mut().zip(ghat.iter().zip(&xhat)) {
+                    *d = T::of_f64(r * (gh - mean_gh - x * mean_ghx));
                 }
             });
         }
