@@ -285,6 +285,8 @@ fn temporal_transformer_sees_frame_order_and_has_correct_gradients() {
     assert!(max_abs_difference(&temporal_slope(&reversed_frames(&moving)).unwrap(), &b.neg().unwrap()) < 1e-12);
     let y = motion.forward(&moving).unwrap();
     assert!(max_abs_difference(&y.narrow(1, dim, dim).unwrap(), &b) < 1e-12, "motion's second half is the slope");
+    let e = temporal_slope(&b).unwrap_err().to_string();
+    assert!(e.contains("[B, T, F]"), "{e}");
 
     // Clear errors: an unknown kind, a ViViT with an added transformer.
     assert!(TemporalKind::parse("gru").is_err());

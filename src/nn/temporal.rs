@@ -25,7 +25,7 @@
 //!   read-out (docs/SIMCLR.md, section 14, has the measurements).
 //!
 //! Built from existing ops only (linear, attention, layer norm, GELU, add,
-//! mean), each gradchecked and with its CUDA kernel.
+//! sub, mul, mean, cat), each gradchecked and with its CUDA kernel.
 
 use super::vivit::Block;
 use super::{init, join, Module, TensorKind};
@@ -104,6 +104,9 @@ pub struct TemporalTransformer {
 /// Each feature's least-squares slope over the frames: Σ_t (t − t̄)·x_t / Σ_t (t − t̄)²,
 /// [B, T, F] → [B, F]. Linear in the frames and odd under reversal.
 pub fn temporal_slope(x: &Tensor) -> Result<Tensor> {
+    if x.rank() != 3 {
+        return Err(Error::shape("temporal_slope", format!("expected frame features [B, T, F], got {:?}", x.shape())));
+    }
     let t = x.shape()[1];
     let centre = (t as f64 - 1.0) / 2.0;
     let spread: f64 = (0..t).map(|i| (i as f64 - centre).powi(2)).sum();

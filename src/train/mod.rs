@@ -6,13 +6,14 @@
 //!    (one random crop/flip/colour draw per view, applied to every frame):
 //!    two tensors `[B, T, 3, S, S]`;
 //! 2. `SimClr::loss` runs both views through the encoder as one batch of 2B
-//!    clips (ResNet per frame + mean over time, or ViViT), the projection head,
+//!    clips (ResNet per frame + temporal pooling, or ViViT), the projection head,
 //!    and NT-Xent, which asks each clip's view to find its partner among 2B − 1;
 //! 3. `backward` walks the tape; the gradient norm is checked (and clipped on
 //!    request); the optimiser steps with the learning rate of the warm-up +
 //!    cosine schedule at this step.
 //!
-//! Around it: metrics per step in `OUT/metrics.jsonl`, plots per epoch,
+//! `Trainer` (`trainer.rs`) is that loop: `step` is the three items above, `end_epoch` and
+//! `checkpoint` what follows. Around it: metrics per step in `OUT/metrics.jsonl`, plots per epoch,
 //! checkpoints every `checkpoint_every` epochs (and, on request, every N steps or M minutes in
 //! the middle of an epoch), and an exact resume. A stop signal (`crate::signals`: SIGTERM,
 //! SIGINT, SIGUSR1) ends the run after the current step with a checkpoint: every rank agrees to
