@@ -40,6 +40,7 @@ fn lane_sum<V: Copy>(values: &[V], f: impl Fn(V) -> f64) -> f64 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
+/// y, and per row μ and r = 1/√(σ² + eps). `x` holds whole rows of length `n > 0`.
 fn forward<T: Float>(x: &[T], n: usize, gamma: Option<&[T]>, beta: Option<&[T]>, eps: f64) -> (Vec<T>, Vec<T>, Vec<T>) {
     let rows = x.len() / n;
     let mut y = vec![T::zero(); x.len()];
