@@ -164,22 +164,19 @@ fn build_batch(
     let mut subset = Vec::new();
     let mut views = [vec![0f32; instances * per_clip], vec![0f32; instances * per_clip]];
     for (d, &reversed) in directions.iter().enumerate() {
+        // A twin's views have random draws of their own.
+        let seed = if reversed { seed ^ TWIN_SEED } else { seed };
         for (b, &clip) in clips.iter().enumerate() {
             let whole = ds.clip(clip)?;
             let instance = d * clips.len() + b;
             for (v, out) in views.iter_mut().enumerate() {
-                // A twin's views have random draws of their own.
-                let seed = if reversed { seed ^ TWIN_SEED } else { seed };
                 let shift = if max_shift > 0 { shift_rng(seed, epoch, clip, v).below(max_shift + 1) } else { 0 };
                 let bytes = if shift == 0 && t == m.frames && !reversed {
                     whole
                 } else {
                     subset.clear();
-                    let mut chosen: Vec<usize> = base.iter().map(|f| f + shift).collect();
-                    if reversed {
-                        chosen.reverse();
-                    }
-                    for f in chosen {
+                    for k in 0..t {
+                        let f = base[if reversed { t - 1 - k } else { k }] + shift;
                         subset.extend_from_slice(&whole[f * frame_bytes..(f + 1) * frame_bytes]);
                     }
                     &subset[..]
