@@ -11,6 +11,8 @@
 //! Per model: one warm-up step, then a few timed steps; clips/s and the
 //! forward / backward / optimiser split are medians over the timed steps.
 //! `SIMCLR_OP_TIMES=1` adds a table of the time per op (forward and backward; autograd::op_times).
+//! `SIMCLR_BENCH_PRECISION=bf16` runs the steps under bf16 autocast (`--precision bf16`: the
+//! matmuls' operands in bf16 on CPUs with AVX512-BF16), its `RESULT` lines as `simclr-bf16`.
 //! (train.rs's forward time also reads the loss, as here; its backward time
 //! also includes the gradient-norm check, which is left out here.) Each model
 //! ends with one `RESULT` line for tools/bench_cpu_vs_torch.sh, which runs the
@@ -34,6 +36,7 @@ use simclr::autograd::op_times;
 use simclr::checkpoint::ModelSpec;
 use simclr::config::TrainConfig;
 use simclr::nn::{parameter_count, parameters, Module};
+use simclr::ops::autocast::autocast;
 use simclr::train::build_optimizer;
 use simclr::{DType, Rng, Tensor};
 use std::time::Instant;
@@ -137,7 +140,7 @@ struct Case {
     steps: usize,
 }
 
-fn bench(case: &Case, gemm: f64) {
+fn bench(case: &Case, gemm: f64, bf16: bool) {
     let Case { key, name, spec, batch, lr, steps } = case;
     let mut rng = Rng::new(0);
     let mut model = spec.build(&mut rng).unwrap();
@@ -152,7 +155,7 @@ fn bench(case: &Case, gemm: f64) {
     let resnet = spec.base_model.starts_with("resnet");
     let flops = if resnet { 3.0 * forward_flops(spec, *batch, model.encoder.feature_dim()) } else { f64::NAN };
 
-    println!("\n## {name}");
+    println!("\n## {name}{}", if bf16 { ", bf16 autocast" } else { "" });
     println!(
         "# {} width {} {} stem, {t} frames x {s}x{s}, projection {}, batch {batch} clips \
          ({} frames through the encoder per step)",
@@ -176,7 +179,7 @@ fn bench(case: &Case, gemm: f64) {
         opt.zero_grad();
         let t0 = Instant::now();
         op_times::mark();
-        let loss = model.loss(&v1, &v2).unwrap();
+        let loss = autocast(bf16, || model.loss(&v1, &v2)).unwrap();
         loss_value = loss.item().unwrap();
         let t1 = Instant::now();
         loss.backward().unwrap();
@@ -216,7 +219,8 @@ fn bench(case: &Case, gemm: f64) {
     );
     // case, clips/s, forward, backward, optimiser, step (medians, s), min and max step
     println!(
-        "RESULT simclr {key} {:.4} {:.5} {:.5} {:.5} {step_s:.5} {min:.5} {max:.5}",
+        "RESULT simclr{} {key} {:.4} {:.5} {:.5} {:.5} {step_s:.5} {min:.5} {max:.5}",
+        if bf16 { "-bf16" } else { "" },
         *batch as f64 / step_s,
         median(&fwd),
         median(&bwd),
@@ -272,10 +276,18 @@ fn main() {
     if cases.is_empty() {
         panic!("SIMCLR_BENCH_CASES={wanted:?} names none of demo, resnet18, vivit_tiny");
     }
+    let bf16 = match std::env::var("SIMCLR_BENCH_PRECISION").as_deref() {
+        Err(_) | Ok("f32") => false,
+        Ok("bf16") => true,
+        Ok(other) => panic!("SIMCLR_BENCH_PRECISION={other:?}: use f32 or bf16"),
+    };
+    if bf16 && !simclr::backend::cpu::gemm_bf16::supported() {
+        panic!("SIMCLR_BENCH_PRECISION=bf16: {}", simclr::ops::autocast::BF16_CPU_UNSUPPORTED);
+    }
     for case in cases {
         let gemm = gemm_gflops(n, &mut rng);
         println!("\n## reference: f32 GEMM {n}x{n}x{n} (tensor matmul, all threads): {gemm:.1} GFLOP/s");
-        bench(case, gemm);
+        bench(case, gemm, bf16);
     }
     println!("\n## reference again at the end: f32 GEMM {n}x{n}x{n}: {:.1} GFLOP/s", gemm_gflops(n, &mut rng));
 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 pub const MODELS: &[&str] = &["resnet18", "resnet34", "resnet50", "vivit_tiny", "vivit_small", "vivit_base"];
 pub const OPTIMIZERS: &[&str] = &["adam", "adamw", "sgd", "lars"];
-pub const PRECISIONS: &[&str] = &["bf16", "f32"];
+pub const PRECISIONS: &[&str] = &["auto", "bf16", "f32"];
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -64,9 +64,11 @@ pub struct TrainConfig {
     /// backend, else the CPU), `cpu`, or `cuda` (the GPU of this rank's local rank; needs a build
     /// with feature `cuda`).
     pub device: String,
-    /// On the GPU, `bf16`: matmuls, convolutions and attention run on bf16 tensor cores with f32
-    /// accumulation (autocast; weights, optimiser and every other op stay f32), or `f32`
-    /// throughout. The CPU always computes in f32.
+    /// `bf16`: bf16 autocast — on the GPU matmuls, convolutions and attention run on bf16 tensor
+    /// cores, on the CPU matmuls and linear layers multiply bf16 operands with AVX512-BF16 (an
+    /// error on a CPU without it); products are summed in f32, and weights, optimiser and every
+    /// other op stay f32. `f32`: f32 throughout. `auto` (the default): bf16 on the GPU, f32 on
+    /// the CPU (the reference).
     pub precision: String,
     /// On the GPU, the fixed-order path of the kernels that would otherwise add partial sums with
     /// atomics (conv weight gradient, attention dQ): the same bits every run, a resume that
@@ -148,7 +150,7 @@ impl Default for TrainConfig {
             seed: 0,
             out: PathBuf::from("runs"),
             device: "auto".into(),
-            precision: "bf16".into(),
+            precision: "auto".into(),
             deterministic: true,
             workers: 2,
             ddp: false,
@@ -265,7 +267,7 @@ impl TrainConfig {
             other => return bad("--device", format!("unknown device `{other}`; use auto, cpu or cuda")),
         }
         if !PRECISIONS.contains(&self.precision.as_str()) {
-            return bad("--precision", format!("unknown precision `{}`; use bf16 or f32", self.precision));
+            return bad("--precision", format!("unknown precision `{}`; use auto, bf16 or f32", self.precision));
         }
         self.augment_config().validate()
     }

@@ -58,6 +58,7 @@ fn bad_flags_name_the_flag() {
         (&["--grad_clip", "0"], &["--grad_clip"]),
         (&["--warmup_fraction", "1.5"], &["--warmup_fraction"]),
         (&["--threads", "0"], &["--threads"]),
+        (&["--precision", "f16"], &["--precision", "auto, bf16 or f32"]),
     ];
     for (i, (flags, needles)) in cases.iter().enumerate() {
         let out_dir = dir.join(format!("out{i}"));
@@ -144,4 +145,32 @@ fn a_diverging_run_stops_with_a_clear_error_and_keeps_the_last_checkpoint() {
     assert!(out_dir.join("checkpoint_epoch_1.state.safetensors").exists());
     assert!(!out_dir.join("checkpoint_epoch_2.safetensors").exists());
     assert!(!out_dir.join("final_model.safetensors").exists());
+}
+
+/// `--precision bf16` on the CPU: trains with bf16 matmul operands where the CPU has
+/// AVX512-BF16 (so its weights differ from the f32 run's), else refuses with the reason.
+#[test]
+fn cpu_bf16_trains_where_the_cpu_can_and_says_why_not_elsewhere() {
+    let dir = temp_dir("cpu_bf16");
+    let data = dir.join("data");
+    tiny_dataset(&data, 8);
+    let run = |precision: &str| {
+        let out_dir = dir.join(precision);
+        let mut args = vec!["--processed_dir", data.to_str().unwrap(), "--out", out_dir.to_str().unwrap()];
+        args.extend_from_slice(&["--batch_size", "8", "--epochs", "1", "--device", "cpu", "--precision", precision]);
+        args.extend_from_slice(TINY);
+        (train(&args), out_dir.join("final_model.safetensors"))
+    };
+    let (out, bf16_model) = run("bf16");
+    if !simclr::backend::cpu::gemm_bf16::supported() {
+        assert_fails(&out, &["--precision", "AVX512-BF16", "--precision f32"]);
+        assert!(!bf16_model.exists());
+        return;
+    }
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (out, f32_model) = run("f32");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (bf16, f32) = (std::fs::read(&bf16_model).unwrap(), std::fs::read(&f32_model).unwrap());
+    assert_eq!(bf16.len(), f32.len());
+    assert_ne!(bf16, f32, "the bf16 run's weights should differ from the f32 run's after a step");
 }

@@ -1,13 +1,21 @@
-//! bf16 autocast for the GPU: inside [`autocast`], matmul/linear (and the other ops that
-//! consult [`is_autocast_enabled`]: convolution, attention) take f32 CUDA tensors, compute
-//! in bf16 on the tensor cores with f32 accumulation, and return f32. Parameters stay f32
-//! (the optimiser's master weights) and every other op — normalisations, softmax, the loss —
-//! stays f32, as with PyTorch's `torch.autocast("cuda", dtype=torch.bfloat16)`.
+//! bf16 autocast: inside [`autocast`], matmul/linear (and, on the GPU, the other ops that
+//! consult [`is_autocast_enabled`]: convolution, attention) take f32 tensors, multiply in
+//! bf16 with f32 accumulation, and return f32. Parameters stay f32 (the optimiser's master
+//! weights) and every other op — normalisations, softmax, the loss — stays f32, as with
+//! PyTorch's `torch.autocast(dtype=torch.bfloat16)`.
+//!
+//! On a GPU the bf16 products run on the tensor cores. On the CPU, matmul and linear round
+//! their operands to bf16 as the GEMM packs them and multiply with AVX512-BF16
+//! (`backend/cpu/gemm_bf16.rs`); [`cpu_gemm_precision`] refuses where the CPU lacks it.
+//! CPU convolution and attention stay f32.
 //!
 //! The mode is per thread, like `no_grad`. An op records the mode it ran under and its
-//! backward uses the same one, whatever the mode is when `backward()` is called. CPU ops
-//! ignore it: the CPU backend is the f32/f64 reference.
+//! backward uses the same one, whatever the mode is when `backward()` is called.
 
+use crate::backend::cpu::gemm_bf16;
+use crate::backend::cpu::matmul::GemmPrecision;
+use crate::error::{Error, Result};
+use crate::tensor::DType;
 use std::cell::Cell;
 
 thread_local! {
@@ -30,3 +38,20 @@ pub fn autocast<R>(enabled: bool, f: impl FnOnce() -> R) -> R {
     let _restore = Restore(AUTOCAST.with(|a| a.replace(enabled)));
     f()
 }
+
+/// How a CPU GEMM of `dtype` operands multiplies when autocast is `enabled`: f32 in bf16
+/// (an error naming the missing instructions where this CPU has no AVX512-BF16), anything
+/// else exactly.
+pub fn cpu_gemm_precision(op: &'static str, enabled: bool, dtype: DType) -> Result<GemmPrecision> {
+    if !enabled || dtype != DType::F32 {
+        return Ok(GemmPrecision::Exact);
+    }
+    if !gemm_bf16::supported() {
+        return Err(Error::invalid(op, BF16_CPU_UNSUPPORTED));
+    }
+    Ok(GemmPrecision::Bf16)
+}
+
+/// Why bf16 on this CPU is refused.
+pub const BF16_CPU_UNSUPPORTED: &str = "bf16 on the CPU needs AVX512-BF16 (Intel Cooper Lake / Sapphire Rapids \
+     or later, AMD Zen 4 or later), which this CPU lacks; use --precision f32 (the CPU's default)";

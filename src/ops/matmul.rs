@@ -13,13 +13,17 @@ use crate::backend::cpu::matmul::{matmul as matmul_kernel, matmul_plus_row};
 use crate::error::{Error, Result};
 use crate::float_dispatch;
 use crate::tensor::Tensor;
+use autocast::cpu_gemm_precision;
 
 use super::elementwise::{check_same_dtype, sum_to_shape};
 
 /// a @ b on the device of the operands, outside the graph.
 fn product(op: &'static str, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     match placement(op, &[a, b])? {
-        Placement::Cpu => Ok(float_dispatch!(op, a.dtype(), T => matmul_kernel::<T>(a, b)?)),
+        Placement::Cpu => {
+            let precision = cpu_gemm_precision(op, autocast::is_autocast_enabled(), a.dtype())?;
+            Ok(float_dispatch!(op, a.dtype(), T => matmul_kernel::<T>(a, b, precision)?))
+        }
         #[cfg(feature = "cuda")]
         Placement::Cuda => cuda::matmul(a, b, super::autocast::is_autocast_enabled()),
     }
@@ -29,7 +33,10 @@ fn product(op: &'static str, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// CPU the row is the GEMM's starting value; on a GPU it is a broadcast add.
 fn product_plus_row(op: &'static str, a: &Tensor, b: &Tensor, row: &Tensor) -> Result<Tensor> {
     match placement(op, &[a, b, row])? {
-        Placement::Cpu => Ok(float_dispatch!(op, a.dtype(), T => matmul_plus_row::<T>(a, b, Some(row))?)),
+        Placement::Cpu => {
+            let precision = cpu_gemm_precision(op, autocast::is_autocast_enabled(), a.dtype())?;
+            Ok(float_dispatch!(op, a.dtype(), T => matmul_plus_row::<T>(a, b, Some(row), precision)?))
+        }
         #[cfg(feature = "cuda")]
         Placement::Cuda => product(op, a, b)?.add(row),
     }

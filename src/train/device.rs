@@ -33,6 +33,19 @@ pub fn training_device(cfg: &TrainConfig) -> Result<(Device, Option<String>)> {
 
 /// `--device auto`: the GPU of this rank's local rank when the machine has GPUs (and this build
 /// the CUDA backend), else the CPU; with the reason.
+/// Whether the steps run under bf16 autocast (`--precision`): `auto` means on a GPU only, as
+/// the CPU is the f32 reference; `bf16` on a CPU without AVX512-BF16 is refused here, before
+/// any work, with the reason.
+pub(super) fn autocast_bf16(cfg: &TrainConfig, device: Device) -> Result<bool> {
+    match (cfg.precision.as_str(), device) {
+        ("f32", _) | ("auto", Device::Cpu) => Ok(false),
+        ("bf16", Device::Cpu) if !crate::backend::cpu::gemm_bf16::supported() => {
+            Err(Error::invalid("--precision", crate::ops::autocast::BF16_CPU_UNSUPPORTED))
+        }
+        _ => Ok(true),
+    }
+}
+
 fn auto_device(local_rank: usize) -> Result<(Device, String)> {
     #[cfg(feature = "cuda")]
     {

@@ -2,7 +2,7 @@
 //! it back from a checkpoint), `run` goes over the epochs, `step` trains one batch, `end_epoch`
 //! logs the epoch and takes its checkpoint, `checkpoint` writes what a resume needs.
 
-use super::device::{add_gpu_memory, device_name, gpu_memory, training_device};
+use super::device::{add_gpu_memory, autocast_bf16, device_name, gpu_memory, training_device};
 use super::{build_optimizer, TrainOptions, TrainOutcome, BUCKET_MB, MODEL_INIT_STREAM};
 use crate::backend::Device;
 use crate::checkpoint::{
@@ -137,7 +137,7 @@ impl<'a> Trainer<'a> {
             writer,
             verbose,
             device,
-            bf16: device != Device::Cpu && cfg.precision == "bf16",
+            bf16: autocast_bf16(cfg, device)?,
             loader,
             dataset,
             steps_per_epoch,
@@ -251,6 +251,8 @@ impl<'a> Trainer<'a> {
         }
         if let Some(name) = device_name(self.device) {
             println!("training on {name}, {}", if self.bf16 { "bf16 autocast" } else { "f32" });
+        } else if self.bf16 {
+            println!("bf16 autocast on the CPU: matmul operands in bf16 (AVX512-BF16), sums and weights f32");
         }
     }
 
@@ -332,7 +334,7 @@ impl<'a> Trainer<'a> {
         self.optimizer.set_lr(lr);
         self.optimizer.zero_grad();
         let t = Instant::now();
-        // bf16 autocast on the GPU (--precision); the backward runs in each op's forward mode.
+        // bf16 autocast (--precision); the backward runs in each op's forward mode.
         let (model, comm, temperature) = (&mut self.model, &self.comm, self.cfg.temperature);
         let loss = autocast(self.bf16, || {
             if self.world == 1 {

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch side of tools/bench_cpu_vs_torch.sh: benches/train_step.rs's training step, the same
-models and shapes, f32 on the CPU, eager (and torch.compile with --compile).
+models and shapes, f32 on the CPU, eager (and torch.compile with --compile); with --bf16, eager
+under torch.autocast("cpu", dtype=torch.bfloat16), beside our --precision bf16.
 
 One step as ours: zero_grad -> both views through the model as one batch of 2B clips (models.py,
 the same architecture and initialisation rules as src/nn) -> NT-Xent -> backward -> Adam (L2
@@ -10,7 +11,7 @@ steps; each model ends with a line
 
   RESULT torch-<mode> <case> <clips/s> <forward s> <backward s> <optimiser s> <step s> <min s> <max s>
 
-  python3 tools/torch_reference/bench_cpu_step.py --cases demo,resnet18,vivit_tiny [--compile]
+  python3 tools/torch_reference/bench_cpu_step.py --cases demo,resnet18,vivit_tiny [--compile | --bf16]
 """
 import argparse
 import os
@@ -44,7 +45,8 @@ def bench(key, mode):
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = nt_xent(forward(views), tau)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "eager-bf16"):
+            loss = nt_xent(forward(views), tau)
         loss_value = loss.item()
         t1 = time.perf_counter()
         loss.backward()
@@ -69,6 +71,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
     ap.add_argument("--compile", action="store_true", help="torch.compile instead of eager")
+    ap.add_argument("--bf16", action="store_true", help="eager under bf16 autocast instead of f32")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads [all cores, as ours]")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -76,7 +79,7 @@ def main():
         if key not in CASES:
             ap.error(f"unknown case {key!r} (choose from {', '.join(CASES)})")
         try:
-            bench(key, "compile" if args.compile else "eager")
+            bench(key, "compile" if args.compile else "eager-bf16" if args.bf16 else "eager")
         except Exception as e:  # torch.compile needs a C++ compiler and may fail on a bare machine
             if not args.compile:
                 raise

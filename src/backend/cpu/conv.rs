@@ -25,7 +25,7 @@ mod direct_weight;
 mod pixel_taps;
 mod tap_table;
 
-use super::matmul::gemm_strided;
+use super::matmul::{gemm_strided, GemmPrecision};
 use crate::tensor::Float;
 use rayon::prelude::*;
 use std::any::{Any, TypeId};
@@ -329,6 +329,7 @@ fn forward_im2col<T: Float>(
                 1,
                 false,
                 gemm_threads,
+                GemmPrecision::Exact,
             );
         }
         if count > 1 {
@@ -379,6 +380,7 @@ fn backward_input_im2col<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry, step: us
                 1,
                 false,
                 gemm_threads,
+                GemmPrecision::Exact,
             );
         }
         for (b, dxn) in dxg.chunks_mut(g.image()).enumerate() {
@@ -419,6 +421,7 @@ fn backward_weight_im2col<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry, step: u
                 ld as isize,
                 true,
                 gemm_threads,
+                GemmPrecision::Exact,
             );
         }
     };

@@ -1,6 +1,7 @@
-//! Batched matrix multiply through the `gemm` crate.
+//! Batched matrix multiply through the `gemm` crate (or, for f32 under bf16 autocast,
+//! `gemm_bf16`).
 //!
-//! `gemm` takes a row stride and a column stride for each operand, so
+//! Both take a row stride and a column stride for each operand, so
 //! transposed and broadcast views are multiplied in place, without copies.
 
 use super::elementwise::{element_offsets, PAR_MIN};
@@ -9,14 +10,25 @@ use crate::error::{Error, Result};
 use crate::tensor::layout::{broadcast_shapes, Layout};
 use crate::tensor::{Float, StorageElement, Tensor};
 use rayon::prelude::*;
+use std::any::TypeId;
 use std::mem::MaybeUninit;
+
+/// How a GEMM multiplies: `Exact` in the operands' own type, or `Bf16` — f32 operands
+/// rounded to bf16, products summed in f32 (`gemm_bf16`: bf16 autocast on the CPU). f64
+/// GEMMs are exact either way, as autocast leaves f64 alone.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum GemmPrecision {
+    Exact,
+    Bf16,
+}
 
 /// One GEMM: `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`, each operand given by pointer and
 /// (row stride, column stride) in elements. `dst` is overwritten, or added to
 /// when `accumulate` is set.
 ///
 /// # Safety
-/// The pointers must cover the addressed elements; `dst` must not alias the inputs.
+/// The pointers must cover the addressed elements; `dst` must not alias the inputs; with
+/// `GemmPrecision::Bf16` and f32, the CPU must have AVX512-BF16 (`gemm_bf16::supported`).
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_strided<T: Float>(
     m: usize,
@@ -33,9 +45,23 @@ pub unsafe fn gemm_strided<T: Float>(
     rhs_cs: isize,
     accumulate: bool,
     threads: usize,
+    precision: GemmPrecision,
 ) {
     if m == 0 || n == 0 || (k == 0 && accumulate) {
         return;
+    }
+    if precision == GemmPrecision::Bf16 && TypeId::of::<T>() == TypeId::of::<f32>() {
+        let f = |p: *const T| p as *const f32;
+        return super::gemm_bf16::gemm_bf16(
+            m,
+            n,
+            k,
+            (dst as *mut f32, dst_rs, dst_cs),
+            (f(lhs), lhs_rs, lhs_cs),
+            (f(rhs), rhs_rs, rhs_cs),
+            accumulate,
+            threads,
+        );
     }
     if k == 0 {
         for i in 0..m {
@@ -85,6 +111,7 @@ fn splits_inner_axis(m: usize, n: usize, k: usize, threads: usize) -> bool {
 ///
 /// # Safety
 /// As for [`gemm_strided`]: `dst` [m, n] row-major, lhs [m, k] and rhs [k, n] at the strides given.
+#[allow(clippy::too_many_arguments)]
 unsafe fn inner_axis_split<T: Float>(
     m: usize,
     n: usize,
@@ -93,6 +120,7 @@ unsafe fn inner_axis_split<T: Float>(
     (lhs_rs, lhs_cs, rhs_rs, rhs_cs): (isize, isize, isize, isize),
     accumulate: bool,
     threads: usize,
+    precision: GemmPrecision,
 ) {
     let slice = k.div_ceil(threads);
     let (lhs, rhs, dst) = (SendConstPtr(lhs), SendConstPtr(rhs), SendPtr(dst));
@@ -119,6 +147,7 @@ unsafe fn inner_axis_split<T: Float>(
                 rhs_cs,
                 accumulate && s == 0,
                 1,
+                precision,
             );
             own
         })
@@ -132,13 +161,18 @@ unsafe fn inner_axis_split<T: Float>(
 }
 
 /// `a @ b` for `a: [..., m, k]`, `b: [..., k, n]` with broadcast batch axes.
-pub fn matmul<T: Float + StorageElement>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    matmul_plus_row::<T>(a, b, None)
+pub fn matmul<T: Float + StorageElement>(a: &Tensor, b: &Tensor, precision: GemmPrecision) -> Result<Tensor> {
+    matmul_plus_row::<T>(a, b, None, precision)
 }
 
 /// `a @ b + row` with `row` ([n], host) added to every output row, as the GEMM's
 /// starting value: a linear layer's bias costs no pass of its own.
-pub fn matmul_plus_row<T: Float + StorageElement>(a: &Tensor, b: &Tensor, row: Option<&Tensor>) -> Result<Tensor> {
+pub fn matmul_plus_row<T: Float + StorageElement>(
+    a: &Tensor,
+    b: &Tensor,
+    row: Option<&Tensor>,
+    precision: GemmPrecision,
+) -> Result<Tensor> {
     const OP: &str = "matmul";
     if a.rank() < 2 || b.rank() < 2 {
         return Err(Error::shape(OP, format!("needs rank >= 2 operands, got {:?} and {:?}", a.shape(), b.shape())));
@@ -212,6 +246,7 @@ pub fn matmul_plus_row<T: Float + StorageElement>(a: &Tensor, b: &Tensor, row: O
             b_cs,
             accumulate,
             threads,
+            precision,
         );
     };
     let threads = rayon::current_num_threads();
@@ -228,6 +263,7 @@ pub fn matmul_plus_row<T: Float + StorageElement>(a: &Tensor, b: &Tensor, row: O
                 (a_rs, a_cs, b_rs, b_cs),
                 accumulate,
                 threads,
+                precision,
             )
         };
     } else {
@@ -258,8 +294,16 @@ mod tests {
         let row = Tensor::randn(&[n], 1.0, DType::F64, &mut rng).unwrap();
         let on = |threads| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         for row in [None, Some(&row)] {
-            let split = on(3).install(|| matmul_plus_row::<f64>(&a, &b, row)).unwrap().to_vec::<f64>().unwrap();
-            let whole = on(1).install(|| matmul_plus_row::<f64>(&a, &b, row)).unwrap().to_vec::<f64>().unwrap();
+            let split = on(3)
+                .install(|| matmul_plus_row::<f64>(&a, &b, row, GemmPrecision::Exact))
+                .unwrap()
+                .to_vec::<f64>()
+                .unwrap();
+            let whole = on(1)
+                .install(|| matmul_plus_row::<f64>(&a, &b, row, GemmPrecision::Exact))
+                .unwrap()
+                .to_vec::<f64>()
+                .unwrap();
             assert!(split.iter().zip(&whole).all(|(s, w)| (s - w).abs() < 1e-9 * (1.0 + w.abs())), "row {row:?}");
         }
     }

@@ -4,6 +4,7 @@
 pub mod conv;
 pub mod elementwise;
 pub mod fast_math;
+pub mod gemm_bf16;
 pub mod heap;
 pub mod matmul;
 pub mod max_pool;

@@ -109,7 +109,8 @@ struct Cli {
     /// auto | cpu | cuda [default: auto: the GPU(s) when there are any, else the CPU].
     #[arg(long)]
     device: Option<String>,
-    /// On the GPU: bf16 (tensor-core matmul/conv/attention, f32 weights) | f32 [default: bf16].
+    /// auto | bf16 | f32 [default: auto: bf16 on the GPU, f32 on the CPU]. bf16 is autocast:
+    /// on the GPU tensor-core matmul/conv/attention, on the CPU matmuls with AVX512-BF16; f32 weights.
     #[arg(long)]
     precision: Option<String>,
     /// On the GPU: true = the same bits every run (fixed-order sums instead of float atomics in

@@ -32,7 +32,7 @@ mod cuda;
 
 use super::super::{placement, Placement};
 use crate::autograd::record;
-use crate::backend::cpu::matmul::gemm_strided;
+use crate::backend::cpu::matmul::{gemm_strided, GemmPrecision};
 use crate::error::{Error, Result};
 use crate::float_dispatch;
 use crate::tensor::{Float, StorageElement, Tensor};
@@ -80,6 +80,7 @@ fn matmul_rows<T: Float>(a: &[T], b: &[T], m: usize, k: usize, n: usize, b_trans
             b_cs,
             false,
             rayon::current_num_threads(),
+            GemmPrecision::Exact,
         );
     }
     out

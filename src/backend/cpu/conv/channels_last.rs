@@ -17,7 +17,7 @@
 //! Jobs of G images share one GEMM as in `conv.rs`.
 
 use super::{for_each_job, group_dy, job_threads, sum_over_groups, ConvGeometry};
-use crate::backend::cpu::matmul::gemm_strided;
+use crate::backend::cpu::matmul::{gemm_strided, GemmPrecision};
 use crate::tensor::Float;
 
 /// The padded channels-last image: its width (pixels) and size (elements).
@@ -133,6 +133,7 @@ pub(super) fn backward_input<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry, step
                 1,
                 false,
                 gemm_threads,
+                GemmPrecision::Exact,
             );
         }
         for (b, dxn) in dxg.chunks_exact_mut(g.image()).enumerate() {
@@ -178,6 +179,7 @@ pub(super) fn backward_weight<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry, ste
                 1,
                 true,
                 gemm_threads,
+                GemmPrecision::Exact,
             );
         }
     };

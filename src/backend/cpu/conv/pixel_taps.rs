@@ -12,7 +12,7 @@
 //! so accumulation into shared pixels needs no locks and sums in a fixed order.
 
 use super::{threads, ConvGeometry};
-use crate::backend::cpu::matmul::gemm_strided;
+use crate::backend::cpu::matmul::{gemm_strided, GemmPrecision};
 use crate::tensor::Float;
 
 /// The live (output pixel, input pixel, tap) triples: every tap whose input pixel is
@@ -90,6 +90,7 @@ pub(super) fn forward<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGe
                 s.x_n,
                 true,
                 threads(),
+                GemmPrecision::Exact,
             );
         }
     }
@@ -118,6 +119,7 @@ pub(super) fn backward_input<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> V
                 s.y_n,
                 true,
                 threads(),
+                GemmPrecision::Exact,
             );
         }
     }
@@ -146,6 +148,7 @@ pub(super) fn backward_weight<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry) -> 
                 s.x_c,
                 true,
                 threads(),
+                GemmPrecision::Exact,
             );
         }
     }

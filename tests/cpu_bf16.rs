@@ -1,0 +1,214 @@
+//! bf16 autocast on the CPU: the bf16 GEMM (backend/cpu/gemm_bf16.rs) against an f64
+//! reference on bf16-rounded operands, and matmul/linear under `autocast` taking it.
+//! Where the CPU lacks AVX512-BF16 the GEMM tests say so and check the refusal instead.
+
+use simclr::backend::cpu::gemm_bf16::{gemm_bf16, round_to_bf16, supported};
+use simclr::backend::cpu::matmul::GemmPrecision;
+use simclr::ops::autocast::{autocast, cpu_gemm_precision};
+use simclr::ops::matmul::linear;
+use simclr::{DType, Rng, Tensor};
+
+#[test]
+fn rounding_to_bf16_is_to_nearest_ties_to_even() {
+    let ulp = 2f32.powi(-7); // bf16's spacing in [1, 2)
+    assert_eq!(round_to_bf16(1.0), 1.0);
+    assert_eq!(round_to_bf16(-2.5), -2.5);
+    assert_eq!(round_to_bf16(1.0 + ulp / 2.0), 1.0, "a tie goes to the even neighbour (1.0)");
+    assert_eq!(round_to_bf16(1.0 + 1.5 * ulp), 1.0 + 2.0 * ulp, "a tie goes to the even neighbour");
+    assert_eq!(round_to_bf16(1.0 + ulp / 2.0 + 2f32.powi(-20)), 1.0 + ulp, "past the tie rounds up");
+    assert_eq!(round_to_bf16(1.0 + ulp / 2.0 - 2f32.powi(-20)), 1.0, "short of the tie rounds down");
+    assert_eq!(round_to_bf16(f32::INFINITY), f32::INFINITY);
+    assert_eq!(round_to_bf16(f32::NEG_INFINITY), f32::NEG_INFINITY);
+    assert_eq!(round_to_bf16(f32::MAX), f32::INFINITY, "past the largest bf16");
+    assert!(round_to_bf16(f32::NAN).is_nan());
+    assert!(round_to_bf16(f32::from_bits(0x7F80_0001)).is_nan(), "a NaN with only low bits set stays NaN");
+}
+
+/// Where AVX512-BF16 is missing, the autocast precision is refused with the reason; true
+/// where the tests below can run.
+fn bf16_cpu() -> bool {
+    let chosen = cpu_gemm_precision("test", true, DType::F32);
+    if supported() {
+        assert_eq!(chosen.unwrap(), GemmPrecision::Bf16);
+        true
+    } else {
+        let err = chosen.unwrap_err().to_string();
+        assert!(err.contains("AVX512-BF16") && err.contains("--precision f32"), "{err}");
+        eprintln!("this CPU has no AVX512-BF16: the bf16 GEMM itself is not exercised here");
+        false
+    }
+}
+
+#[test]
+fn autocast_leaves_f64_and_autocast_off_exact() {
+    assert_eq!(cpu_gemm_precision("test", false, DType::F32).unwrap(), GemmPrecision::Exact);
+    assert_eq!(cpu_gemm_precision("test", true, DType::F64).unwrap(), GemmPrecision::Exact);
+}
+
+/// A strided f32 matrix: element (i, j) at i·rs + j·cs.
+struct Strided {
+    data: Vec<f32>,
+    rs: isize,
+    cs: isize,
+}
+
+impl Strided {
+    fn random(rows: usize, cols: usize, transposed: bool, rng: &mut Rng) -> Strided {
+        let data = (0..rows * cols).map(|_| rng.uniform_range(-2.0, 2.0) as f32).collect();
+        let (rs, cs) = if transposed { (1, rows as isize) } else { (cols as isize, 1) };
+        Strided { data, rs, cs }
+    }
+    fn at(&self, i: usize, j: usize) -> f32 {
+        self.data[(i as isize * self.rs + j as isize * self.cs) as usize]
+    }
+}
+
+#[test]
+fn bf16_gemm_matches_an_f64_product_of_the_rounded_operands() {
+    if !bf16_cpu() {
+        return;
+    }
+    let mut rng = Rng::new(11);
+    // Sizes around the kernel's tile (12 × 32), its k slice (384, odd k pads a zero) and block (96 rows).
+    for (m, n, k) in [(1, 1, 1), (13, 37, 5), (12, 32, 384), (97, 70, 777), (200, 33, 2), (5, 100, 1100)] {
+        for (lhs_t, rhs_t, out_t, accumulate, threads) in [
+            (false, false, false, false, 1),
+            (false, true, false, true, 2),
+            (true, false, true, false, 2),
+            (true, true, false, true, 1),
+        ] {
+            let (a, b) = (Strided::random(m, k, lhs_t, &mut rng), Strided::random(k, n, rhs_t, &mut rng));
+            let start = Strided::random(m, n, out_t, &mut rng);
+            let mut dst = start.data.clone();
+            // SAFETY: every operand holds its full matrix at the strides given.
+            unsafe {
+                gemm_bf16(
+                    m,
+                    n,
+                    k,
+                    (dst.as_mut_ptr(), start.rs, start.cs),
+                    (a.data.as_ptr(), a.rs, a.cs),
+                    (b.data.as_ptr(), b.rs, b.cs),
+                    accumulate,
+                    threads,
+                )
+            };
+            let got = Strided { data: dst, rs: start.rs, cs: start.cs };
+            for i in 0..m {
+                for j in 0..n {
+                    let (mut exact, mut scale) = (if accumulate { start.at(i, j) as f64 } else { 0.0 }, 1.0);
+                    for d in 0..k {
+                        let p = round_to_bf16(a.at(i, d)) as f64 * round_to_bf16(b.at(d, j)) as f64;
+                        exact += p;
+                        scale += p.abs();
+                    }
+                    let err = (got.at(i, j) as f64 - exact).abs();
+                    // f32 sums: a few units of f32 rounding per term of the scale.
+                    assert!(
+                        err <= 1e-6 * scale,
+                        "{m}×{n}×{k} (lhsᵀ {lhs_t}, rhsᵀ {rhs_t}, dstᵀ {out_t}, += {accumulate}, {threads} threads) \
+                         at ({i}, {j}): {} vs {exact} (scale {scale})",
+                        got.at(i, j)
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bf16_gemm_sums_the_same_on_any_thread_count() {
+    if !bf16_cpu() {
+        return;
+    }
+    let (m, n, k) = (300, 70, 900);
+    let mut rng = Rng::new(3);
+    let (a, b) = (Strided::random(m, k, false, &mut rng), Strided::random(k, n, true, &mut rng));
+    let run = |threads| {
+        let mut dst = vec![0f32; m * n];
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        // SAFETY: as above.
+        pool.install(|| unsafe {
+            gemm_bf16(
+                m,
+                n,
+                k,
+                (dst.as_mut_ptr(), n as isize, 1),
+                (a.data.as_ptr(), a.rs, a.cs),
+                (b.data.as_ptr(), b.rs, b.cs),
+                false,
+                threads,
+            )
+        });
+        dst
+    };
+    assert_eq!(run(1), run(3));
+}
+
+/// The reference for x·Wᵀ + b with x and W rounded to bf16.
+fn rounded_linear(x: &[f32], w: &[f32], b: &[f32], (rows, inputs, outputs): (usize, usize, usize)) -> Vec<f64> {
+    let mut y = vec![0f64; rows * outputs];
+    for r in 0..rows {
+        for o in 0..outputs {
+            y[r * outputs + o] = b[o] as f64
+                + (0..inputs)
+                    .map(|i| round_to_bf16(x[r * inputs + i]) as f64 * round_to_bf16(w[o * inputs + i]) as f64)
+                    .sum::<f64>();
+        }
+    }
+    y
+}
+
+#[test]
+fn linear_under_autocast_multiplies_bf16_operands_forward_and_backward() {
+    if !bf16_cpu() {
+        return;
+    }
+    let (rows, inputs, outputs) = (9, 40, 6);
+    let mut rng = Rng::new(5);
+    let x = Tensor::randn(&[rows, inputs], 1.0, DType::F32, &mut rng).unwrap().requires_grad().unwrap();
+    let w = Tensor::randn(&[outputs, inputs], 1.0, DType::F32, &mut rng).unwrap().requires_grad().unwrap();
+    let b = Tensor::randn(&[outputs], 1.0, DType::F32, &mut rng).unwrap().requires_grad().unwrap();
+    let upstream = Tensor::randn(&[rows, outputs], 1.0, DType::F32, &mut rng).unwrap();
+    let close = |got: &[f32], want: &[f64], what: &str| {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((*g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()), "{what} {i}: {g} vs {w}");
+        }
+    };
+
+    let y = autocast(true, || linear(&x, &w, Some(&b))).unwrap();
+    assert_eq!(y.dtype(), DType::F32, "autocast returns f32");
+    let (xd, wd, bd) = (x.to_vec::<f32>().unwrap(), w.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap());
+    close(&y.to_vec::<f32>().unwrap(), &rounded_linear(&xd, &wd, &bd, (rows, inputs, outputs)), "y");
+    let exact = linear(&x, &w, Some(&b)).unwrap().to_vec::<f32>().unwrap();
+    assert!(
+        y.to_vec::<f32>().unwrap().iter().zip(&exact).any(|(a, e)| (a - e).abs() > 1e-4),
+        "autocast's product should differ from the f32 one by bf16 rounding"
+    );
+
+    // Backward (run outside autocast: the op keeps its forward's mode): dx = bf16(g)·bf16(W),
+    // dW = bf16(g)ᵀ·bf16(x), db = Σ g in f32.
+    y.mul(&upstream).unwrap().sum(&[0, 1], false).unwrap().backward().unwrap();
+    let g = upstream.to_vec::<f32>().unwrap();
+    let r = |v: f32| round_to_bf16(v) as f64;
+    let dx: Vec<f64> = (0..rows * inputs)
+        .map(|e| (0..outputs).map(|o| r(g[e / inputs * outputs + o]) * r(wd[o * inputs + e % inputs])).sum())
+        .collect();
+    let dw: Vec<f64> = (0..outputs * inputs)
+        .map(|e| (0..rows).map(|row| r(g[row * outputs + e / inputs]) * r(xd[row * inputs + e % inputs])).sum())
+        .collect();
+    let db: Vec<f64> = (0..outputs).map(|o| (0..rows).map(|row| g[row * outputs + o] as f64).sum()).collect();
+    close(&x.grad().unwrap().to_vec::<f32>().unwrap(), &dx, "dx");
+    close(&w.grad().unwrap().to_vec::<f32>().unwrap(), &dw, "dW");
+    close(&b.grad().unwrap().to_vec::<f32>().unwrap(), &db, "db");
+}
+
+#[test]
+fn f64_matmul_ignores_autocast() {
+    let mut rng = Rng::new(9);
+    let a = Tensor::randn(&[2, 7, 30], 1.0, DType::F64, &mut rng).unwrap();
+    let b = Tensor::randn(&[30, 5], 1.0, DType::F64, &mut rng).unwrap();
+    let plain = a.matmul(&b).unwrap().to_vec::<f64>().unwrap();
+    let under = autocast(true, || a.matmul(&b)).unwrap().to_vec::<f64>().unwrap();
+    assert_eq!(plain, under);
+}
