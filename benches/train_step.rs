@@ -12,7 +12,7 @@
 //! forward / backward / optimiser split are medians over the timed steps.
 //! `SIMCLR_OP_TIMES=1` adds a table of the time per op (forward and backward; autograd::op_times).
 //! `SIMCLR_BENCH_PRECISION=bf16` runs the steps under bf16 autocast (`--precision bf16`: the
-//! matmuls' operands in bf16 on CPUs with AVX512-BF16), its `RESULT` lines as `simclr-bf16`.
+//! matmul and conv GEMM operands in bf16 on CPUs with AVX512-BF16), its `RESULT` lines as `simclr-bf16`.
 //! (train.rs's forward time also reads the loss, as here; its backward time
 //! also includes the gradient-norm check, which is left out here.) Each model
 //! ends with one `RESULT` line for tools/bench_cpu_vs_torch.sh, which runs the

@@ -212,3 +212,84 @@ fn f64_matmul_ignores_autocast() {
     let under = autocast(true, || a.matmul(&b)).unwrap().to_vec::<f64>().unwrap();
     assert_eq!(plain, under);
 }
+
+/// `t` with every element rounded to bf16, as f64 (exact there).
+fn rounded_f64(t: &Tensor) -> Tensor {
+    let v: Vec<f64> = t.to_vec::<f32>().unwrap().iter().map(|&x| round_to_bf16(x) as f64).collect();
+    Tensor::from_vec(v, t.shape()).unwrap()
+}
+
+/// Runs conv2d (no bias) forward and backward against a random upstream gradient, under
+/// autocast or not: (y, dx, dW, the upstream gradient).
+fn conv_step(
+    x: &Tensor,
+    w: &Tensor,
+    (s, p): (usize, usize),
+    bf16: bool,
+    rng: &mut Rng,
+) -> (Tensor, Tensor, Tensor, Tensor) {
+    let (x, w) = (x.detach().requires_grad().unwrap(), w.detach().requires_grad().unwrap());
+    let y = autocast(bf16, || simclr::ops::conv2d::conv2d(&x, &w, None, (s, s), (p, p))).unwrap();
+    let upstream = Tensor::randn(y.shape(), 1.0, y.dtype(), rng).unwrap();
+    y.mul(&upstream).unwrap().sum(&[0, 1, 2, 3], false).unwrap().backward().unwrap();
+    (y, x.grad().unwrap(), w.grad().unwrap(), upstream)
+}
+
+#[test]
+fn conv2d_gemm_schedules_under_autocast_multiply_bf16_operands_forward_and_backward() {
+    if !bf16_cpu() {
+        return;
+    }
+    // (N, C, H, O, kernel, stride, padding), all on the GEMM schedules: more than 64 output
+    // channels (past the direct kernels), stride 2 (the input gradient is no convolution).
+    // A 3×3 (channels-last backward), a 1×1 (im2col throughout), a stem-like 7×7.
+    for (n, c, h, o, k, s, p) in [(2, 4, 8, 72, 3, 2, 1), (2, 16, 6, 80, 1, 2, 0), (1, 3, 17, 70, 7, 2, 3)] {
+        let mut rng = Rng::new(21);
+        let x = Tensor::randn(&[n, c, h, h], 1.0, DType::F32, &mut rng).unwrap();
+        let w = Tensor::randn(&[o, c, k, k], 0.5, DType::F32, &mut rng).unwrap();
+        let (y, dx, dw, upstream) = conv_step(&x, &w, (s, p), true, &mut Rng::new(1));
+        // The reference: the same convolution in f64 on the bf16-rounded operands, its
+        // backward fed the bf16-rounded upstream gradient (what the GEMMs multiply).
+        let (x64, w64) = (rounded_f64(&x).requires_grad().unwrap(), rounded_f64(&w).requires_grad().unwrap());
+        let y64 = simclr::ops::conv2d::conv2d(&x64, &w64, None, (s, s), (p, p)).unwrap();
+        y64.mul(&rounded_f64(&upstream)).unwrap().sum(&[0, 1, 2, 3], false).unwrap().backward().unwrap();
+        let exact = conv_step(&x, &w, (s, p), false, &mut Rng::new(1)).0.to_vec::<f32>().unwrap();
+
+        let case = format!("[{n}, {c}, {h}²] → {o}, {k}×{k}/{s} pad {p}");
+        let check = |got: &Tensor, want: &Tensor, what: &str| {
+            let (got, want) = (got.to_vec::<f32>().unwrap(), want.to_vec::<f64>().unwrap());
+            assert_eq!(got.len(), want.len());
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((*g as f64 - w).abs() <= 2e-5 * (1.0 + w.abs()), "{case} {what} {i}: {g} vs {w}");
+            }
+        };
+        let got_y = y.to_vec::<f32>().unwrap();
+        assert!(got_y.iter().zip(&exact).any(|(a, e)| (a - e).abs() > 1e-4), "{case}: no bf16 rounding seen");
+        check(&y, &y64, "y");
+        check(&dx, &x64.grad().unwrap(), "dx");
+        check(&dw, &w64.grad().unwrap(), "dW");
+    }
+}
+
+/// The schedules chosen where they beat the GEMMs stay f32 under autocast: the direct kernels
+/// (a 3×3 forward with 6 output channels; this CPU has AVX-512) and pixel taps (2×2 maps over
+/// 64 images), bit for bit the f32 results.
+#[test]
+fn conv2d_direct_and_pixel_tap_schedules_stay_f32_under_autocast() {
+    if !bf16_cpu() {
+        return;
+    }
+    let mut rng = Rng::new(4);
+    let x = Tensor::randn(&[2, 4, 8, 8], 1.0, DType::F32, &mut rng).unwrap();
+    let w = Tensor::randn(&[6, 4, 3, 3], 0.5, DType::F32, &mut rng).unwrap();
+    let direct = |bf16| conv_step(&x, &w, (1, 1), bf16, &mut Rng::new(1)).0.to_vec::<f32>().unwrap();
+    assert_eq!(direct(true), direct(false), "direct forward");
+
+    let x = Tensor::randn(&[64, 8, 2, 2], 1.0, DType::F32, &mut rng).unwrap();
+    let w = Tensor::randn(&[8, 8, 3, 3], 0.5, DType::F32, &mut rng).unwrap();
+    let taps = |bf16| {
+        let (y, dx, dw, _) = conv_step(&x, &w, (1, 1), bf16, &mut Rng::new(1));
+        [y, dx, dw].map(|t| t.to_vec::<f32>().unwrap())
+    };
+    assert_eq!(taps(true), taps(false), "pixel taps, forward and backward");
+}

@@ -1,13 +1,13 @@
-//! bf16 autocast: inside [`autocast`], matmul/linear (and, on the GPU, the other ops that
-//! consult [`is_autocast_enabled`]: convolution, attention) take f32 tensors, multiply in
-//! bf16 with f32 accumulation, and return f32. Parameters stay f32 (the optimiser's master
+//! bf16 autocast: inside [`autocast`], matmul/linear and convolution (and on the GPU
+//! attention) take f32 tensors, multiply in bf16 with f32 accumulation, and return f32. Parameters stay f32 (the optimiser's master
 //! weights) and every other op — normalisations, softmax, the loss — stays f32, as with
 //! PyTorch's `torch.autocast(dtype=torch.bfloat16)`.
 //!
-//! On a GPU the bf16 products run on the tensor cores. On the CPU, matmul and linear round
-//! their operands to bf16 as the GEMM packs them and multiply with AVX512-BF16
-//! (`backend/cpu/gemm_bf16.rs`); [`cpu_gemm_precision`] refuses where the CPU lacks it.
-//! CPU convolution and attention stay f32.
+//! On a GPU the bf16 products run on the tensor cores. On the CPU, the GEMMs of matmul,
+//! linear and the convolutions' GEMM schedules (im2col, channels-last) round their operands
+//! to bf16 as they pack them and multiply with AVX512-BF16 (`backend/cpu/gemm_bf16.rs`);
+//! [`cpu_gemm_precision`] refuses where the CPU lacks it. The CPU's direct and pixel-tap
+//! convolution kernels (chosen where they beat the GEMMs) and attention stay f32.
 //!
 //! The mode is per thread, like `no_grad`. An op records the mode it ran under and its
 //! backward uses the same one, whatever the mode is when `backward()` is called.

@@ -18,7 +18,8 @@
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 
-use super::{autocast, placement, Placement};
+use super::autocast::{self, cpu_gemm_precision};
+use super::{placement, Placement};
 use crate::autograd::record;
 use crate::backend::cpu::conv::{conv2d_backward_input, conv2d_backward_weight, conv2d_forward, ConvGeometry};
 use crate::error::{Error, Result};
@@ -84,14 +85,15 @@ pub fn conv2d(
     }
     let mut inputs = vec![x, weight];
     inputs.extend(bias);
-    // The GPU path computes in bf16 under autocast; its backward uses the forward's mode.
-    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+    // Under autocast the GEMMs multiply in bf16 (tensor cores, or AVX512-BF16 on the CPU);
+    // the backward uses the forward's mode.
     let bf16 = autocast::is_autocast_enabled();
     let out = match placement(OP, &inputs)? {
         Placement::Cpu => float_dispatch!(OP, x.dtype(), T => {
+            let precision = cpu_gemm_precision(OP, bf16, x.dtype())?;
             let (xd, wd) = (x.host_data::<T>()?, weight.host_data::<T>()?);
             let bd = bias.map(|b| b.host_data::<T>()).transpose()?;
-            Tensor::from_vec(conv2d_forward::<T>(&xd, &wd, bd.as_deref(), &g), &[g.n, g.o, g.oh, g.ow])?
+            Tensor::from_vec(conv2d_forward::<T>(&xd, &wd, bd.as_deref(), &g, precision), &[g.n, g.o, g.oh, g.ow])?
         }),
         #[cfg(feature = "cuda")]
         Placement::Cuda => cuda::forward(x, weight, bias, &g, bf16)?,
@@ -100,16 +102,17 @@ pub fn conv2d(
     Ok(record(OP, &inputs, out, move |dy, needs| {
         let (dx, dw) = match placement(OP, &[dy])? {
             Placement::Cpu => float_dispatch!(OP, dy.dtype(), T => {
+                let precision = cpu_gemm_precision(OP, bf16, dy.dtype())?;
                 let dyd = dy.host_data::<T>()?;
                 let dx = if needs[0] {
                     let wd = ws.host_data::<T>()?;
-                    Some(Tensor::from_vec(conv2d_backward_input::<T>(&dyd, &wd, &g), xs.shape())?)
+                    Some(Tensor::from_vec(conv2d_backward_input::<T>(&dyd, &wd, &g, precision), xs.shape())?)
                 } else {
                     None
                 };
                 let dw = if needs[1] {
                     let xd = xs.host_data::<T>()?;
-                    Some(Tensor::from_vec(conv2d_backward_weight::<T>(&xd, &dyd, &g), ws.shape())?)
+                    Some(Tensor::from_vec(conv2d_backward_weight::<T>(&xd, &dyd, &g, precision), ws.shape())?)
                 } else {
                     None
                 };

@@ -32,7 +32,7 @@
 //! On a GPU (`--device cuda`, the GPU of this rank's local rank): the model is built on the
 //! host and moved there in place, the optimiser's state is made there, the forward runs under
 //! bf16 autocast unless `--precision f32` (on the CPU only with `--precision bf16`, where the
-//! matmuls multiply bf16 operands with AVX512-BF16), each step uploads its two augmented views once and
+//! matmul and convolution GEMMs multiply bf16 operands with AVX512-BF16), each step uploads its two augmented views once and
 //! reads back the loss and the gradient norm (one value each);
 //! checkpoints download the weights and state, and a resume uploads them again. The metrics
 //! add the peak GPU memory; running out of it ends the run with the allocator's error, which

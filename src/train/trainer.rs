@@ -252,7 +252,9 @@ impl<'a> Trainer<'a> {
         if let Some(name) = device_name(self.device) {
             println!("training on {name}, {}", if self.bf16 { "bf16 autocast" } else { "f32" });
         } else if self.bf16 {
-            println!("bf16 autocast on the CPU: matmul operands in bf16 (AVX512-BF16), sums and weights f32");
+            println!(
+                "bf16 autocast on the CPU: matmul and conv GEMM operands in bf16 (AVX512-BF16), sums and weights f32"
+            );
         }
     }
 

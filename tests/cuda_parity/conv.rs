@@ -14,6 +14,7 @@
 use crate::common::*;
 use half::{bf16, f16};
 use simclr::backend::cpu::conv::{conv2d_backward_input, conv2d_backward_weight, conv2d_forward, ConvGeometry};
+use simclr::backend::cpu::matmul::GemmPrecision;
 use simclr::backend::cuda::kernels::conv::{self, ConvElement, ConvEpilogue, ConvShape};
 use simclr::backend::cuda::{DeviceBuffer, Gpu};
 
@@ -75,9 +76,9 @@ fn reference(s: &ConvShape, x: &[f32], w: &[f32], dy: &[f32]) -> Reference {
     let w_oihw = nhwc_to_nchw(w, (s.k, s.r, s.s, s.c));
     let x_nchw = nhwc_to_nchw(x, (s.n, s.h, s.w, s.c));
     let dy_nchw = nhwc_to_nchw(dy, (s.n, p, q, s.k));
-    let y = conv2d_forward::<f64>(&x_nchw, &w_oihw, None, &g);
-    let dx = conv2d_backward_input::<f64>(&dy_nchw, &w_oihw, &g);
-    let dw = conv2d_backward_weight::<f64>(&x_nchw, &dy_nchw, &g);
+    let y = conv2d_forward::<f64>(&x_nchw, &w_oihw, None, &g, GemmPrecision::Exact);
+    let dx = conv2d_backward_input::<f64>(&dy_nchw, &w_oihw, &g, GemmPrecision::Exact);
+    let dw = conv2d_backward_weight::<f64>(&x_nchw, &dy_nchw, &g, GemmPrecision::Exact);
     Reference {
         y: nchw_to_nhwc(&y, (s.n, p, q, s.k)),
         dx: nchw_to_nhwc(&dx, (s.n, s.h, s.w, s.c)),

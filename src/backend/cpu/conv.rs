@@ -43,6 +43,9 @@ const MIN_GEMM_COLS: usize = 64;
 /// ResNet-18's 512→512 2×2 over 320 images 43 → 34 ms, 99 → 53 ms. At 4×4 it lost
 /// everywhere (256→256 over 320 images 46 → 80 ms; the demo's 32→32 4.9 → 23 ms):
 /// its GEMMs read and write strided views, which costs more than im2col there.
+/// Under bf16 autocast this schedule stays f32: its operands, packed to bf16 one strided
+/// element at a time, cost more than the bf16 products save (ResNet-18's 2×2 layers over 320
+/// images, fwd + bwd, 0.74–0.87× f32; AMD EPYC, 2026-12-08).
 const PIXEL_TAPS_MAX_PIXELS: usize = 4;
 const PIXEL_TAPS_MIN_BATCH: usize = 16;
 
@@ -173,7 +176,18 @@ impl Unfold {
 // ---- entry points: pick a schedule by feature-map size
 
 /// y = conv(x, w) + bias. `x`: [N, C, H, W], `w`: [O, K], both row-major; returns [N, O, OH, OW].
-pub fn conv2d_forward<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGeometry) -> Vec<T> {
+/// `precision` is how the GEMM schedules (im2col, channels-last) multiply (`Bf16`: bf16
+/// autocast). The other schedules stay f32 under bf16, as they are chosen where they beat
+/// the GEMMs: the direct kernels (small channel counts; the demo's forward convolutions ran
+/// 36–47 ms in f32 against 52–57 ms through bf16 im2col) and pixel taps (see
+/// `PIXEL_TAPS_MAX_PIXELS`).
+pub fn conv2d_forward<T: Float>(
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    g: &ConvGeometry,
+    precision: GemmPrecision,
+) -> Vec<T> {
     if g.pixel_taps() {
         return pixel_taps::forward(x, w, bias, g);
     }
@@ -183,11 +197,11 @@ pub fn conv2d_forward<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, g: &ConvGe
             return from_f32(direct::forward(xf, wf, bf, g));
         }
     }
-    forward_im2col(x, w, bias, g, g.group(), &Unfold::for_geometry(g))
+    forward_im2col(x, w, bias, g, g.group(), &Unfold::for_geometry(g), precision)
 }
 
 /// dX[n] = col2im(Wᵀ · dY[n]).
-pub fn conv2d_backward_input<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
+pub fn conv2d_backward_input<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry, precision: GemmPrecision) -> Vec<T> {
     if g.pixel_taps() {
         return pixel_taps::backward_input(dy, w, g);
     }
@@ -197,9 +211,9 @@ pub fn conv2d_backward_input<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry) -> V
         }
     }
     if g.channels_last() {
-        return channels_last::backward_input(dy, w, g, g.group());
+        return channels_last::backward_input(dy, w, g, g.group(), precision);
     }
-    backward_input_im2col(dy, w, g, g.group(), &Unfold::for_geometry(g))
+    backward_input_im2col(dy, w, g, g.group(), &Unfold::for_geometry(g), precision)
 }
 
 /// `s` as f32 when `T` is f32: the direct kernels (`direct.rs`) are f32 only.
@@ -230,7 +244,7 @@ fn flipped_transposed_kernel(w: &[f32], g: &ConvGeometry) -> Vec<f32> {
 }
 
 /// dW = Σ_n dY[n] · cols(x[n])ᵀ, as [O, K].
-pub fn conv2d_backward_weight<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry) -> Vec<T> {
+pub fn conv2d_backward_weight<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry, precision: GemmPrecision) -> Vec<T> {
     if g.pixel_taps() {
         return pixel_taps::backward_weight(x, dy, g);
     }
@@ -240,9 +254,9 @@ pub fn conv2d_backward_weight<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry) -> 
         }
     }
     if g.channels_last() {
-        return channels_last::backward_weight(x, dy, g, g.group());
+        return channels_last::backward_weight(x, dy, g, g.group(), precision);
     }
-    backward_weight_im2col(x, dy, g, g.group(), &Unfold::for_geometry(g))
+    backward_weight_im2col(x, dy, g, g.group(), &Unfold::for_geometry(g), precision)
 }
 
 // ---- the im2col schedule: jobs of `step` images, one GEMM each
@@ -300,6 +314,7 @@ fn forward_im2col<T: Float>(
     g: &ConvGeometry,
     step: usize,
     unfold: &Unfold,
+    precision: GemmPrecision,
 ) -> Vec<T> {
     let (k, p, o) = (g.k(), g.p(), g.o);
     let mut y = vec![T::zero(); g.n * o * p];
@@ -329,7 +344,7 @@ fn forward_im2col<T: Float>(
                 1,
                 false,
                 gemm_threads,
-                GemmPrecision::Exact,
+                precision,
             );
         }
         if count > 1 {
@@ -347,7 +362,14 @@ fn forward_im2col<T: Float>(
     y
 }
 
-fn backward_input_im2col<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry, step: usize, unfold: &Unfold) -> Vec<T> {
+fn backward_input_im2col<T: Float>(
+    dy: &[T],
+    w: &[T],
+    g: &ConvGeometry,
+    step: usize,
+    unfold: &Unfold,
+    precision: GemmPrecision,
+) -> Vec<T> {
     let (k, p, o) = (g.k(), g.p(), g.o);
     let mut dx = vec![T::zero(); g.n * g.image()];
     let (parallel, gemm_threads) = job_threads(g.n.div_ceil(step));
@@ -380,7 +402,7 @@ fn backward_input_im2col<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry, step: us
                 1,
                 false,
                 gemm_threads,
-                GemmPrecision::Exact,
+                precision,
             );
         }
         for (b, dxn) in dxg.chunks_mut(g.image()).enumerate() {
@@ -390,7 +412,14 @@ fn backward_input_im2col<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry, step: us
     dx
 }
 
-fn backward_weight_im2col<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry, step: usize, unfold: &Unfold) -> Vec<T> {
+fn backward_weight_im2col<T: Float>(
+    x: &[T],
+    dy: &[T],
+    g: &ConvGeometry,
+    step: usize,
+    unfold: &Unfold,
+    precision: GemmPrecision,
+) -> Vec<T> {
     let (k, p, o) = (g.k(), g.p(), g.o);
     let groups = g.n.div_ceil(step);
     // dW += dY_group · colsᵀ for group j (colsᵀ as a strided view: row stride 1, column stride count·P).
@@ -421,7 +450,7 @@ fn backward_weight_im2col<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry, step: u
                 ld as isize,
                 true,
                 gemm_threads,
-                GemmPrecision::Exact,
+                precision,
             );
         }
     };
@@ -606,9 +635,9 @@ mod tests {
             let bias = rand(g.o);
             let im2col_in_groups = |step, unfold: &Unfold| {
                 (
-                    forward_im2col(&x, &w, Some(&bias), g, step, unfold),
-                    backward_input_im2col(&dy, &w, g, step, unfold),
-                    backward_weight_im2col(&x, &dy, g, step, unfold),
+                    forward_im2col(&x, &w, Some(&bias), g, step, unfold, GemmPrecision::Exact),
+                    backward_input_im2col(&dy, &w, g, step, unfold, GemmPrecision::Exact),
+                    backward_weight_im2col(&x, &dy, g, step, unfold, GemmPrecision::Exact),
                 )
             };
             let (rows, table) = (Unfold::Rows, Unfold::Table(tap_table::TapTable::new(g)));
@@ -625,16 +654,16 @@ mod tests {
                     "channels-last backward, per image",
                     (
                         reference.0.clone(),
-                        channels_last::backward_input(&dy, &w, g, 1),
-                        channels_last::backward_weight(&x, &dy, g, 1),
+                        channels_last::backward_input(&dy, &w, g, 1, GemmPrecision::Exact),
+                        channels_last::backward_weight(&x, &dy, g, 1, GemmPrecision::Exact),
                     ),
                 ),
                 (
                     "channels-last backward, groups of 2",
                     (
                         reference.0.clone(),
-                        channels_last::backward_input(&dy, &w, g, 2),
-                        channels_last::backward_weight(&x, &dy, g, 2),
+                        channels_last::backward_input(&dy, &w, g, 2, GemmPrecision::Exact),
+                        channels_last::backward_weight(&x, &dy, g, 2, GemmPrecision::Exact),
                     ),
                 ),
                 (
@@ -676,17 +705,22 @@ mod tests {
             let f32s = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
             let (xf, wf, dyf, bf) = (f32s(&x), f32s(&w), f32s(&dy), f32s(&bias));
             let pairs = [
-                ("forward", conv2d_forward(&xf, &wf, Some(&bf), g), conv2d_forward(&x, &w, Some(&bias), g), g.k()),
+                (
+                    "forward",
+                    conv2d_forward(&xf, &wf, Some(&bf), g, GemmPrecision::Exact),
+                    conv2d_forward(&x, &w, Some(&bias), g, GemmPrecision::Exact),
+                    g.k(),
+                ),
                 (
                     "input gradient",
-                    conv2d_backward_input(&dyf, &wf, g),
-                    conv2d_backward_input(&dy, &w, g),
+                    conv2d_backward_input(&dyf, &wf, g, GemmPrecision::Exact),
+                    conv2d_backward_input(&dy, &w, g, GemmPrecision::Exact),
                     g.o * g.kh * g.kw,
                 ),
                 (
                     "weight gradient",
-                    conv2d_backward_weight(&xf, &dyf, g),
-                    conv2d_backward_weight(&x, &dy, g),
+                    conv2d_backward_weight(&xf, &dyf, g, GemmPrecision::Exact),
+                    conv2d_backward_weight(&x, &dy, g, GemmPrecision::Exact),
                     g.n * g.p(),
                 ),
             ];

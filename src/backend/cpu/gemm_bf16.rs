@@ -19,6 +19,7 @@
 
 use super::{SendConstPtr, SendPtr};
 use rayon::prelude::*;
+use std::cell::Cell;
 
 /// Rows of a kernel tile (one accumulator pair each; 2·MR + 2 of the 32 zmm registers).
 const MR: usize = 12;
@@ -93,7 +94,8 @@ pub unsafe fn gemm_bf16(
         return;
     }
     let panels_n = n.div_ceil(NR);
-    let mut b_packed = vec![0u32; panels_n * KC / 2 * NR];
+    let mut b_packed = PACKED_B.take();
+    b_packed.resize(b_packed.len().max(panels_n * KC.min(k + 1) / 2 * NR), 0);
     for (slice, k0) in (0..k).step_by(KC).enumerate() {
         let kc = KC.min(k - k0);
         let pairs = kc.div_ceil(2);
@@ -114,37 +116,29 @@ pub unsafe fn gemm_bf16(
         let block = |i0: usize| {
             let (lhs_slice, dst) = (lhs_slice, dst);
             let mc = MC.min(m - i0);
-            let mut a_words = vec![0u32; mc.div_ceil(MR) * pairs * MR];
+            let mut a_packed = PACKED_A.take();
+            a_packed.resize(a_packed.len().max(MC / MR * (KC / 2) * MR), 0);
+            let a_words = &mut a_packed[..mc.div_ceil(MR) * pairs * MR];
             for (panel, words) in a_words.chunks_mut(pairs * MR).enumerate() {
                 let rows = lhs_slice.0.offset(i0 as isize * lhs_rs);
                 // A panel: rows of lhs are the "columns" of the packed layout, k runs along lhs_cs.
                 pack_panel(words, rows, (lhs_cs, lhs_rs), kc, panel * MR, mc, MR);
             }
-            let mut tile = [0f32; MR * NR];
             for (pj, b_panel) in b_words.chunks(pairs * NR).enumerate() {
                 for (pi, a_panel) in a_words.chunks(pairs * MR).enumerate() {
-                    kernel(pairs, a_panel, b_panel, &mut tile);
                     let (r0, c0) = (i0 + pi * MR, pj * NR);
-                    let (rows, cols) = (MR.min(m - r0), NR.min(n - c0));
-                    for r in 0..rows {
-                        let out = dst.0.offset((r0 + r) as isize * dst_rs + c0 as isize * dst_cs);
-                        let tile_row = &tile[r * NR..][..cols];
-                        if dst_cs == 1 {
-                            let out = std::slice::from_raw_parts_mut(out, cols);
-                            if overwrite {
-                                out.copy_from_slice(tile_row);
-                            } else {
-                                out.iter_mut().zip(tile_row).for_each(|(o, &t)| *o += t);
-                            }
-                        } else {
-                            for (c, &t) in tile_row.iter().enumerate() {
-                                let o = out.offset(c as isize * dst_cs);
-                                *o = if overwrite { t } else { *o + t };
-                            }
-                        }
-                    }
+                    let out = Tile {
+                        at: dst.0.offset(r0 as isize * dst_rs + c0 as isize * dst_cs),
+                        row_stride: dst_rs,
+                        col_stride: dst_cs,
+                        rows: MR.min(m - r0),
+                        cols: NR.min(n - c0),
+                        overwrite,
+                    };
+                    kernel(pairs, a_panel, b_panel, &out);
                 }
             }
+            PACKED_A.set(a_packed);
         };
         if threads > 1 && m > MC {
             (0..m).step_by(MC).collect::<Vec<_>>().into_par_iter().for_each(block);
@@ -152,6 +146,27 @@ pub unsafe fn gemm_bf16(
             (0..m).step_by(MC).for_each(block);
         }
     }
+    PACKED_B.set(b_packed);
+}
+
+thread_local! {
+    // Packed panels, kept from call to call (new zeroed buffers cost a memset and page faults
+    // per GEMM). A call takes its buffer out, so a nested call on the same thread (a rayon
+    // worker stealing another GEMM while it waits) makes its own. Packing writes every word a
+    // kernel reads, so what a reused buffer held before does not matter.
+    static PACKED_A: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+    static PACKED_B: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Where a kernel's MR×NR result goes: `rows` × `cols` of it (fewer at the matrix's edges) at
+/// `at` with the given strides, written over or added to what is there.
+struct Tile {
+    at: *mut f32,
+    row_stride: isize,
+    col_stride: isize,
+    rows: usize,
+    cols: usize,
+    overwrite: bool,
 }
 
 /// Packs one panel: `width` lines (columns of rhs, or rows of lhs) starting at line `first`
@@ -283,15 +298,16 @@ unsafe fn pack_lines_contiguous(
     }
 }
 
-/// `tile[MR×NR] = A panel · B panel` over `pairs` pairs of k.
+/// `out` (+)= A panel · B panel over `pairs` pairs of k.
 #[inline(always)]
-fn kernel(pairs: usize, a: &[u32], b: &[u32], tile: &mut [f32; MR * NR]) {
+fn kernel(pairs: usize, a: &[u32], b: &[u32], out: &Tile) {
     assert!(a.len() >= pairs * MR && b.len() >= pairs * NR);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: callers run only where `supported()` (checked by the op that chose bf16);
-    // the panels hold `pairs` rows of MR and NR words (asserted above).
+    // the panels hold `pairs` rows of MR and NR words (asserted above); `out` addresses
+    // its rows × cols inside the destination (gemm_bf16's contract).
     unsafe {
-        kernel_avx512(pairs, a.as_ptr(), b.as_ptr(), tile)
+        kernel_avx512(pairs, a.as_ptr(), b.as_ptr(), out)
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("gemm_bf16 runs only where supported() (x86-64 with AVX512-BF16)")
@@ -299,7 +315,7 @@ fn kernel(pairs: usize, a: &[u32], b: &[u32], tile: &mut [f32; MR * NR]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn kernel_avx512(pairs: usize, a: *const u32, b: *const u32, tile: &mut [f32; MR * NR]) {
+unsafe fn kernel_avx512(pairs: usize, a: *const u32, b: *const u32, out: &Tile) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     for p in 0..pairs {
@@ -312,8 +328,39 @@ unsafe fn kernel_avx512(pairs: usize, a: *const u32, b: *const u32, tile: &mut [
             acc[1] = _mm512_dpbf16_ps(acc[1], ai, b1);
         }
     }
-    for (i, acc) in acc.iter().enumerate() {
-        _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR), acc[0]);
-        _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR + 16), acc[1]);
+    if out.col_stride == 1 {
+        // Rows in place, masked to the tile's columns.
+        let lanes = |count: usize| -> __mmask16 {
+            if count >= 16 {
+                0xFFFF
+            } else {
+                (1u16 << count) - 1
+            }
+        };
+        let (m0, m1) = (lanes(out.cols), lanes(out.cols.saturating_sub(16)));
+        for (i, acc) in acc.iter().enumerate().take(out.rows) {
+            let row = out.at.offset(i as isize * out.row_stride);
+            let (mut c0, mut c1) = (acc[0], acc[1]);
+            if !out.overwrite {
+                c0 = _mm512_add_ps(c0, _mm512_maskz_loadu_ps(m0, row));
+                c1 = _mm512_add_ps(c1, _mm512_maskz_loadu_ps(m1, row.wrapping_add(16)));
+            }
+            _mm512_mask_storeu_ps(row, m0, c0);
+            _mm512_mask_storeu_ps(row.wrapping_add(16), m1, c1);
+        }
+    } else {
+        // Strided columns (a transposed destination): one element at a time.
+        let mut tile = [0f32; MR * NR];
+        for (i, acc) in acc.iter().enumerate() {
+            _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR), acc[0]);
+            _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR + 16), acc[1]);
+        }
+        for i in 0..out.rows {
+            for j in 0..out.cols {
+                let o = out.at.offset(i as isize * out.row_stride + j as isize * out.col_stride);
+                let t = tile[i * NR + j];
+                *o = if out.overwrite { t } else { *o + t };
+            }
+        }
     }
 }

@@ -110,7 +110,7 @@ struct Cli {
     #[arg(long)]
     device: Option<String>,
     /// auto | bf16 | f32 [default: auto: bf16 on the GPU, f32 on the CPU]. bf16 is autocast:
-    /// on the GPU tensor-core matmul/conv/attention, on the CPU matmuls with AVX512-BF16; f32 weights.
+    /// on the GPU tensor-core matmul/conv/attention, on the CPU matmul/conv GEMMs with AVX512-BF16; f32 weights.
     #[arg(long)]
     precision: Option<String>,
     /// On the GPU: true = the same bits every run (fixed-order sums instead of float atomics in

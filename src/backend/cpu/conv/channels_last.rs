@@ -102,7 +102,13 @@ fn buffers<T: Float>(g: &ConvGeometry, step: usize) -> impl Fn() -> (Vec<T>, Vec
 }
 
 /// dX = fold(dYᵀ · W'), as `conv2d_backward_input`.
-pub(super) fn backward_input<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry, step: usize) -> Vec<T> {
+pub(super) fn backward_input<T: Float>(
+    dy: &[T],
+    w: &[T],
+    g: &ConvGeometry,
+    step: usize,
+    precision: GemmPrecision,
+) -> Vec<T> {
     let (k, p, o, pd) = (g.k(), g.p(), g.o, padded(g));
     let wt = transpose_rows(w, (g.c, g.kh * g.kw));
     let mut dx = vec![T::zero(); g.n * g.image()];
@@ -133,7 +139,7 @@ pub(super) fn backward_input<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry, step
                 1,
                 false,
                 gemm_threads,
-                GemmPrecision::Exact,
+                precision,
             );
         }
         for (b, dxn) in dxg.chunks_exact_mut(g.image()).enumerate() {
@@ -146,7 +152,13 @@ pub(super) fn backward_input<T: Float>(dy: &[T], w: &[T], g: &ConvGeometry, step
 }
 
 /// dW = Σ_n dY[n] · colsᵀ[n], as `conv2d_backward_weight`.
-pub(super) fn backward_weight<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry, step: usize) -> Vec<T> {
+pub(super) fn backward_weight<T: Float>(
+    x: &[T],
+    dy: &[T],
+    g: &ConvGeometry,
+    step: usize,
+    precision: GemmPrecision,
+) -> Vec<T> {
     let (k, p, o, pd) = (g.k(), g.p(), g.o, padded(g));
     let groups = g.n.div_ceil(step);
     // dW' += dY_group [O, count·P] · colsᵀ [count·P, K] for group j.
@@ -179,7 +191,7 @@ pub(super) fn backward_weight<T: Float>(x: &[T], dy: &[T], g: &ConvGeometry, ste
                 1,
                 true,
                 gemm_threads,
-                GemmPrecision::Exact,
+                precision,
             );
         }
     };

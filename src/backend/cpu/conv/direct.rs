@@ -342,6 +342,7 @@ unsafe fn transpose_16x16(rows: [std::arch::x86_64::__m512; 16]) -> [std::arch::
 mod tests {
     use super::super::{forward_im2col, ConvGeometry, Unfold};
     use super::*;
+    use crate::backend::cpu::matmul::GemmPrecision;
 
     /// Square images and kernels, the same stride and padding on both axes.
     fn geometry(n: usize, c: usize, hw: usize, o: usize, k: usize, s: usize, pad: usize) -> ConvGeometry {
@@ -380,7 +381,7 @@ mod tests {
                 kernels.extend(AVX512_RUNS.iter().map(|&run| ("avx512", run, avx512_kernel(g.sw, run).unwrap())));
             }
             for start in [None, Some(&bias[..])] {
-                let want = forward_im2col(&x, &w, start, &g, 1, &Unfold::Rows);
+                let want = forward_im2col(&x, &w, start, &g, 1, &Unfold::Rows, GemmPrecision::Exact);
                 for &(isa, run, kernel) in &kernels {
                     let got = forward_with(kernel, &x, &w, start, &g);
                     assert_eq!(got.len(), want.len(), "{g:?}");

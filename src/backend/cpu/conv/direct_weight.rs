@@ -169,6 +169,7 @@ unsafe fn weight_block_avx512(a: &WeightArgs, out: &mut [f32]) {
 mod tests {
     use super::super::{channels_last, ConvGeometry};
     use super::*;
+    use crate::backend::cpu::matmul::GemmPrecision;
 
     /// The direct weight gradient is the channels-last im2col path's, to f32 rounding.
     #[test]
@@ -187,7 +188,7 @@ mod tests {
         for g in cases {
             let x: Vec<f32> = (0..g.n * g.image()).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
             let dy: Vec<f32> = (0..g.n * g.o * g.p()).map(|i| ((i * 53 % 89) as f32 - 44.0) / 31.0).collect();
-            let want = channels_last::backward_weight(&x, &dy, &g, 1);
+            let want = channels_last::backward_weight(&x, &dy, &g, 1, GemmPrecision::Exact);
             let got = backward_weight(&x, &dy, &g);
             assert_eq!(got.len(), want.len());
             // Either order's rounding: N·P terms of size ≤ 3 · 1.5.
