@@ -58,7 +58,16 @@ pub struct TrainState {
     pub config: TrainConfig,
     /// The dataset trained on (clip count and geometry), to refuse resuming on another.
     pub dataset: DatasetIdentity,
+    /// [`STATE_VERSION`] when saved (0: before it was recorded).
+    #[serde(default)]
+    pub version: u32,
 }
+
+/// The training state's version: 1 since `--precision auto`. Before it, the default
+/// `precision = "bf16"` meant bf16 on a GPU and f32 on the CPU — what `auto` means now, while
+/// `bf16` now also means bf16 on the CPU — so [`load_train_state`] reads a version-0 `bf16` as
+/// `auto`, and an old CPU run resumes in f32, as it trained.
+pub const STATE_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DatasetIdentity {
@@ -227,10 +236,13 @@ pub fn load_train_state(model_path: &Path) -> Result<(TrainState, OptimizerState
     if meta.get("format").map(String::as_str) != Some(STATE_FORMAT) {
         return Err(Error::format(&path, "not a simclr-train state file"));
     }
-    let state: TrainState =
+    let mut state: TrainState =
         meta.get("state").ok_or_else(|| Error::format(&path, "no training state in the metadata")).and_then(|s| {
             serde_json::from_str(s).map_err(|e| Error::format(&path, format!("unreadable training state: {e}")))
         })?;
+    if state.version == 0 && state.config.precision == "bf16" {
+        state.config.precision = "auto".into();
+    }
     let steps = meta.get("optimizer_steps").and_then(|s| s.parse().ok()).unwrap_or(0);
     Ok((state, OptimizerState { steps, buffers }))
 }

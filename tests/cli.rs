@@ -174,3 +174,46 @@ fn cpu_bf16_trains_where_the_cpu_can_and_says_why_not_elsewhere() {
     assert_eq!(bf16.len(), f32.len());
     assert_ne!(bf16, f32, "the bf16 run's weights should differ from the f32 run's after a step");
 }
+
+/// A training state saved before `--precision auto` holds the old default `bf16`, which then
+/// meant f32 on the CPU: it resumes as `auto` (f32 here), so the resumed run still equals an
+/// uninterrupted one, also on a CPU with AVX512-BF16.
+#[test]
+fn a_state_from_before_precision_auto_resumes_in_f32_on_the_cpu() {
+    use simclr::tensor::safetensors_io::{load_safetensors, save_safetensors};
+    let dir = temp_dir("old_precision");
+    let data = dir.join("data");
+    tiny_dataset(&data, 8);
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["--processed_dir", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        args.extend_from_slice(&["--batch_size", "8", "--epochs", "2", "--device", "cpu", "--seed", "4"]);
+        args.extend_from_slice(TINY);
+        args.extend_from_slice(extra);
+        let out = train(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let straight = dir.join("straight");
+    run(&straight, &["--checkpoint_every", "1"]);
+
+    // Epoch 1's state as an older version wrote it: no version, precision "bf16".
+    let state_file = straight.join("checkpoint_epoch_1.state.safetensors");
+    let (tensors, mut meta) = load_safetensors(&state_file).unwrap();
+    let mut state: serde_json::Value = serde_json::from_str(&meta["state"]).unwrap();
+    assert_eq!(state["version"], 1);
+    state.as_object_mut().unwrap().remove("version");
+    state["config"]["precision"] = "bf16".into();
+    meta.insert("state".into(), state.to_string());
+    let resumed = dir.join("resumed");
+    std::fs::create_dir_all(&resumed).unwrap();
+    let named: Vec<(&str, &simclr::Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    save_safetensors(&resumed.join("checkpoint_epoch_1.state.safetensors"), &named, Some(meta)).unwrap();
+    std::fs::copy(straight.join("checkpoint_epoch_1.safetensors"), resumed.join("checkpoint_epoch_1.safetensors"))
+        .unwrap();
+
+    let old = resumed.join("checkpoint_epoch_1.safetensors");
+    assert_eq!(simclr::checkpoint::load_train_state(&old).unwrap().0.config.precision, "auto");
+    let out = train(&["--resume", old.to_str().unwrap(), "--out", resumed.to_str().unwrap(), "--quiet"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let final_of = |d: &Path| std::fs::read(d.join("final_model.safetensors")).unwrap();
+    assert!(final_of(&straight) == final_of(&resumed), "the resumed run differs from the straight one");
+}

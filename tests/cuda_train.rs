@@ -351,6 +351,7 @@ fn checkpoints_save_from_the_device_and_resume_onto_it() {
         dataset: DatasetIdentity { clips: 8, frames: 2, height: 16, width: 16 },
         epoch_steps_done: 0,
         epoch_loss_sum: 0.0,
+        version: simclr::checkpoint::STATE_VERSION,
     };
     let path = save_checkpoint(&dir, &model, &spec, &opt.state(), &state).unwrap();
 

@@ -7,7 +7,7 @@ use super::{build_optimizer, TrainOptions, TrainOutcome, BUCKET_MB, MODEL_INIT_S
 use crate::backend::Device;
 use crate::checkpoint::{
     final_model_path, load_train_state, load_weights_into, save_checkpoint, save_model, DatasetIdentity, ModelSpec,
-    TrainState,
+    TrainState, STATE_VERSION,
 };
 use crate::config::TrainConfig;
 use crate::data::loader::{Batch, Loader, LoaderConfig};
@@ -451,6 +451,7 @@ impl<'a> Trainer<'a> {
             epoch_loss_sum: p.epoch_loss_sum,
             config: self.cfg.clone(),
             dataset: self.dataset.clone(),
+            version: STATE_VERSION,
         };
         let path = save_checkpoint(&self.cfg.out, &self.model, &self.spec, &self.optimizer.state(), &state)?;
         self.last_checkpoint = Some(path.clone());
