@@ -148,7 +148,8 @@ fn a_diverging_run_stops_with_a_clear_error_and_keeps_the_last_checkpoint() {
 }
 
 /// `--precision bf16` on the CPU: trains with bf16 matmul operands where the CPU has
-/// AVX512-BF16 (so its weights differ from the f32 run's), else refuses with the reason.
+/// AVX512-BF16 (so its weights differ from the f32 run's) and resumes exactly, else refuses
+/// with the reason.
 #[test]
 fn cpu_bf16_trains_where_the_cpu_can_and_says_why_not_elsewhere() {
     let dir = temp_dir("cpu_bf16");
@@ -157,22 +158,35 @@ fn cpu_bf16_trains_where_the_cpu_can_and_says_why_not_elsewhere() {
     let run = |precision: &str| {
         let out_dir = dir.join(precision);
         let mut args = vec!["--processed_dir", data.to_str().unwrap(), "--out", out_dir.to_str().unwrap()];
-        args.extend_from_slice(&["--batch_size", "8", "--epochs", "1", "--device", "cpu", "--precision", precision]);
+        args.extend_from_slice(&["--batch_size", "8", "--epochs", "2", "--checkpoint_every", "1"]);
+        args.extend_from_slice(&["--device", "cpu", "--precision", precision]);
         args.extend_from_slice(TINY);
-        (train(&args), out_dir.join("final_model.safetensors"))
+        (train(&args), out_dir)
     };
-    let (out, bf16_model) = run("bf16");
+    let (out, bf16_dir) = run("bf16");
     if !simclr::backend::cpu::gemm_bf16::supported() {
         assert_fails(&out, &["--precision", "AVX512-BF16", "--precision f32"]);
-        assert!(!bf16_model.exists());
+        assert!(!bf16_dir.join("final_model.safetensors").exists());
         return;
     }
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (out, f32_model) = run("f32");
+    let (out, f32_dir) = run("f32");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (bf16, f32) = (std::fs::read(&bf16_model).unwrap(), std::fs::read(&f32_model).unwrap());
+    let final_of = |d: &Path| std::fs::read(d.join("final_model.safetensors")).unwrap();
+    let (bf16, f32) = (final_of(&bf16_dir), final_of(&f32_dir));
     assert_eq!(bf16.len(), f32.len());
-    assert_ne!(bf16, f32, "the bf16 run's weights should differ from the f32 run's after a step");
+    assert_ne!(bf16, f32, "the bf16 run's weights should differ from the f32 run's");
+
+    // Epoch 2 again from epoch 1's checkpoint, in bf16 as saved: the same bytes.
+    let resumed = dir.join("resumed");
+    std::fs::create_dir_all(&resumed).unwrap();
+    for f in ["checkpoint_epoch_1.safetensors", "checkpoint_epoch_1.state.safetensors"] {
+        std::fs::copy(bf16_dir.join(f), resumed.join(f)).unwrap();
+    }
+    let ckpt = resumed.join("checkpoint_epoch_1.safetensors");
+    let out = train(&["--resume", ckpt.to_str().unwrap(), "--out", resumed.to_str().unwrap(), "--quiet"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(final_of(&resumed) == bf16, "a resumed bf16 run differs from the straight one");
 }
 
 /// A training state saved before `--precision auto` holds the old default `bf16`, which then
