@@ -588,7 +588,7 @@ fn simclr_train_vivit_on_the_emulated_gpu_tracks_the_cpu() {
     train_on_both("vivit", &["--base_model", "vivit_tiny", "--image_size", "16"], 1e-5, false);
 }
 
-/// The default `--precision bf16` on the emulated GPU: one step of ViViT (its attention and
+/// The default `--precision auto` (bf16 on a GPU) on the emulated GPU: one step of ViViT (its attention and
 /// products on bf16 tensor cores under autocast, with f32 weights and optimiser), against the f32
 /// CPU step. bf16 keeps 8 significant bits, so the loss agrees to ~1e-3 (seen: 4.4e-4) and the
 /// gradient norm to a few per cent (seen: 0.6 %); the bf16 kernels' own accuracy is the parity
