@@ -66,9 +66,9 @@ pub struct TrainConfig {
     pub device: String,
     /// `bf16`: bf16 autocast — on the GPU matmuls, convolutions and attention run on bf16 tensor
     /// cores, on the CPU matmuls, linear layers and the convolutions' GEMMs multiply bf16
-    /// operands with AVX512-BF16 (an error on a CPU without it); products are summed in f32, and weights, optimiser and every
-    /// other op stay f32. `f32`: f32 throughout. `auto` (the default): bf16 on the GPU, f32 on
-    /// the CPU (the reference).
+    /// operands with AVX512-BF16 (an error on a CPU without it); products are summed in f32,
+    /// and weights, optimiser and every other op stay f32. `f32`: f32 throughout. `auto` (the
+    /// default): bf16 on the GPU, f32 on the CPU (the reference).
     pub precision: String,
     /// On the GPU, the fixed-order path of the kernels that would otherwise add partial sums with
     /// atomics (conv weight gradient, attention dQ): the same bits every run, a resume that

@@ -1,7 +1,7 @@
 //! bf16 autocast: inside [`autocast`], matmul/linear and convolution (and on the GPU
-//! attention) take f32 tensors, multiply in bf16 with f32 accumulation, and return f32. Parameters stay f32 (the optimiser's master
-//! weights) and every other op — normalisations, softmax, the loss — stays f32, as with
-//! PyTorch's `torch.autocast(dtype=torch.bfloat16)`.
+//! attention) take f32 tensors, multiply in bf16 with f32 accumulation, and return f32.
+//! Parameters stay f32 (the optimiser's master weights) and every other op — normalisations,
+//! softmax, the loss — stays f32, as with PyTorch's `torch.autocast(dtype=torch.bfloat16)`.
 //!
 //! On a GPU the bf16 products run on the tensor cores. On the CPU, the GEMMs of matmul,
 //! linear and the convolutions' GEMM schedules (im2col, channels-last) round their operands
@@ -54,4 +54,4 @@ pub fn cpu_gemm_precision(op: &'static str, enabled: bool, dtype: DType) -> Resu
 
 /// Why bf16 on this CPU is refused.
 pub const BF16_CPU_UNSUPPORTED: &str = "bf16 on the CPU needs AVX512-BF16 (Intel Cooper Lake / Sapphire Rapids \
-     or later, AMD Zen 4 or later), which this CPU lacks; use --precision f32 (the CPU's default)";
+     or later, AMD Zen 4 or later), which this CPU lacks; use --precision f32, or auto (the default: f32 on the CPU)";

@@ -31,8 +31,6 @@ pub fn training_device(cfg: &TrainConfig) -> Result<(Device, Option<String>)> {
     Err(Error::invalid("--device", "this build has no CUDA backend (build with --features cuda); use --device cpu"))
 }
 
-/// `--device auto`: the GPU of this rank's local rank when the machine has GPUs (and this build
-/// the CUDA backend), else the CPU; with the reason.
 /// Whether the steps run under bf16 autocast (`--precision`): `auto` means on a GPU only, as
 /// the CPU is the f32 reference; `bf16` on a CPU without AVX512-BF16 is refused here, before
 /// any work, with the reason.
@@ -46,6 +44,8 @@ pub(super) fn autocast_bf16(cfg: &TrainConfig, device: Device) -> Result<bool> {
     }
 }
 
+/// `--device auto`: the GPU of this rank's local rank when the machine has GPUs (and this build
+/// the CUDA backend), else the CPU; with the reason.
 fn auto_device(local_rank: usize) -> Result<(Device, String)> {
     #[cfg(feature = "cuda")]
     {
