@@ -63,6 +63,30 @@ impl Strided {
     }
 }
 
+/// `dst (+)= a · b` ([m×k] · [k×n]) through `gemm_bf16` on `threads` threads.
+fn multiply(
+    dst: &mut Strided,
+    a: &Strided,
+    b: &Strided,
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+    threads: usize,
+) {
+    // SAFETY: every operand holds its full matrix at the strides given.
+    unsafe {
+        gemm_bf16(
+            m,
+            n,
+            k,
+            (dst.data.as_mut_ptr(), dst.rs, dst.cs),
+            (a.data.as_ptr(), a.rs, a.cs),
+            (b.data.as_ptr(), b.rs, b.cs),
+            accumulate,
+            threads,
+        )
+    }
+}
+
 #[test]
 fn bf16_gemm_matches_an_f64_product_of_the_rounded_operands() {
     if !bf16_cpu() {
@@ -79,21 +103,8 @@ fn bf16_gemm_matches_an_f64_product_of_the_rounded_operands() {
         ] {
             let (a, b) = (Strided::random(m, k, lhs_t, &mut rng), Strided::random(k, n, rhs_t, &mut rng));
             let start = Strided::random(m, n, out_t, &mut rng);
-            let mut dst = start.data.clone();
-            // SAFETY: every operand holds its full matrix at the strides given.
-            unsafe {
-                gemm_bf16(
-                    m,
-                    n,
-                    k,
-                    (dst.as_mut_ptr(), start.rs, start.cs),
-                    (a.data.as_ptr(), a.rs, a.cs),
-                    (b.data.as_ptr(), b.rs, b.cs),
-                    accumulate,
-                    threads,
-                )
-            };
-            let got = Strided { data: dst, rs: start.rs, cs: start.cs };
+            let mut got = Strided { data: start.data.clone(), rs: start.rs, cs: start.cs };
+            multiply(&mut got, &a, &b, (m, n, k), accumulate, threads);
             for i in 0..m {
                 for j in 0..n {
                     let (mut exact, mut scale) = (if accumulate { start.at(i, j) as f64 } else { 0.0 }, 1.0);
@@ -125,22 +136,10 @@ fn bf16_gemm_sums_the_same_on_any_thread_count() {
     let mut rng = Rng::new(3);
     let (a, b) = (Strided::random(m, k, false, &mut rng), Strided::random(k, n, true, &mut rng));
     let run = |threads| {
-        let mut dst = vec![0f32; m * n];
+        let mut dst = Strided { data: vec![0f32; m * n], rs: n as isize, cs: 1 };
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        // SAFETY: as above.
-        pool.install(|| unsafe {
-            gemm_bf16(
-                m,
-                n,
-                k,
-                (dst.as_mut_ptr(), n as isize, 1),
-                (a.data.as_ptr(), a.rs, a.cs),
-                (b.data.as_ptr(), b.rs, b.cs),
-                false,
-                threads,
-            )
-        });
-        dst
+        pool.install(|| multiply(&mut dst, &a, &b, (m, n, k), false, threads));
+        dst.data
     };
     assert_eq!(run(1), run(3));
 }

@@ -261,6 +261,17 @@ unsafe fn pack_depth_contiguous(
     }
 }
 
+/// The mask of a vector's first `count` of 16 lanes (all of them from 16 up).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn first_lanes(count: usize) -> std::arch::x86_64::__mmask16 {
+    if count >= 16 {
+        0xFFFF
+    } else {
+        (1u16 << count) - 1
+    }
+}
+
 /// [`pack_panel`] where the lines are contiguous (a row-major rhs, a transposed lhs): 16
 /// lines at depth 2p and 2p+1 become 16 words with one conversion and one interleave
 /// (`vpermw`); masked loads and stores cover a short panel and its zero lines.
@@ -280,22 +291,15 @@ unsafe fn pack_lines_contiguous(
         31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
         16, 0,
     );
-    let lanes = |count: usize| -> __mmask16 {
-        if count >= 16 {
-            0xFFFF
-        } else {
-            (1u16 << count) - 1
-        }
-    };
     for p in 0..kc.div_ceil(2) {
         let (even, odd) = (src.offset(2 * p as isize * depth_stride), src.offset((2 * p + 1) as isize * depth_stride));
         for j in (0..width).step_by(16) {
-            let read = lanes(live.saturating_sub(j));
+            let read = first_lanes(live.saturating_sub(j));
             let lo = _mm512_maskz_loadu_ps(read, even.add(j));
             let hi = if 2 * p + 1 < kc { _mm512_maskz_loadu_ps(read, odd.add(j)) } else { _mm512_setzero_ps() };
             let bf: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
             let packed = _mm512_permutexvar_epi16(interleave, bf);
-            _mm512_mask_storeu_epi32(words.as_mut_ptr().add(p * width + j) as *mut _, lanes(width - j), packed);
+            _mm512_mask_storeu_epi32(words.as_mut_ptr().add(p * width + j) as *mut _, first_lanes(width - j), packed);
         }
     }
 }
@@ -332,14 +336,7 @@ unsafe fn kernel_avx512(pairs: usize, a: *const u32, b: *const u32, out: &Tile) 
     }
     if out.col_stride == 1 {
         // Rows in place, masked to the tile's columns.
-        let lanes = |count: usize| -> __mmask16 {
-            if count >= 16 {
-                0xFFFF
-            } else {
-                (1u16 << count) - 1
-            }
-        };
-        let (m0, m1) = (lanes(out.cols), lanes(out.cols.saturating_sub(16)));
+        let (m0, m1) = (first_lanes(out.cols), first_lanes(out.cols.saturating_sub(16)));
         for (i, acc) in acc.iter().enumerate().take(out.rows) {
             let row = out.at.offset(i as isize * out.row_stride);
             let (mut c0, mut c1) = (acc[0], acc[1]);
